@@ -1,0 +1,167 @@
+"""Application factories and lifecycle: a public app for players, an internal one for ops.
+
+Each resource (catalog, provider sessions) is opened and closed by its own cleanup_ctx on the
+public app; the internal app reads the same state for /readyz and /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from proxy import __version__, metrics
+from proxy.catalog import CachedCatalog, build_catalog
+from proxy.config import Config
+from proxy.gateway import Gateway
+from proxy.logs import get_logger
+from proxy.middlewares import create_middleware
+from proxy.providers import Upstream, close_upstreams, open_upstreams
+from proxy.routes import CERTIFICATE, GATEWAY, MAX_BODY, add_public_routes
+
+CONFIG = web.AppKey("config", Config)
+CATALOG = web.AppKey("catalog", CachedCatalog)
+UPSTREAMS: web.AppKey[Mapping[str, Upstream]] = web.AppKey("upstreams")
+PUBLIC_APP = web.AppKey("public_app", web.Application)
+
+log = get_logger("app")
+
+
+def _catalog_observer() -> Callable[[str], None]:
+    """Count catalog lookups by result, with the label children resolved once."""
+    children = {
+        result: metrics.CATALOG_LOOKUPS.labels(result)
+        for result in ("hit", "miss", "negative_hit", "stale", "error")
+    }
+    return lambda result: children[result].inc()
+
+
+async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[CONFIG].catalog
+    app[CATALOG] = build_catalog(settings, observe=_catalog_observer())
+    yield
+    await app[CATALOG].close()
+
+
+async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
+    upstreams = await open_upstreams(app[CONFIG].providers)
+    app[UPSTREAMS] = upstreams
+    yield
+    await close_upstreams(upstreams)
+
+
+async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[GATEWAY] = Gateway(app[CONFIG], app[CATALOG], app[UPSTREAMS])
+    yield
+
+
+def create_public_app(config: Config) -> web.Application:
+    """The player-facing app: license, key and certificate routes."""
+    app = web.Application(
+        middlewares=[create_middleware(public=True)],
+        client_max_size=config.server.max_body_bytes,
+    )
+    app[CONFIG] = config
+    app[MAX_BODY] = config.server.max_body_bytes
+    if config.fairplay_certificate is not None:
+        app[CERTIFICATE] = config.fairplay_certificate
+    app.cleanup_ctx.extend([_catalog_ctx, _upstreams_ctx, _gateway_ctx])
+    add_public_routes(app)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready once the catalog backend answers and providers are configured."""
+    public = request.app[PUBLIC_APP]
+    problems = []
+    if CATALOG not in public:
+        problems.append("catalog not open")
+    else:
+        try:
+            await public[CATALOG].ping()
+        except Exception:
+            problems.append("catalog backend does not answer")
+    if not public.get(UPSTREAMS):
+        problems.append("no providers configured")
+    status = 503 if problems else 200
+    return web.json_response(
+        {"ready": not problems, "problems": problems, "version": __version__}, status=status
+    )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = generate_latest(metrics.REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_internal_app(public: web.Application) -> web.Application:
+    """The ops app (never exposed publicly): health, readiness, metrics."""
+    app = web.Application(middlewares=[create_middleware(public=False)])
+    app[PUBLIC_APP] = public
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/metrics", metrics_handler, allow_head=False)
+    return app
+
+
+@dataclass
+class RunningGateway:
+    """A started gateway: its two listeners' URLs, and how to stop it."""
+
+    public_url: str
+    internal_url: str
+    public_app: web.Application
+    _runners: tuple[web.AppRunner, web.AppRunner]
+
+    async def stop(self) -> None:
+        internal, public = self._runners
+        await internal.cleanup()
+        await public.cleanup()
+
+
+async def start_gateway(config: Config) -> RunningGateway:
+    """Open resources and bind both listeners (port 0 picks a free port)."""
+    metrics.BUILD_INFO.info({"version": __version__})
+    public_app = create_public_app(config)
+    public = web.AppRunner(public_app, access_log=None)
+    await public.setup()
+    internal = web.AppRunner(create_internal_app(public_app), access_log=None)
+    try:
+        await internal.setup()
+        urls = []
+        for runner, listener in (
+            (public, config.server.public),
+            (internal, config.server.internal),
+        ):
+            site = web.TCPSite(runner, listener.host, listener.port, reuse_address=True)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            urls.append(f"http://{host}:{port}")
+    except BaseException:
+        await internal.cleanup()
+        await public.cleanup()
+        raise
+    log.info("started", public=urls[0], internal=urls[1], providers=sorted(config.providers))
+    return RunningGateway(urls[0], urls[1], public_app, (public, internal))
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGINT or SIGTERM, then close every resource."""
+    gateway = await start_gateway(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await gateway.stop()

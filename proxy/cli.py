@@ -1,0 +1,158 @@
+"""`drm-gateway` commands: serve, demo, config check, catalog import/audit, emulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from proxy.config import Config, ConfigError, load_config
+from proxy.logs import configure_logging
+
+
+def _run_loop(coro: Any) -> None:
+    """Run a coroutine on uvloop where available (measurably faster), else asyncio."""
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(coro)
+
+
+def _load_or_exit(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from proxy.app import serve
+
+    config = _load_or_exit(args.config)
+    configure_logging(level=config.log.level, fmt=config.log.format)
+    _run_loop(serve(config))
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = _load_or_exit(args.file)
+    providers = ", ".join(sorted(config.providers))
+    print(f"ok: providers {providers}; default {config.default_provider}")
+    return 0
+
+
+def _catalog_db(args: argparse.Namespace) -> Path:
+    if args.db is not None:
+        return Path(args.db)
+    if args.config is None:
+        raise SystemExit("give --db PATH or --config FILE")
+    config = _load_or_exit(args.config)
+    if config.catalog.path is None:
+        raise SystemExit(f"{args.config}: catalog backend '{config.catalog.backend}' has no file")
+    return config.catalog.path
+
+
+def cmd_catalog_import(args: argparse.Namespace) -> int:
+    from proxy.catalog.importer import CatalogImportError, format_import_report, import_file
+
+    def progress(lines: int, done: int, total: int) -> None:
+        share = f" ({100 * done // total}%)" if total else ""
+        print(f"\rimported {lines:,} lines{share}", end="", file=sys.stderr, flush=True)
+
+    try:
+        report = import_file(args.file, _catalog_db(args), progress=progress)
+    except CatalogImportError as exc:
+        print(f"\nimport failed: {exc}", file=sys.stderr)
+        return 1
+    print(file=sys.stderr)
+    print(format_import_report(report))
+    return 0
+
+
+def cmd_catalog_audit(args: argparse.Namespace) -> int:
+    from proxy.catalog.importer import audit, format_audit_report
+
+    db = _catalog_db(args)
+    if not db.is_file():
+        print(f"{db}: no such catalog database", file=sys.stderr)
+        return 1
+    print(format_audit_report(audit(db, limit=args.limit)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.demo import run_demo
+
+    configure_logging(level="info", fmt="auto")
+    _run_loop(
+        run_demo(
+            workdir=args.dir,
+            public_port=args.public_port,
+            internal_port=args.internal_port,
+            legacy_port=args.legacy_port,
+            incoming_port=args.incoming_port,
+        )
+    )
+    return 0
+
+
+def _add_catalog_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, help="SQLite catalog file")
+    parser.add_argument("--config", type=Path, help="take the catalog file from this config")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from proxy.emulator.cli import register as register_emulate
+
+    parser = argparse.ArgumentParser(prog="drm-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", type=Path, required=True)
+    serve.set_defaults(func=cmd_serve)
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_cmds = config.add_subparsers(dest="config_command", required=True)
+    check = config_cmds.add_parser("check", help="validate a config file without serving")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=cmd_config_check)
+
+    catalog = commands.add_parser("catalog", help="catalog tools")
+    catalog_cmds = catalog.add_subparsers(dest="catalog_command", required=True)
+    imp = catalog_cmds.add_parser("import", help="load CSV or JSON Lines into the catalog")
+    imp.add_argument("file", type=Path)
+    _add_catalog_source(imp)
+    imp.set_defaults(func=cmd_catalog_import)
+    aud = catalog_cmds.add_parser("audit", help="report assets lacking a drmResourceId")
+    _add_catalog_source(aud)
+    aud.add_argument("--limit", type=int, default=50, help="list at most this many (default 50)")
+    aud.set_defaults(func=cmd_catalog_audit)
+
+    demo = commands.add_parser("demo", help="both emulators, a sample catalog and the gateway")
+    demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where files are written")
+    demo.add_argument("--public-port", type=int, default=8080)
+    demo.add_argument("--internal-port", type=int, default=9090)
+    demo.add_argument("--legacy-port", type=int, default=8081)
+    demo.add_argument("--incoming-port", type=int, default=8082)
+    demo.set_defaults(func=cmd_demo)
+
+    register_emulate(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

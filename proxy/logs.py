@@ -1,0 +1,65 @@
+"""Structured logging: JSON lines in production, readable lines on a terminal.
+
+A redaction processor drops any field named like a token, secret, key, authorization or body,
+so a careless `log.info(..., token=t)` can never write one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+# Field names that must never reach a log line. `key_id` (public, in every manifest) is allowed.
+_SECRET_FIELD = re.compile(
+    r"(token|secret|password|authorization|cookie|body|challenge|license|spc|ckc|"
+    r"(^|_)key$|^key_(material|bytes|value)$|api_?key)",
+    re.IGNORECASE,
+)
+REDACTED = "[redacted]"
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: replace the value of every secret-looking field."""
+    for name in [k for k in event if _SECRET_FIELD.search(k)]:
+        event[name] = REDACTED
+    return event
+
+
+def configure_logging(
+    *, level: str = "info", fmt: str = "auto", stream: TextIO | None = None
+) -> None:
+    """Set up structlog once for the process (also used by tests to capture output)."""
+    out = stream or sys.stdout
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger with the component name bound."""
+    return structlog.get_logger(component=name)
