@@ -35,7 +35,7 @@ def _catalog_observer() -> Callable[[str], None]:
     """Count catalog lookups by result, with the label children resolved once."""
     children = {
         result: metrics.CATALOG_LOOKUPS.labels(result)
-        for result in ("hit", "miss", "negative_hit", "stale", "error")
+        for result in ("hit", "miss", "coalesced", "negative_hit", "stale", "error")
     }
     return lambda result: children[result].inc()
 

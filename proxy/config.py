@@ -180,7 +180,7 @@ class _Reader:
 
     def secret(self, raw: Any, path: str) -> str | None:
         ref = self.mapping(raw, path, {"env", "file"})
-        if len(ref) != 1:
+        if len(ref.keys() & {"env", "file"}) != 1:
             self.problem(path, "must name exactly one of 'env' or 'file'")
             return None
         if "env" in ref:
@@ -413,7 +413,11 @@ def _parse_url(
         reader.problem(path, f"unknown placeholder {{{min(unknown)}}} (known: {known})")
         return None
     parts = urlsplit(template.render(dict.fromkeys(template.fields, "x")))
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if (
+        any(c.isspace() for c in full)
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+    ):
         reader.problem(path, "not a URL (needs http:// or https:// and a host, or a base_url)")
         return None
     if "drm_resource_id" in template.fields and not needs_id:

@@ -7,6 +7,7 @@ this module reads as the license path from top to bottom.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -133,7 +134,7 @@ class Gateway:
             traceparent=client.traceparent,
             extra=upstream.auth_headers(),
         )
-        return await upstream.send("POST", url, drm=drm, body=challenge, headers=headers)
+        return await self._send(info, upstream, "POST", url, body=challenge, headers=headers)
 
     async def key(
         self, info: RequestInfo, *, asset_id: str, key_id: str, client: ClientInfo
@@ -151,10 +152,26 @@ class Gateway:
             traceparent=client.traceparent,
             extra=upstream.auth_headers(),
         )
-        answer = await upstream.send("GET", url, drm=KEY_DRM, headers=headers)
+        answer = await self._send(info, upstream, "GET", url, body=None, headers=headers)
         if len(answer.body) != AES_KEY_BYTES:
             raise UpstreamBadResponse()
         return answer.body
+
+    async def _send(
+        self,
+        info: RequestInfo,
+        upstream: Upstream,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None,
+        headers: Mapping[str, str],
+    ) -> UpstreamResponse:
+        started = time.perf_counter()
+        try:
+            return await upstream.send(method, url, drm=info.drm, body=body, headers=headers)
+        finally:
+            info.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
 
 
 def _url_values(entry: CatalogEntry, drm: str, key_id: str = "") -> dict[str, str]:

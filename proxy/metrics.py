@@ -53,7 +53,7 @@ ASSETS_WITHOUT_RESOURCE_ID = Counter(
 )
 CATALOG_LOOKUPS = Counter(
     "drm_gateway_catalog_lookups_total",
-    "Catalog lookups by result: hit, miss, negative_hit, stale, error.",
+    "Catalog lookups by result: hit, miss, coalesced, negative_hit, stale, error.",
     ["result"],
     registry=REGISTRY,
 )

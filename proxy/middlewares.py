@@ -77,7 +77,9 @@ async def _call(request: web.Request, handler: Handler, info: RequestInfo) -> we
         return await handler(request)
     except GatewayError as exc:
         if isinstance(exc, InternalError):
-            _errors.error("internal_error", request_id=info.request_id, error=repr(exc))
+            # The detail is for ops; the player gets the generic message.
+            _errors.error("internal_error", request_id=info.request_id, error=exc.message)
+            return error_response(InternalError(), info.request_id)
         return error_response(exc, info.request_id)
     except web.HTTPException as exc:
         return error_response(_from_http_exception(exc), info.request_id)

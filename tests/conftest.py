@@ -1,0 +1,170 @@
+"""Factory fixtures: a real SQLite catalog, both emulated providers and the gateway on loopback."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.app import RunningGateway, start_gateway
+from proxy.catalog.importer import import_file
+from proxy.config import Config, parse_config
+from proxy.emulator import EmulatorSettings, Faults, RunningEmulator, start_emulator
+from proxy.logs import configure_logging
+
+SEED = b"test-seed"
+LEGACY_API_KEY = "test-legacy-api-key-7c1e"
+INCOMING_TOKEN = "test-incoming-token-93ab"
+ENV = {"LEGACY_API_KEY": LEGACY_API_KEY, "INCOMING_TOKEN": INCOMING_TOKEN}
+
+# asset_id, drm_resource_id, key_holders, tags
+ASSETS: list[tuple[str, str | None, tuple[str, ...] | None, tuple[str, ...]]] = [
+    ("both-1", "res-both-1", None, ("catalog",)),
+    ("both-2", "res-both-2", ("legacy", "incoming"), ("catalog",)),
+    ("legacy-only", None, ("legacy",), ("catalog",)),
+    ("no-res-unknown-holders", None, None, ()),
+    ("incoming-only", "res-inc-1", ("incoming",), ("new-release",)),
+    ("orphan", "res-orphan", ("nobody",), ()),
+    ("incoming-missing", "res-not-yet", ("incoming",), ()),
+]
+# What each emulator knows: legacy by asset id (deriving from the resource id), incoming by
+# resource id.
+LEGACY_RESOURCES = {
+    "both-1": "res-both-1",
+    "both-2": "res-both-2",
+    "legacy-only": "res-legacy-only",
+    "no-res-unknown-holders": "res-nru",
+}
+INCOMING_RESOURCES = {
+    "res-both-1": "res-both-1",
+    "res-both-2": "res-both-2",
+    "res-inc-1": "res-inc-1",
+}
+
+
+def write_catalog(path: Path, assets: list[Any] = ASSETS) -> Path:
+    """A real SQLite catalog filled through the importer."""
+    source = path.with_suffix(".csv")
+    with source.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["asset_id", "drm_resource_id", "key_holders", "tags"])
+        for asset_id, res, holders, tags in assets:
+            writer.writerow([asset_id, res or "", "|".join(holders or ()), "|".join(tags)])
+    report = import_file(source, path)
+    assert not report.rejected
+    return path
+
+
+def gateway_raw_config(
+    db: Path, legacy_url: str, incoming_url: str, **sections: Any
+) -> dict[str, Any]:
+    """The raw YAML tree of a gateway config for tests; `sections` replace top-level keys."""
+
+    def provider(base: str, id_field: str, header: str, env: str, needs: bool) -> dict[str, Any]:
+        return {
+            "base_url": base,
+            "needs_drm_resource_id": needs,
+            "license_urls": {
+                drm: f"/license/{drm}/{{{id_field}}}"
+                for drm in ("widevine", "playready", "fairplay", "clearkey")
+            },
+            "key_url": f"/keys/{{{id_field}}}/{{key_id}}",
+            "auth": {"type": "header", "header": header, "secret": {"env": env}},
+            "timeouts": {"connect_seconds": 1.0, "total_seconds": 2.0},
+        }
+
+    raw: dict[str, Any] = {
+        "server": {"public": {"port": 0}, "internal": {"port": 0}, "max_body_bytes": 4096},
+        "log": {"level": "info", "format": "json"},
+        "catalog": {"backend": "sqlite", "path": str(db), "ttl_seconds": 60},
+        "routing": {"default_provider": "legacy"},
+        "providers": {
+            "legacy": provider(legacy_url, "asset_id", "X-Api-Key", "LEGACY_API_KEY", False),
+            "incoming": provider(
+                incoming_url, "drm_resource_id", "X-Drm-Token", "INCOMING_TOKEN", True
+            ),
+        },
+    }
+    raw.update(sections)
+    return raw
+
+
+@dataclass
+class Stack:
+    """The gateway in front of both emulated providers, plus an HTTP client."""
+
+    gateway: RunningGateway
+    legacy: RunningEmulator
+    incoming: RunningEmulator
+    http: aiohttp.ClientSession
+    config: Config
+    logs: io.StringIO = field(default_factory=io.StringIO)
+
+    def url(self, path: str) -> str:
+        return self.gateway.public_url + path
+
+    def internal(self, path: str) -> str:
+        return self.gateway.internal_url + path
+
+    async def stats(self, emulator: RunningEmulator) -> dict[str, Any]:
+        async with self.http.get(f"{emulator.url}/_emulator/stats") as resp:
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def faults(self, emulator: RunningEmulator, **faults: Any) -> None:
+        async with self.http.post(f"{emulator.url}/_emulator/faults", json=faults) as resp:
+            assert resp.status == 200, await resp.text()
+
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture
+def log_buffer() -> Iterator[io.StringIO]:
+    """Every log line of the test, as JSON lines."""
+    buffer = io.StringIO()
+    configure_logging(level="debug", fmt="json", stream=buffer)
+    yield buffer
+    configure_logging(level="info", fmt="json")
+
+
+@pytest.fixture
+async def make_stack(tmp_path: Path, log_buffer: io.StringIO) -> AsyncIterator[StackFactory]:
+    """make_stack(**config sections) -> a running Stack; everything stops after the test."""
+    started: list[Callable[[], Awaitable[None]]] = []
+    http = aiohttp.ClientSession()
+
+    async def make(
+        *, legacy_faults: Faults | None = None, db: Path | None = None, **sections: Any
+    ) -> Stack:
+        legacy = await start_emulator(
+            EmulatorSettings(
+                kind="legacy",
+                seed=SEED,
+                api_key=LEGACY_API_KEY,
+                resources=LEGACY_RESOURCES,
+                faults=legacy_faults or Faults(),
+            )
+        )
+        started.append(legacy.stop)
+        incoming = await start_emulator(
+            EmulatorSettings(kind="incoming", seed=SEED, resources=INCOMING_RESOURCES)
+        )
+        started.append(incoming.stop)
+        db = db or write_catalog(tmp_path / "catalog.db")
+        raw = gateway_raw_config(db, legacy.url, incoming.url, **sections)
+        config = parse_config(raw, base_dir=tmp_path, env=ENV)
+        gateway = await start_gateway(config)
+        started.append(gateway.stop)
+        return Stack(gateway, legacy, incoming, http, config, log_buffer)
+
+    yield make
+    for stop in reversed(started):
+        await stop()
+    await http.close()

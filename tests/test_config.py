@@ -1,0 +1,160 @@
+"""Config loading: every problem at once, with key paths; secrets from env or files only."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy.config import ConfigError, UrlTemplate, load_config, parse_config
+from tests.conftest import ENV, gateway_raw_config
+
+DEMO = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "gateway.yaml"
+
+
+def base() -> dict[str, Any]:
+    return gateway_raw_config(Path("catalog.db"), "http://127.0.0.1:1", "http://127.0.0.1:2")
+
+
+def problems_of(raw: dict[str, Any], env: dict[str, str] = ENV) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, base_dir=Path("/srv"), env=env)
+    return info.value.problems
+
+
+def test_valid_config_builds_frozen_dataclasses() -> None:
+    config = parse_config(base(), base_dir=Path("/srv"), env=ENV)
+    assert config.default_provider == "legacy"
+    assert config.providers["incoming"].needs_drm_resource_id
+    assert config.providers["legacy"].auth.value == ENV["LEGACY_API_KEY"]
+    assert config.catalog.path == Path("/srv/catalog.db")
+    assert ENV["LEGACY_API_KEY"] not in repr(config)  # secrets stay out of reprs
+    with pytest.raises(AttributeError):
+        config.default_provider = "x"  # type: ignore[misc]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    raw = base()
+    raw["server"]["public"]["port"] = 70000
+    raw["server"]["max_body_bytes"] = -1
+    raw["log"] = {"level": "loud"}
+    raw["providers"]["incoming"]["license_urls"]["widevine"] = "ftp:///nohost/{drm_resource_id}"
+    raw["providers"]["legacy"]["license_urls"]["playready"] = "/x/{asset}"
+    raw["providers"]["legacy"]["timeouts"]["total_seconds"] = "soon"
+    raw["providers"]["legacy"]["colour"] = "blue"
+    raw["catalog"]["backend"] = "mongo"
+    problems = problems_of(raw)
+    assert "server.public.port: must be between 0 and 65535" in problems
+    assert "server.max_body_bytes: must be greater than 0" in problems
+    assert "log.level: must be one of debug, info, warning, error" in problems
+    assert any(
+        p.startswith("providers.incoming.license_urls.widevine: not a URL") for p in problems
+    )
+    assert any(
+        p.startswith("providers.legacy.license_urls.playready: unknown placeholder {asset}")
+        for p in problems
+    )
+    assert "providers.legacy.timeouts.total_seconds: must be a number" in problems
+    assert "providers.legacy.colour: unknown field" in problems
+    assert "catalog.backend: unknown catalog backend 'mongo' (known: sqlite)" in problems
+    assert len(problems) == 8
+
+
+def test_missing_secret_and_required_fields() -> None:
+    raw = base()
+    del raw["routing"]
+    problems = problems_of(raw, env={"LEGACY_API_KEY": "x"})
+    assert "routing.default_provider: is missing, and has no default" in problems
+    assert "providers.incoming.auth.secret.env: environment variable INCOMING_TOKEN is not set" in (
+        problems
+    )
+
+
+def test_secret_from_file(tmp_path: Path) -> None:
+    (tmp_path / "legacy.key").write_text("from-a-file\n")
+    raw = base()
+    raw["providers"]["legacy"]["auth"]["secret"] = {"file": "legacy.key"}
+    config = parse_config(raw, base_dir=tmp_path, env=ENV)
+    assert config.providers["legacy"].auth.value == "from-a-file"
+    raw["providers"]["legacy"]["auth"]["secret"] = {"file": "absent.key"}
+    with pytest.raises(ConfigError, match=r"providers.legacy.auth.secret.file: cannot read"):
+        parse_config(raw, base_dir=tmp_path, env=ENV)
+
+
+def test_secret_values_in_yaml_are_refused() -> None:
+    raw = base()
+    raw["providers"]["legacy"]["auth"]["secret"] = {"value": "inline-secret"}
+    problems = problems_of(raw)
+    assert "providers.legacy.auth.secret.value: unknown field" in problems
+    assert not any("inline-secret" in p for p in problems)
+
+
+def test_routing_guards_in_config() -> None:
+    raw = base()
+    raw["routing"]["default_provider"] = "incoming"
+    assert problems_of(raw) == [
+        "routing.default_provider: 'incoming' needs a drmResourceId, so assets without one "
+        "would have nowhere to go"
+    ]
+    raw["routing"]["default_provider"] = "nobody"
+    assert problems_of(raw) == [
+        "routing.default_provider: unknown provider 'nobody' (known: incoming, legacy)"
+    ]
+
+
+def test_resource_id_placeholder_needs_the_flag() -> None:
+    raw = base()
+    raw["providers"]["incoming"]["needs_drm_resource_id"] = False
+    problems = problems_of(raw)
+    assert (
+        "providers.incoming.key_url: uses {drm_resource_id} but needs_drm_resource_id is false"
+        in problems
+    )
+
+
+def test_key_url_needs_key_id() -> None:
+    raw = base()
+    raw["providers"]["legacy"]["key_url"] = "/keys/{asset_id}"
+    assert "providers.legacy.key_url: must contain the {key_id} placeholder" in problems_of(raw)
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("server:\n  public: {port: 1\nlog: [\n")
+    with pytest.raises(ConfigError, match=r"YAML syntax error at line \d+"):
+        load_config(path)
+
+
+def test_overrides_apply_dotted_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(copy.deepcopy(base())))
+    config = load_config(path, overrides={"server.public.port": 1234})
+    assert config.server.public.port == 1234
+
+
+def test_demo_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    config = load_config(DEMO)
+    assert set(config.providers) == {"legacy", "incoming"}
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["../admin", "%2e%2e", "a?b=c", "a#frag", "user@evil.example", "a\r\nX-Evil: 1", "café", "a/b"],
+)
+def test_url_template_encodes_every_value(hostile: str) -> None:
+    template = UrlTemplate.parse("https://drm.example.com/license/{asset_id}?kid={key_id}")
+    url = template.render({"asset_id": hostile, "key_id": "k"})
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    assert parts.hostname == "drm.example.com"
+    assert parts.path.startswith("/license/") and parts.path.count("/") == 2
+    assert unquote(parts.path.removeprefix("/license/")) == hostile
+    assert parts.query == "kid=k" and parts.fragment == ""
