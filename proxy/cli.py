@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import DRM_SYSTEMS, Config, ConfigError, load_config
 from proxy.logs import configure_logging
 
 
@@ -88,6 +88,90 @@ def cmd_catalog_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_settings(config: Config, provider: str) -> Any:
+    settings = config.providers.get(provider)
+    if settings is None:
+        raise SystemExit(f"unknown provider '{provider}' (known: {', '.join(config.providers)})")
+    if settings.auth.token is None:
+        raise SystemExit(f"provider '{provider}' does not use signed tokens (auth type jwt)")
+    return settings.auth.token
+
+
+def _resource_id(config: Config, asset_id: str) -> str | None:
+    """The asset's drmResourceId straight from the catalog backend (no cache)."""
+    from proxy.catalog import build_catalog
+
+    async def lookup() -> str | None:
+        catalog = build_catalog(config.catalog)
+        try:
+            entry = await catalog.get(asset_id)
+        finally:
+            await catalog.close()
+        if entry is None:
+            raise SystemExit(f"asset '{asset_id}' is not in the catalog")
+        return entry.drm_resource_id
+
+    return asyncio.run(lookup())
+
+
+def cmd_token_sign(args: argparse.Namespace) -> int:
+    from proxy.errors import MissingResourceId
+    from proxy.tokens import TokenContext, TokenSigner
+
+    config = _load_or_exit(args.config)
+    signer = TokenSigner(_token_settings(config, args.provider))
+    context = TokenContext(
+        drm_resource_id=_resource_id(config, args.asset),
+        asset_id=args.asset,
+        drm=args.drm,
+        user_id=args.user,
+        request_id="cli",
+    )
+    try:
+        print(signer.sign(context))
+    except MissingResourceId as exc:
+        print(f"cannot sign: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_token_verify(args: argparse.Namespace) -> int:
+    from proxy.tokens import explain_token
+
+    config = _load_or_exit(args.config)
+    expected = _resource_id(config, args.asset) if args.asset else None
+    problems = explain_token(
+        args.token.strip(),
+        _token_settings(config, args.provider),
+        expected_resource_id=expected,
+        resource_claim=args.resource_claim,
+    )
+    if not problems:
+        print("ok: signature, lifetime and claims are valid")
+        return 0
+    for problem in problems:
+        print(f"- {problem}")
+    return 1
+
+
+def _add_token_commands(commands: Any) -> None:
+    token = commands.add_parser("token", help="provider token tools (debugging)")
+    token_cmds = token.add_subparsers(dest="token_command", required=True)
+    sign = token_cmds.add_parser("sign", help="print a provider token for an asset (stdout)")
+    verify = token_cmds.add_parser("verify", help="explain whether a provider token is valid")
+    for parser in (sign, verify):
+        parser.add_argument("--config", type=Path, required=True)
+        parser.add_argument("--provider", required=True)
+    sign.add_argument("--asset", required=True)
+    sign.add_argument("--drm", required=True, choices=[*DRM_SYSTEMS, "aes128"])
+    sign.add_argument("--user", default=None)
+    sign.set_defaults(func=cmd_token_sign)
+    verify.add_argument("token", help="the JWT (a shell variable, never typed on a shared screen)")
+    verify.add_argument("--asset", help="also check the drmResourceId claim against this asset")
+    verify.add_argument("--resource-claim", default="drmResourceId", help="dotted claim path")
+    verify.set_defaults(func=cmd_token_verify)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
@@ -144,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--incoming-port", type=int, default=8082)
     demo.set_defaults(func=cmd_demo)
 
+    _add_token_commands(commands)
     register_emulate(commands)
     return parser
 

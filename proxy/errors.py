@@ -16,6 +16,7 @@
     ├── UpstreamError                 502 upstream_error
     │   ├── UpstreamUnavailable       502 upstream_unavailable  (connect failure, reset, 5xx)
     │   ├── UpstreamBadResponse       502 upstream_bad_response (garbled or error-in-200)
+    │   ├── UpstreamAuthFailed        502 upstream_auth_failed  (provider refused our credentials)
     │   └── UpstreamRejected          4xx upstream_rejected     (provider said 4xx)
     ├── NoProvider                    503 no_provider
     ├── CatalogUnavailable            503 catalog_unavailable
@@ -119,6 +120,13 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamBadResponse(UpstreamError):
     code = "upstream_bad_response"
     message = "The DRM provider sent an invalid response."
+
+
+class UpstreamAuthFailed(UpstreamError):
+    """The provider answered 401: our credentials or token, not the player's, were refused."""
+
+    code = "upstream_auth_failed"
+    message = "The DRM provider refused the gateway's credentials."
 
 
 class UpstreamRejected(UpstreamError):

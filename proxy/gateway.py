@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 from proxy import metrics
 from proxy.catalog.base import Catalog, CatalogEntry
-from proxy.config import Config, ProviderSettings
+from proxy.config import Config, ProviderSettings, UrlTemplate
 from proxy.errors import InvalidId, NoProvider, UnknownAsset, UpstreamBadResponse
+from proxy.fairplay import SpcRequest, encode_ckc, encode_spc, parse_ckc_response, parse_spc_request
 from proxy.providers import Upstream, UpstreamResponse, forward_headers
+from proxy.tokens import TokenContext
 
 ASSET_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 KEY_ID = re.compile(r"^[0-9a-fA-F]{32}$")
@@ -123,18 +125,28 @@ class Gateway:
         content_type: str | None,
         client: ClientInfo,
     ) -> UpstreamResponse:
-        """Forward a license challenge byte-exact to the chosen provider."""
+        """Forward a license challenge to the chosen provider (FairPlay in its format)."""
+        spc = None
+        if drm == "fairplay":  # parse first: a malformed SPC is refused before any lookup
+            spc = parse_spc_request(
+                challenge, content_type, max_spc_bytes=self.config.server.max_body_bytes
+            )
         entry = await self.resolve(info, drm, asset_id)
         upstream = self.route(info, entry, drm)
-        url = upstream.settings.license_urls[drm].render(_url_values(entry, drm))
-        headers = forward_headers(
-            request_id=info.request_id,
+        if spc is not None:
+            challenge, content_type = self._spc_for(upstream, spc, asset_id)
+        answer = await self._send(
+            info,
+            upstream,
+            upstream.settings.license_urls[drm],
+            _url_values(entry, drm),
+            entry=entry,
+            client=client,
+            method="POST",
+            body=challenge,
             content_type=content_type,
-            forwarded_for=client.forwarded_for,
-            traceparent=client.traceparent,
-            extra=upstream.auth_headers(),
         )
-        return await self._send(info, upstream, "POST", url, body=challenge, headers=headers)
+        return answer if spc is None else self._ckc_for(upstream, answer, spc)
 
     async def key(
         self, info: RequestInfo, *, asset_id: str, key_id: str, client: ClientInfo
@@ -144,29 +156,70 @@ class Gateway:
         entry = await self.resolve(info, KEY_DRM, asset_id)
         upstream = self.route(info, entry, KEY_DRM)
         assert upstream.settings.key_url is not None  # guaranteed by can_serve
-        url = upstream.settings.key_url.render(_url_values(entry, KEY_DRM, key_id))
-        headers = forward_headers(
-            request_id=info.request_id,
-            content_type=None,
-            forwarded_for=client.forwarded_for,
-            traceparent=client.traceparent,
-            extra=upstream.auth_headers(),
+        answer = await self._send(
+            info,
+            upstream,
+            upstream.settings.key_url,
+            _url_values(entry, KEY_DRM, key_id),
+            entry=entry,
+            client=client,
+            method="GET",
         )
-        answer = await self._send(info, upstream, "GET", url, body=None, headers=headers)
         if len(answer.body) != AES_KEY_BYTES:
+            metrics.UPSTREAM_BAD_RESPONSES.labels(upstream.name, "bad_key_length").inc()
             raise UpstreamBadResponse()
         return answer.body
+
+    @staticmethod
+    def _spc_for(upstream: Upstream, spc: SpcRequest, asset_id: str) -> tuple[bytes, str]:
+        wanted = upstream.settings.fairplay.request
+        metrics.FAIRPLAY_TRANSCODES.labels(spc.fmt, wanted).inc()
+        return encode_spc(spc.spc, wanted, asset_id=spc.asset_id or asset_id)
+
+    def _ckc_for(
+        self, upstream: Upstream, answer: UpstreamResponse, spc: SpcRequest
+    ) -> UpstreamResponse:
+        try:
+            ckc = parse_ckc_response(answer.body, upstream.settings.fairplay.response)
+        except UpstreamBadResponse:
+            metrics.UPSTREAM_BAD_RESPONSES.labels(upstream.name, "bad_ckc").inc()
+            raise
+        body, content_type = encode_ckc(ckc, self.config.fairplay.client_response[spc.fmt])
+        return UpstreamResponse(body, content_type, answer.headers)
 
     async def _send(
         self,
         info: RequestInfo,
         upstream: Upstream,
-        method: str,
-        url: str,
+        template: UrlTemplate,
+        values: dict[str, str],
         *,
-        body: bytes | None,
-        headers: Mapping[str, str],
+        entry: CatalogEntry,
+        client: ClientInfo,
+        method: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
     ) -> UpstreamResponse:
+        """Authenticate, build the URL and headers, send, and time the upstream call."""
+        auth_headers, query = upstream.credentials(
+            TokenContext(
+                drm_resource_id=entry.drm_resource_id,
+                asset_id=entry.asset_id,
+                drm=info.drm,
+                user_id=client.user_id,
+                request_id=info.request_id,
+            )
+        )
+        url = template.render(values)
+        if query:
+            url += ("&" if "?" in url else "?") + query
+        headers = forward_headers(
+            request_id=info.request_id,
+            content_type=content_type,
+            forwarded_for=client.forwarded_for,
+            traceparent=client.traceparent,
+            extra=auth_headers,
+        )
         started = time.perf_counter()
         try:
             return await upstream.send(method, url, drm=info.drm, body=body, headers=headers)

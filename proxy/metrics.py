@@ -62,6 +62,65 @@ IN_FLIGHT = Gauge(
     "Player requests being handled right now.",
     registry=REGISTRY,
 )
+FAIRPLAY_TRANSCODES = Counter(
+    "drm_gateway_fairplay_transcodes_total",
+    "FairPlay bodies rewritten, by the client's request format and the provider's format.",
+    ["client_format", "provider_format"],
+    registry=REGISTRY,
+)
+UPSTREAM_BAD_RESPONSES = Counter(
+    "drm_gateway_upstream_bad_responses_total",
+    "Provider answers refused as garbled, empty or error-in-200, by provider and kind.",
+    ["provider", "kind"],
+    registry=REGISTRY,
+)
+TOKENS_SIGNED = Counter(
+    "drm_gateway_provider_tokens_signed_total",
+    "Per-request provider tokens signed, by provider.",
+    ["provider"],
+    registry=REGISTRY,
+)
+RULES_RELOADS = Counter(
+    "drm_gateway_rules_reloads_total",
+    "Routing rules reload attempts, by result (ok, unchanged, refused).",
+    ["result"],
+    registry=REGISTRY,
+)
+RULES_INFO = Gauge(
+    "drm_gateway_rules_info",
+    "The active routing rules: always 1, labelled with their version and sha256.",
+    ["version", "sha256"],
+    registry=REGISTRY,
+)
+RULES_LOADED_TIMESTAMP = Gauge(
+    "drm_gateway_rules_loaded_timestamp_seconds",
+    "When the active routing rules were loaded (Unix time).",
+    registry=REGISTRY,
+)
+REFUSED = Counter(
+    "drm_gateway_refused_requests_total",
+    "Player requests refused before reaching a provider, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+RATE_LIMITED = Counter(
+    "drm_gateway_rate_limited_total",
+    "Player requests refused by the rate limiter, by limit (user, ip).",
+    ["limit"],
+    registry=REGISTRY,
+)
+SHADOW_REQUESTS = Counter(
+    "drm_gateway_shadow_requests_total",
+    "Shadow copies sent, by shadow provider and whether its answer matched (match, differ, error).",
+    ["provider", "result"],
+    registry=REGISTRY,
+)
+FALLBACKS = Counter(
+    "drm_gateway_fallbacks_total",
+    "Requests retried on the rule's fallback provider after an upstream failure.",
+    ["from_provider", "to_provider"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Info("drm_gateway_build", "Gateway version.", registry=REGISTRY)
 
 

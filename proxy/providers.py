@@ -19,12 +19,14 @@ from proxy import metrics
 from proxy.config import ProviderSettings
 from proxy.errors import (
     GatewayError,
+    UpstreamAuthFailed,
     UpstreamBadResponse,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from proxy.logs import get_logger
+from proxy.tokens import TokenContext, TokenSigner
 
 log = get_logger("providers")
 
@@ -69,6 +71,10 @@ class Upstream:
         self.name = settings.name
         self._strip = _ALWAYS_STRIPPED | settings.strip_response_headers
         self._session: aiohttp.ClientSession | None = None
+        auth = settings.auth
+        self._static = {auth.header: auth.value} if auth.header and auth.value else {}
+        self.signer = TokenSigner(auth.token) if auth.token is not None else None
+        self._tokens_signed = metrics.TOKENS_SIGNED.labels(self.name)
 
     async def open(self) -> None:
         timeout = aiohttp.ClientTimeout(
@@ -91,11 +97,16 @@ class Upstream:
             await self._session.close()
             self._session = None
 
-    def auth_headers(self) -> dict[str, str]:
-        auth = self.settings.auth
-        if auth.type == "header" and auth.header and auth.value:
-            return {auth.header: auth.value}
-        return {}
+    def credentials(self, context: TokenContext) -> tuple[dict[str, str], str]:
+        """Headers to add, and a query suffix, that authenticate this request upstream."""
+        if self.signer is None:
+            return self._static, ""
+        token = self.signer.sign(context)
+        self._tokens_signed.inc()
+        if self.signer.query_param:
+            return {}, f"{self.signer.query_param}={token}"
+        assert self.signer.header is not None
+        return {self.signer.header: token}, ""
 
     async def send(
         self,
@@ -136,12 +147,18 @@ class Upstream:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    if resp.content_length is not None and resp.content_length > limit:
-        raise _TooLarge()
-    data = await resp.content.read(limit + 1)
-    if len(data) > limit or not resp.content.at_eof():
-        raise _TooLarge()
-    return data
+    """The whole body, refusing as soon as it passes `limit` bytes."""
+    if resp.content_length is not None:
+        if resp.content_length > limit:
+            raise _TooLarge()
+        return await resp.read()
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class _TooLarge(UpstreamBadResponse):
@@ -157,6 +174,8 @@ def _raise_for_status(provider: str, status: int, body: bytes, content_type: str
         return
     if 300 <= status < 400:
         _reject(provider, status, "redirect_not_followed", UpstreamBadResponse())
+    if status == 401:
+        _reject(provider, status, "auth_refused", UpstreamAuthFailed())
     if 400 <= status < 500:
         _reject(provider, status, "rejected", UpstreamRejected(status))
     _reject(provider, status, "server_error", UpstreamUnavailable())
@@ -164,6 +183,8 @@ def _raise_for_status(provider: str, status: int, body: bytes, content_type: str
 
 def _reject(provider: str, status: int, why: str, error: GatewayError) -> None:
     log.warning("upstream_error", provider=provider, upstream_status=status, why=why)
+    if isinstance(error, UpstreamBadResponse):
+        metrics.UPSTREAM_BAD_RESPONSES.labels(provider, why).inc()
     raise error
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -15,13 +16,14 @@ import pytest
 from proxy.app import RunningGateway, start_gateway
 from proxy.catalog.importer import import_file
 from proxy.config import Config, parse_config
-from proxy.emulator import EmulatorSettings, Faults, RunningEmulator, start_emulator
+from proxy.emulator import EmulatorSettings, RunningEmulator, start_emulator
 from proxy.logs import configure_logging
 
 SEED = b"test-seed"
 LEGACY_API_KEY = "test-legacy-api-key-7c1e"
-INCOMING_TOKEN = "test-incoming-token-93ab"
-ENV = {"LEGACY_API_KEY": LEGACY_API_KEY, "INCOMING_TOKEN": INCOMING_TOKEN}
+INCOMING_JWT_KEY = bytes.fromhex("5f1c" * 16)  # 32 bytes, HS256
+INCOMING_JWT_KEY_B64 = base64.b64encode(INCOMING_JWT_KEY).decode()
+ENV = {"LEGACY_API_KEY": LEGACY_API_KEY, "INCOMING_JWT_KEY": f"base64:{INCOMING_JWT_KEY_B64}"}
 
 # asset_id, drm_resource_id, key_holders, tags
 ASSETS: list[tuple[str, str | None, tuple[str, ...] | None, tuple[str, ...]]] = [
@@ -66,7 +68,7 @@ def gateway_raw_config(
 ) -> dict[str, Any]:
     """The raw YAML tree of a gateway config for tests; `sections` replace top-level keys."""
 
-    def provider(base: str, id_field: str, header: str, env: str, needs: bool) -> dict[str, Any]:
+    def provider(base: str, id_field: str, needs: bool) -> dict[str, Any]:
         return {
             "base_url": base,
             "needs_drm_resource_id": needs,
@@ -75,20 +77,31 @@ def gateway_raw_config(
                 for drm in ("widevine", "playready", "fairplay", "clearkey")
             },
             "key_url": f"/keys/{{{id_field}}}/{{key_id}}",
-            "auth": {"type": "header", "header": header, "secret": {"env": env}},
             "timeouts": {"connect_seconds": 1.0, "total_seconds": 2.0},
         }
 
+    legacy = provider(legacy_url, "asset_id", False)
+    legacy["auth"] = {"type": "header", "header": "X-Api-Key", "secret": {"env": "LEGACY_API_KEY"}}
+    legacy["fairplay"] = {"request": "form", "response": "ckc_tag"}
+    incoming = provider(incoming_url, "drm_resource_id", True)
+    incoming["auth"] = {
+        "type": "jwt",
+        "header": "X-Drm-Token",
+        "algorithm": "HS256",
+        "keys": [{"kid": "k1", "secret": {"env": "INCOMING_JWT_KEY"}}],
+        "active_kid": "k1",
+        "lifetime_seconds": 60,
+        "claims": {"drmResourceId": "{drm_resource_id}", "drm": "{drm}", "user": "{user_id}"},
+    }
+    incoming["fairplay"] = {"request": "binary", "response": "binary"}
     raw: dict[str, Any] = {
         "server": {"public": {"port": 0}, "internal": {"port": 0}, "max_body_bytes": 4096},
         "log": {"level": "info", "format": "json"},
         "catalog": {"backend": "sqlite", "path": str(db), "ttl_seconds": 60},
         "routing": {"default_provider": "legacy"},
         "providers": {
-            "legacy": provider(legacy_url, "asset_id", "X-Api-Key", "LEGACY_API_KEY", False),
-            "incoming": provider(
-                incoming_url, "drm_resource_id", "X-Drm-Token", "INCOMING_TOKEN", True
-            ),
+            "legacy": legacy,
+            "incoming": incoming,
         },
     }
     raw.update(sections)
@@ -141,28 +154,48 @@ async def make_stack(tmp_path: Path, log_buffer: io.StringIO) -> AsyncIterator[S
     http = aiohttp.ClientSession()
 
     async def make(
-        *, legacy_faults: Faults | None = None, db: Path | None = None, **sections: Any
+        *,
+        legacy: dict[str, Any] | None = None,
+        incoming: dict[str, Any] | None = None,
+        db: Path | None = None,
+        configure: Callable[[dict[str, Any]], None] | None = None,
+        **sections: Any,
     ) -> Stack:
-        legacy = await start_emulator(
+        """`legacy`/`incoming` override EmulatorSettings fields; `sections` replace config
+        sections; `configure(raw)` may edit the raw config last."""
+        legacy_emulator = await start_emulator(
             EmulatorSettings(
-                kind="legacy",
-                seed=SEED,
-                api_key=LEGACY_API_KEY,
-                resources=LEGACY_RESOURCES,
-                faults=legacy_faults or Faults(),
+                **{
+                    "kind": "legacy",
+                    "seed": SEED,
+                    "api_key": LEGACY_API_KEY,
+                    "resources": LEGACY_RESOURCES,
+                    **(legacy or {}),
+                }
             )
         )
-        started.append(legacy.stop)
-        incoming = await start_emulator(
-            EmulatorSettings(kind="incoming", seed=SEED, resources=INCOMING_RESOURCES)
+        started.append(legacy_emulator.stop)
+        incoming_emulator = await start_emulator(
+            EmulatorSettings(
+                **{
+                    "kind": "incoming",
+                    "seed": SEED,
+                    "resources": INCOMING_RESOURCES,
+                    "jwt_keys": {"k1": INCOMING_JWT_KEY},
+                    "jwt_algorithms": ("HS256",),
+                    **(incoming or {}),
+                }
+            )
         )
-        started.append(incoming.stop)
+        started.append(incoming_emulator.stop)
         db = db or write_catalog(tmp_path / "catalog.db")
-        raw = gateway_raw_config(db, legacy.url, incoming.url, **sections)
+        raw = gateway_raw_config(db, legacy_emulator.url, incoming_emulator.url, **sections)
+        if configure is not None:
+            configure(raw)
         config = parse_config(raw, base_dir=tmp_path, env=ENV)
         gateway = await start_gateway(config)
         started.append(gateway.stop)
-        return Stack(gateway, legacy, incoming, http, config, log_buffer)
+        return Stack(gateway, legacy_emulator, incoming_emulator, http, config, log_buffer)
 
     yield make
     for stop in reversed(started):
