@@ -1,0 +1,180 @@
+"""An in-memory cache in front of any catalog backend.
+
+Fresh answers are served from memory; a miss makes one backend call per asset id however
+many requests wait for it (single flight); when the backend fails, a recent positive answer
+is served stale rather than failing the player.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from cachetools import LRUCache
+
+from proxy.catalog.base import Catalog, CatalogEntry
+from proxy.errors import CatalogUnavailable
+
+# Per asset: (entry or None for "known missing", monotonic time fetched). A bare tuple keeps a
+# million cached assets affordable; the CatalogEntry itself is slotted.
+_Cached = tuple[CatalogEntry | None, float]
+
+_Waiter = asyncio.Future[CatalogEntry | None]
+
+Observer = Callable[[str], None]
+"""Told the outcome of each lookup: hit, negative_hit, miss, coalesced, stale or error."""
+
+
+def _ignore(_: str) -> None:
+    """The default observer."""
+
+
+class _LeaderGone(Exception):
+    """The request making a shared backend call was cancelled; its waiters must retry."""
+
+
+class CachedCatalog:
+    """A Catalog that caches another one, with negative caching and stale-if-error.
+
+    Outcomes reported to `observe`: "hit" and "negative_hit" (served from memory), "miss"
+    (once per backend call), "coalesced" (a request that joined an in-flight call), "stale"
+    (backend failed, a recent entry was served) and "error" (backend failed, nothing to serve).
+    """
+
+    def __init__(
+        self,
+        backend: Catalog,
+        *,
+        ttl: float,
+        negative_ttl: float,
+        stale_seconds: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+        observe: Observer | None = None,
+    ) -> None:
+        self._backend = backend
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._stale_limit = ttl + stale_seconds
+        self._clock = clock
+        self._observe = observe or _ignore
+        self._entries: LRUCache[str, _Cached] = LRUCache(maxsize=max_entries)
+        # Per asset being fetched: the futures of the requests waiting for that one call.
+        self._inflight: dict[str, list[_Waiter]] = {}
+        # Bumped by invalidate(): a backend answer that started before it is not cached.
+        self._generation = 0
+
+    @property
+    def backend(self) -> Catalog:
+        """The catalog behind the cache."""
+        return self._backend
+
+    def __len__(self) -> int:
+        """How many assets (found or known missing) are cached."""
+        return len(self._entries)
+
+    async def get(self, asset_id: str) -> CatalogEntry | None:
+        """Return the asset's entry, None if unknown; raise CatalogUnavailable on failure."""
+        cached = self._entries.get(asset_id)
+        if cached is not None:
+            entry, fetched_at = cached
+            age = self._clock() - fetched_at
+            if entry is not None:
+                if age < self._ttl:
+                    self._observe("hit")
+                    return entry
+            elif age < self._negative_ttl:
+                self._observe("negative_hit")
+                return None
+        return await self._fetch_shared(asset_id)
+
+    async def ping(self) -> None:
+        """Raise CatalogUnavailable unless the backend answers."""
+        try:
+            await self._backend.ping()
+        except CatalogUnavailable:
+            raise
+        except Exception as exc:
+            raise CatalogUnavailable() from exc
+
+    async def close(self) -> None:
+        """Close the backend."""
+        await self._backend.close()
+
+    def invalidate(self, asset_id: str | None = None) -> int:
+        """Forget one asset (or all when None); return how many cached entries were dropped."""
+        self._generation += 1
+        if asset_id is None:
+            dropped = len(self._entries)
+            self._entries.clear()
+            self._inflight.clear()  # running calls finish for their waiters, uncached
+            return dropped
+        self._inflight.pop(asset_id, None)
+        return 0 if self._entries.pop(asset_id, None) is None else 1
+
+    async def _fetch_shared(self, asset_id: str) -> CatalogEntry | None:
+        """Join the in-flight backend call for `asset_id`, or make it; stale on failure."""
+        loop = asyncio.get_running_loop()
+        while (waiters := self._inflight.get(asset_id)) is not None:
+            self._observe("coalesced")
+            # One future per waiter: a cancelled waiter cancels only its own future.
+            future: _Waiter = loop.create_future()
+            waiters.append(future)
+            try:
+                return await future
+            except _LeaderGone:
+                continue  # the request making the call was cancelled; one of us makes it anew
+            except Exception as exc:
+                return self._serve_stale(asset_id, exc)
+        return await self._lead(asset_id)
+
+    async def _lead(self, asset_id: str) -> CatalogEntry | None:
+        """Make the one backend call, cache its answer and hand it to every waiter."""
+        waiters: list[_Waiter] = []
+        self._inflight[asset_id] = waiters
+        generation = self._generation
+        self._observe("miss")
+        try:
+            entry = await self._backend.get(asset_id)
+        except Exception as exc:
+            self._release(asset_id, waiters, exc)
+            return self._serve_stale(asset_id, exc)
+        except BaseException:
+            self._release(asset_id, waiters, _LeaderGone())
+            raise
+        if generation == self._generation:  # not invalidated meanwhile
+            self._entries[asset_id] = (entry, self._clock())
+        self._release(asset_id, waiters, entry)
+        return entry
+
+    def _release(
+        self, asset_id: str, waiters: list[_Waiter], outcome: CatalogEntry | BaseException | None
+    ) -> None:
+        if self._inflight.get(asset_id) is waiters:
+            del self._inflight[asset_id]
+        for future in waiters:
+            if future.done():  # its waiter was cancelled
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+                # Mark it seen: a waiter cancelled right now would leave it unretrieved,
+                # and asyncio would then warn "Future exception was never retrieved".
+                future.exception()
+            else:
+                future.set_result(outcome)
+
+    def _serve_stale(self, asset_id: str, exc: Exception) -> CatalogEntry | None:
+        """Serve the last positive entry if still within the stale window, else raise."""
+        cached = self._entries.get(asset_id)
+        if cached is not None:
+            entry, fetched_at = cached
+            # Only positive answers go stale: "unknown asset" while the catalog is down is
+            # more likely wrong (a new asset) than right, so that becomes a 503.
+            if entry is not None and self._clock() - fetched_at < self._stale_limit:
+                self._observe("stale")
+                return entry
+        self._observe("error")
+        if isinstance(exc, CatalogUnavailable):
+            raise CatalogUnavailable(exc.message) from exc
+        raise CatalogUnavailable() from exc

@@ -1,0 +1,355 @@
+"""Load a catalog file (CSV or JSON Lines) into the SQLite catalog, and audit the result.
+
+CSV has the header `asset_id,drm_resource_id,key_holders,tags`; the two list cells hold
+`|`-separated names; an empty `drm_resource_id` means "not propagated yet" and an empty
+`key_holders` means "unknown". JSON Lines has one object per line with the same fields
+(`drm_resource_id` and `key_holders` may be null). Bad rows are skipped and reported with
+their line number; everything else goes in one transaction, so an I/O failure imports nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO, TypeVar
+
+from proxy.catalog.sqlite import create_schema, read_only_uri
+
+CSV_HEADER = ("asset_id", "drm_resource_id", "key_holders", "tags")
+_JSON_FIELDS = frozenset(CSV_HEADER)
+_CSV_SUFFIXES = frozenset({".csv"})
+_JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_PROVIDER = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_TAG = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+_CHUNK_ROWS = 5_000  # rows per executemany and per progress report
+_UPSERT = """
+INSERT INTO assets (asset_id, drm_resource_id, key_holders, tags, updated_at)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (asset_id) DO UPDATE SET
+    drm_resource_id = excluded.drm_resource_id,
+    key_holders = excluded.key_holders,
+    tags = excluded.tags,
+    updated_at = excluded.updated_at
+"""
+_COUNT = "SELECT count(*) FROM assets"
+_COUNT_MISSING = "SELECT count(*) FROM assets WHERE drm_resource_id IS NULL"
+_LIST_MISSING = (
+    "SELECT asset_id FROM assets WHERE drm_resource_id IS NULL ORDER BY asset_id LIMIT ?"
+)
+
+# A validated row as stored: asset_id, drm_resource_id, key_holders JSON, tags JSON.
+_Row = tuple[str, str | None, str | None, str]
+# What a reader yields per record: its line number and the row, or why it was rejected.
+_Record = tuple[int, _Row | str]
+_T = TypeVar("_T")
+
+Progress = Callable[[int, int, int], None]
+"""progress(lines_read, bytes_read, bytes_total), called every few thousand rows and at the end."""
+
+
+class CatalogImportError(ValueError):
+    """The input or the database cannot be used at all (for import: nothing was imported)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One skipped input row."""
+
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """What an import did: rows added, rows that replaced an existing asset, rows skipped."""
+
+    added: int
+    updated: int
+    rejected: list[Rejection]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """How many assets the catalog holds, and which lack a drm_resource_id (sorted)."""
+
+    total: int
+    missing_count: int
+    missing: list[str]
+
+
+class _RowError(Exception):
+    """A row is invalid; the message is the reason reported for it."""
+
+
+def import_file(src: Path, db: Path, *, progress: Progress | None = None) -> ImportReport:
+    """Upsert every valid row of `src` into the catalog at `db` (created if missing).
+
+    The format comes from the extension (.csv, .jsonl, .ndjson), else from the first
+    non-blank character (`{` means JSON Lines). Raises CatalogImportError when the input
+    cannot be read, is empty or has a wrong CSV header, or when the database cannot be written.
+    """
+    is_jsonl = _is_jsonl(src)
+    try:
+        total = src.stat().st_size
+        with src.open("rb") as raw:
+            # Undecodable bytes become U+FFFD, which no id pattern accepts: a row rejection.
+            text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+            records = _primed(_jsonl_records(text, src) if is_jsonl else _csv_records(text, src))
+
+            def report(lines: int) -> None:
+                if progress is not None:
+                    progress(lines, min(raw.tell(), total), total)
+
+            return _load(records, db, report)
+    except OSError as exc:
+        raise CatalogImportError(f"cannot read {src}: {exc.strerror or exc}") from exc
+    except sqlite3.Error as exc:
+        raise CatalogImportError(f"cannot write the catalog database {db}: {exc}") from exc
+
+
+def audit(db: Path, *, limit: int | None = None) -> AuditReport:
+    """Count the catalog's assets and list those lacking a drm_resource_id (up to `limit`)."""
+    if limit is not None and limit < 0:
+        raise ValueError("limit must not be negative")
+    if not db.is_file():
+        raise CatalogImportError(f"catalog database {db} does not exist")
+    try:
+        conn = sqlite3.connect(read_only_uri(db), uri=True)
+        try:
+            total = conn.execute(_COUNT).fetchone()[0]
+            missing_count = conn.execute(_COUNT_MISSING).fetchone()[0]
+            rows = conn.execute(_LIST_MISSING, (-1 if limit is None else limit,)).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise CatalogImportError(f"cannot read the catalog database {db}: {exc}") from exc
+    return AuditReport(total=total, missing_count=missing_count, missing=[r[0] for r in rows])
+
+
+def format_import_report(report: ImportReport, *, max_rejections: int = 50) -> str:
+    """The import summary the CLI prints, with the first rejected rows and their reasons."""
+    lines = [
+        f"{report.added} added, {report.updated} updated, {len(report.rejected)} rejected",
+        *(f"  line {r.line}: {r.reason}" for r in report.rejected[:max_rejections]),
+    ]
+    if len(report.rejected) > max_rejections:
+        lines.append(f"  ... and {len(report.rejected) - max_rejections} more")
+    return "\n".join(lines)
+
+
+def format_audit_report(report: AuditReport) -> str:
+    """The audit summary the CLI prints: totals, then the listed asset ids."""
+    share = f" ({100 * report.missing_count / report.total:.1f}%)" if report.total else ""
+    lines = [
+        f"{report.total} assets, {report.missing_count} without a drm_resource_id{share}",
+        *(f"  {asset_id}" for asset_id in report.missing),
+    ]
+    if report.missing_count > len(report.missing):
+        lines.append(f"  ... and {report.missing_count - len(report.missing)} more")
+    return "\n".join(lines)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _is_jsonl(src: Path) -> bool:
+    suffix = src.suffix.lower()
+    if suffix in _CSV_SUFFIXES or suffix in _JSONL_SUFFIXES:
+        return suffix in _JSONL_SUFFIXES
+    try:
+        with src.open(encoding="utf-8-sig", errors="replace") as text:
+            while chunk := text.read(4096):
+                if stripped := chunk.lstrip():
+                    return stripped[0] == "{"
+    except OSError as exc:
+        raise CatalogImportError(f"cannot read {src}: {exc.strerror or exc}") from exc
+    return False  # empty: the CSV reader reports it
+
+
+def _primed(records: Iterator[_Record]) -> Iterator[_Record]:
+    """Read up to the first record now, so header and empty-file errors precede any write."""
+    first = next(records, None)
+    return records if first is None else itertools.chain((first,), records)
+
+
+def _csv_records(text: TextIO, src: Path) -> Iterator[_Record]:
+    reader = csv.reader(text)
+    header = next((cells for cells in reader if _has_content(cells)), None)
+    if header is None:
+        raise CatalogImportError(f"{src} is empty")
+    if [cell.strip() for cell in header] != list(CSV_HEADER):
+        raise CatalogImportError(
+            f"{src}: line {reader.line_num} must be the header {','.join(CSV_HEADER)!r},"
+            f" got {_show(','.join(header))}"
+        )
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield reader.line_num, f"malformed CSV: {exc}"
+            continue
+        if _has_content(cells):
+            yield reader.line_num, _parse_or_reason(_parse_csv_cells, cells)
+
+
+def _jsonl_records(text: Iterable[str], src: Path) -> Iterator[_Record]:
+    seen_content = False
+    for line_no, line in enumerate(text, start=1):
+        if line.strip():
+            seen_content = True
+            yield line_no, _parse_or_reason(_parse_json_line, line)
+    if not seen_content:
+        raise CatalogImportError(f"{src} is empty")
+
+
+def _has_content(cells: list[str]) -> bool:
+    return any(cell.strip() for cell in cells)
+
+
+def _parse_or_reason(parse: Callable[[_T], _Row], value: _T) -> _Row | str:
+    try:
+        return parse(value)
+    except _RowError as exc:
+        return str(exc)
+
+
+def _parse_csv_cells(cells: list[str]) -> _Row:
+    if len(cells) != len(CSV_HEADER):
+        raise _RowError(f"expected {len(CSV_HEADER)} columns, got {len(cells)}")
+    asset_id, drm_resource_id, key_holders, tags = (cell.strip() for cell in cells)
+    return _build_row(
+        asset_id,
+        drm_resource_id or None,
+        _split_names(key_holders) if key_holders else None,
+        _split_names(tags) if tags else [],
+    )
+
+
+def _split_names(cell: str) -> list[str]:
+    return [name.strip() for name in cell.split("|")]
+
+
+def _parse_json_line(line: str) -> _Row:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise _RowError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(obj, dict):
+        raise _RowError(f"expected a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - _JSON_FIELDS)
+    if unknown:
+        raise _RowError(f"unknown field {', '.join(_show(name) for name in unknown)}")
+    if "asset_id" not in obj:
+        raise _RowError("missing field 'asset_id'")
+    asset_id = obj["asset_id"]
+    drm_resource_id = obj.get("drm_resource_id")
+    key_holders = obj.get("key_holders")
+    tags = obj.get("tags", [])
+    if not isinstance(asset_id, str):
+        raise _RowError("field 'asset_id' must be a string")
+    if drm_resource_id is not None and not isinstance(drm_resource_id, str):
+        raise _RowError("field 'drm_resource_id' must be a string or null")
+    if key_holders is not None and not _is_str_list(key_holders):
+        raise _RowError("field 'key_holders' must be a list of strings or null")
+    if not _is_str_list(tags):
+        raise _RowError("field 'tags' must be a list of strings")
+    return _build_row(asset_id, drm_resource_id, key_holders, tags)
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _build_row(
+    asset_id: str, drm_resource_id: str | None, key_holders: list[str] | None, tags: list[str]
+) -> _Row:
+    if not _ID.fullmatch(asset_id):
+        raise _RowError(f"asset_id {_show(asset_id)} is not a valid id")
+    if drm_resource_id is not None and not _ID.fullmatch(drm_resource_id):
+        raise _RowError(f"drm_resource_id {_show(drm_resource_id)} is not a valid id")
+    for name in key_holders or ():
+        if not _PROVIDER.fullmatch(name):
+            raise _RowError(f"key holder {_show(name)} is not a valid provider name")
+    for tag in tags:
+        if not _TAG.fullmatch(tag):
+            raise _RowError(f"tag {_show(tag)} is not a valid tag")
+    holders_json = None if key_holders is None else _names_json(key_holders)
+    return asset_id, drm_resource_id, holders_json, _names_json(tags)
+
+
+def _names_json(names: list[str]) -> str:
+    # The names passed the patterns above, which admit nothing JSON must escape; sorted so
+    # equal sets encode alike (the serving side caches decoded sets by their text).
+    return "[" + ",".join(f'"{name}"' for name in sorted(set(names))) + "]"
+
+
+def _show(value: str) -> str:
+    """Quote a user-supplied value for a message, cut short if long."""
+    return repr(value if len(value) <= 64 else value[:64] + "...")
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def _load(records: Iterator[_Record], db: Path, report: Callable[[int], None]) -> ImportReport:
+    conn = sqlite3.connect(db, isolation_level=None)  # transactions managed explicitly below
+    try:
+        # WAL lets the gateway keep reading the catalog while an import runs.
+        conn.execute("PRAGMA journal_mode = WAL")
+        create_schema(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            before = conn.execute(_COUNT).fetchone()[0]
+            accepted, rejected = _store(conn, records, report)
+            added = conn.execute(_COUNT).fetchone()[0] - before
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.close()
+    # Duplicates within the file were rejected, so every accepted row was an add or an update.
+    return ImportReport(added=added, updated=accepted - added, rejected=rejected)
+
+
+def _store(
+    conn: sqlite3.Connection, records: Iterator[_Record], report: Callable[[int], None]
+) -> tuple[int, list[Rejection]]:
+    """Upsert the valid records in chunks; return how many were accepted, and the rejections."""
+    first_line: dict[str, int] = {}
+    rejected: list[Rejection] = []
+    batch: list[tuple[str, str | None, str | None, str, float]] = []
+    accepted = 0
+    line_no = 0
+    now = time.time()
+    for line_no, row in records:
+        if isinstance(row, str):
+            rejected.append(Rejection(line_no, row))
+            continue
+        first = first_line.setdefault(row[0], line_no)
+        if first != line_no:
+            rejected.append(Rejection(line_no, f"duplicate of line {first}"))
+            continue
+        batch.append((*row, now))
+        if len(batch) >= _CHUNK_ROWS:
+            conn.executemany(_UPSERT, batch)
+            accepted += len(batch)
+            batch.clear()
+            report(line_no)
+    conn.executemany(_UPSERT, batch)
+    report(line_no)
+    return accepted + len(batch), rejected
