@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import __version__, metrics
+from proxy.admin import ADMIN_CATALOG, ADMIN_TOKEN, RULES, add_admin_routes
 from proxy.catalog import CachedCatalog, build_catalog
 from proxy.config import Config
 from proxy.gateway import Gateway
@@ -22,6 +23,8 @@ from proxy.logs import get_logger
 from proxy.middlewares import create_middleware
 from proxy.providers import Upstream, close_upstreams, open_upstreams
 from proxy.routes import CERTIFICATE, GATEWAY, MAX_BODY, add_public_routes
+from proxy.rules import ProviderTraits
+from proxy.rules_watcher import RulesWatcher
 
 CONFIG = web.AppKey("config", Config)
 CATALOG = web.AppKey("catalog", CachedCatalog)
@@ -54,9 +57,30 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     await close_upstreams(upstreams)
 
 
-async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[GATEWAY] = Gateway(app[CONFIG], app[CATALOG], app[UPSTREAMS])
+async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    traits = {
+        name: ProviderTraits(needs_drm_resource_id=p.needs_drm_resource_id)
+        for name, p in config.providers.items()
+    }
+    watcher = RulesWatcher(
+        config.routing.rules_file,
+        default=config.routing.default_provider,
+        providers=traits,
+        poll_seconds=config.routing.poll_seconds,
+    )
+    app[RULES] = watcher
+    poller = asyncio.get_running_loop().create_task(watcher.poll_forever())
     yield
+    poller.cancel()
+    await asyncio.gather(poller, return_exceptions=True)
+
+
+async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
+    gateway = Gateway(app[CONFIG], app[CATALOG], app[UPSTREAMS], app[RULES])
+    app[GATEWAY] = gateway
+    yield
+    await gateway.close()
 
 
 def create_public_app(config: Config) -> web.Application:
@@ -67,9 +91,9 @@ def create_public_app(config: Config) -> web.Application:
     )
     app[CONFIG] = config
     app[MAX_BODY] = config.server.max_body_bytes
-    if config.fairplay_certificate is not None:
-        app[CERTIFICATE] = config.fairplay_certificate
-    app.cleanup_ctx.extend([_catalog_ctx, _upstreams_ctx, _gateway_ctx])
+    if config.fairplay.certificate is not None:
+        app[CERTIFICATE] = config.fairplay.certificate
+    app.cleanup_ctx.extend([_catalog_ctx, _upstreams_ctx, _rules_ctx, _gateway_ctx])
     add_public_routes(app)
     return app
 
@@ -103,9 +127,18 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 def create_internal_app(public: web.Application) -> web.Application:
-    """The ops app (never exposed publicly): health, readiness, metrics."""
+    """The ops app (never exposed publicly): health, readiness, metrics, admin.
+
+    Built after the public app has started, so it shares the open catalog and rules.
+    """
     app = web.Application(middlewares=[create_middleware(public=False)])
     app[PUBLIC_APP] = public
+    app[RULES] = public[RULES]
+    app[ADMIN_CATALOG] = public[CATALOG]
+    admin_token = public[CONFIG].admin_token
+    if admin_token:
+        app[ADMIN_TOKEN] = admin_token
+    add_admin_routes(app)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/metrics", metrics_handler, allow_head=False)
@@ -160,6 +193,8 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watcher = gateway.public_app[RULES]
+    loop.add_signal_handler(signal.SIGHUP, watcher.reload, "sighup")
     try:
         await stop.wait()
     finally:

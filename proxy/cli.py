@@ -45,7 +45,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.file)
     providers = ", ".join(sorted(config.providers))
-    print(f"ok: providers {providers}; default {config.default_provider}")
+    rules = config.routing.rules_file or "none (default provider only)"
+    print(f"ok: providers {providers}; rules {rules}")
     return 0
 
 
@@ -154,6 +155,83 @@ def cmd_token_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def _provider_traits(config: Config) -> dict[str, Any]:
+    from proxy.rules import ProviderTraits
+
+    return {
+        name: ProviderTraits(needs_drm_resource_id=p.needs_drm_resource_id)
+        for name, p in config.providers.items()
+    }
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from proxy.rules import RulesError, load_rules_file, summarize
+
+    providers = _provider_traits(_load_or_exit(args.config)) if args.config else None
+    try:
+        rules = load_rules_file(args.file, providers=providers)
+    except RulesError as exc:
+        print(f"{args.file}: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print(summarize(rules))
+    if providers is None:
+        print("(providers not checked: give --config to check them)")
+    return 0
+
+
+def cmd_rules_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from proxy.rules import RequestContext, explain
+    from proxy.rules_watcher import RulesWatcher
+
+    config = _load_or_exit(args.config)
+    watcher = RulesWatcher(
+        config.routing.rules_file,
+        default=config.routing.default_provider,
+        providers=_provider_traits(config),
+    )
+    from proxy.catalog import build_catalog
+
+    async def lookup() -> Any:
+        catalog = build_catalog(config.catalog)
+        try:
+            return await catalog.get(args.asset)
+        finally:
+            await catalog.close()
+
+    entry = asyncio.run(lookup())
+    if entry is None:
+        print(f"asset '{args.asset}' is not in the catalog", file=sys.stderr)
+        return 1
+    context = RequestContext(
+        args.drm, args.asset, entry, args.platform, args.app_version, args.user
+    )
+    result = explain(watcher.rules, context, watcher.providers).to_dict()
+    result["rules_version"] = watcher.rules.version
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_rules_commands(commands: Any) -> None:
+    rules = commands.add_parser("rules", help="routing rules tools")
+    rules_cmds = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_cmds.add_parser("check", help="validate a rules file")
+    check.add_argument("file", type=Path)
+    check.add_argument("--config", type=Path, help="also check providers against this config")
+    check.set_defaults(func=cmd_rules_check)
+    exp = rules_cmds.add_parser("explain", help="show the decision and every rule's verdict")
+    exp.add_argument("--config", type=Path, required=True)
+    exp.add_argument("--asset", required=True)
+    exp.add_argument("--drm", required=True, choices=[*DRM_SYSTEMS, "aes128"])
+    exp.add_argument("--platform")
+    exp.add_argument("--app-version")
+    exp.add_argument("--user")
+    exp.set_defaults(func=cmd_rules_explain)
+
+
 def _add_token_commands(commands: Any) -> None:
     token = commands.add_parser("token", help="provider token tools (debugging)")
     token_cmds = token.add_subparsers(dest="token_command", required=True)
@@ -228,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--incoming-port", type=int, default=8082)
     demo.set_defaults(func=cmd_demo)
 
+    _add_rules_commands(commands)
     _add_token_commands(commands)
     register_emulate(commands)
     return parser

@@ -38,6 +38,7 @@ __all__ = [
     "FairPlaySettings",
     "ProviderAuth",
     "ProviderSettings",
+    "RoutingSettings",
     "UrlTemplate",
     "load_config",
     "parse_config",
@@ -65,6 +66,13 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RoutingSettings:
+    default_provider: str
+    rules_file: Path | None = None
+    poll_seconds: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class FairPlaySettings:
     """The application certificate players fetch, and the CKC format each client format expects."""
 
@@ -80,8 +88,9 @@ class Config:
     log: LogSettings
     catalog: CatalogSettings
     providers: Mapping[str, ProviderSettings]
-    default_provider: str
+    routing: RoutingSettings
     fairplay: FairPlaySettings = field(default_factory=FairPlaySettings)
+    admin_token: str | None = field(default=None, repr=False)
     source: Path | None = None
 
 
@@ -121,16 +130,19 @@ def parse_config(
 ) -> Config:
     """Build a Config from a parsed YAML tree, or raise ConfigError with every problem."""
     reader = ConfigReader(base_dir, os.environ if env is None else env)
-    top = reader.mapping(raw, "", {"server", "log", "catalog", "routing", "providers", "fairplay"})
+    top = reader.mapping(
+        raw, "", {"server", "log", "catalog", "routing", "providers", "fairplay", "admin"}
+    )
     server = _parse_server(reader, top.get("server"))
     log = _parse_log(reader, top.get("log"))
     catalog = _parse_catalog(reader, top.get("catalog"))
     providers = parse_providers(reader, top.get("providers"))
-    default = _parse_routing(reader, top.get("routing"), providers)
+    routing = _parse_routing(reader, top.get("routing"), providers)
+    admin_token = _parse_admin(reader, top.get("admin"))
     fairplay = _parse_fairplay(reader, top.get("fairplay"))
     if reader.problems:
         raise ConfigError(reader.problems)
-    return Config(server, log, catalog, providers, default, fairplay, source)
+    return Config(server, log, catalog, providers, routing, fairplay, admin_token, source)
 
 
 def _parse_listener(reader: ConfigReader, raw: Any, path: str, default: Listener) -> Listener:
@@ -198,10 +210,18 @@ def _parse_catalog(reader: ConfigReader, raw: Any) -> CatalogSettings:
 
 def _parse_routing(
     reader: ConfigReader, raw: Any, providers: Mapping[str, ProviderSettings]
-) -> str:
-    section = reader.mapping(raw, "routing", {"default_provider"})
-    default = reader.value(section, "default_provider", "routing", str, REQUIRED)
-    if default is not None and providers and default not in providers:
+) -> RoutingSettings:
+    section = reader.mapping(raw, "routing", {"default_provider", "rules_file", "poll_seconds"})
+    rules_file = None
+    if "rules_file" in section:
+        rules_file = reader.path(section["rules_file"], "routing.rules_file")
+        if rules_file is not None and not rules_file.is_file():
+            reader.problem("routing.rules_file", f"{rules_file} does not exist")
+    poll = reader.positive(section, "poll_seconds", "routing", float, 2.0)
+    # With a rules file, its `default` decides; this one is used only without a file.
+    required = REQUIRED if rules_file is None else ""
+    default = reader.value(section, "default_provider", "routing", str, required)
+    if default and providers and default not in providers:
         known = ", ".join(sorted(providers))
         reader.problem("routing.default_provider", f"unknown provider '{default}' (known: {known})")
     elif default in providers and providers[default].needs_drm_resource_id:
@@ -209,7 +229,17 @@ def _parse_routing(
             "routing.default_provider",
             f"'{default}' needs a drmResourceId, so assets without one would have nowhere to go",
         )
-    return str(default or "")
+    return RoutingSettings(str(default or ""), rules_file, poll)
+
+
+def _parse_admin(reader: ConfigReader, raw: Any) -> str | None:
+    section = reader.mapping(raw, "admin", {"token"})
+    if "token" not in section:
+        return None
+    token = reader.secret(section["token"], "admin.token")
+    if token is not None and len(token) < 16:
+        reader.problem("admin.token", "must be at least 16 characters")
+    return token
 
 
 def _parse_fairplay(reader: ConfigReader, raw: Any) -> FairPlaySettings:

@@ -20,7 +20,8 @@ from proxy.emulator import EmulatorSettings, start_emulator
 from proxy.emulator.settings import DEMO_LEGACY_API_KEY, DEMO_SEED
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "gateway.yaml"
-DEMO_INCOMING_TOKEN = "demo-incoming-token"
+DEMO_INCOMING_JWT_KEY = "demo-incoming-jwt-key-0123456789abcdef"  # 38 bytes, HS256
+DEMO_ADMIN_TOKEN = "demo-admin-token-change-me"
 # A fixed, documented key id so the printed examples are stable.
 DEMO_KEY_ID = "00112233445566778899aabbccddeeff"
 
@@ -91,12 +92,39 @@ def write_demo_files(workdir: Path, count: int) -> Path:
     return db
 
 
+def write_test_certificate(path: Path) -> None:
+    """A self-signed test certificate (DER) standing in for a FairPlay application cert."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "drm-gateway demo FairPlay")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+
+
 def _resources(path: Path) -> dict[str, str]:
     pairs = (line.split(",", 1) for line in path.read_text().split())
     return {p[0]: p[-1] for p in pairs}
 
 
-def print_banner(public: str, internal: str, legacy: str, incoming: str, workdir: Path) -> None:
+def print_banner(
+    public: str, internal: str, legacy: str, incoming: str, workdir: Path, admin_token: str
+) -> None:
     kid_b64 = base64.urlsafe_b64encode(bytes.fromhex(DEMO_KEY_ID)).rstrip(b"=").decode()
     both, legacy_only, incoming_only = "asset-00003", "asset-00000", "asset-00009"
     print(
@@ -124,7 +152,15 @@ Try it (each line works as printed):
        --data '{{"kids":["{kid_b64}"],"type":"temporary"}}' \\
        {public}/v1/license/clearkey/{incoming_only}
   curl -s {public}/v1/keys/{both}/{DEMO_KEY_ID} | xxd
+  curl -s {public}/v1/certificate/fairplay | openssl x509 -inform der -noout -subject
   curl -s {internal}/metrics | grep drm_gateway_requests_total
+
+Ops (internal port, admin token {admin_token}):
+
+  curl -s -H 'Authorization: Bearer {admin_token}' \\
+       '{internal}/admin/explain?asset={both}&drm=widevine'
+  curl -s -H 'Authorization: Bearer {admin_token}' {internal}/admin/rules
+  # edit rules/routing.yaml (e.g. a percent): the gateway reloads it within 2 s
 """,
         flush=True,
     )
@@ -137,8 +173,10 @@ async def run_demo(
     from proxy.app import start_gateway
 
     os.environ.setdefault("LEGACY_API_KEY", DEMO_LEGACY_API_KEY)
-    os.environ.setdefault("INCOMING_TOKEN", DEMO_INCOMING_TOKEN)
+    os.environ.setdefault("INCOMING_JWT_KEY", DEMO_INCOMING_JWT_KEY)
+    os.environ.setdefault("ADMIN_TOKEN", DEMO_ADMIN_TOKEN)
     db = write_demo_files(workdir, 10_000)
+    write_test_certificate(workdir / "fairplay-cert.der")
     legacy = await start_emulator(
         EmulatorSettings(
             kind="legacy",
@@ -157,12 +195,20 @@ async def run_demo(
             "server.public.port": public_port,
             "server.internal.port": internal_port,
             "catalog.path": str(db.resolve()),
+            "fairplay.certificate_file": str((workdir / "fairplay-cert.der").resolve()),
             "providers.legacy.base_url": legacy.url,
             "providers.incoming.base_url": incoming.url,
         },
     )
     gateway = await start_gateway(config)
-    print_banner(gateway.public_url, gateway.internal_url, legacy.url, incoming.url, workdir)
+    print_banner(
+        gateway.public_url,
+        gateway.internal_url,
+        legacy.url,
+        incoming.url,
+        workdir,
+        os.environ["ADMIN_TOKEN"],
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

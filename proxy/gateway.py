@@ -1,4 +1,4 @@
-"""The request flow: catalog lookup, provider choice, upstream call. No HTTP server code.
+"""The request flow: catalog lookup, routing rules, upstream call. No HTTP server code.
 
 Handlers parse the player's request into these calls and turn the result into a response, so
 this module reads as the license path from top to bottom.
@@ -6,23 +6,38 @@ this module reads as the license path from top to bottom.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from proxy import metrics
 from proxy.catalog.base import Catalog, CatalogEntry
-from proxy.config import Config, ProviderSettings, UrlTemplate
-from proxy.errors import InvalidId, NoProvider, UnknownAsset, UpstreamBadResponse
+from proxy.config import Config, UrlTemplate
+from proxy.errors import (
+    InvalidId,
+    NoProvider,
+    UnknownAsset,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
 from proxy.fairplay import SpcRequest, encode_ckc, encode_spc, parse_ckc_response, parse_spc_request
+from proxy.logs import get_logger
 from proxy.providers import Upstream, UpstreamResponse, forward_headers
+from proxy.rules import Decision, RequestContext, evaluate
+from proxy.rules_watcher import RulesWatcher
 from proxy.tokens import TokenContext
 
 ASSET_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 KEY_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 AES_KEY_BYTES = 16
 KEY_DRM = "aes128"  # the label used for HLS AES-128 key requests in logs, metrics and rules
+
+log = get_logger("gateway")
 
 
 @dataclass(slots=True)
@@ -35,6 +50,8 @@ class RequestInfo:
     provider: str = "-"
     rule: str = "-"
     reason: str = "-"
+    rules_version: str | None = None
+    fallback_from: str | None = None
     upstream_ms: float | None = None
 
 
@@ -50,10 +67,16 @@ class ClientInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Choice:
-    provider: str
-    rule: str
-    reason: str
+class Call:
+    """One upstream request to make, independent of which provider answers it."""
+
+    drm: str
+    entry: CatalogEntry
+    client: ClientInfo
+    body: bytes | None = None
+    content_type: str | None = None
+    spc: SpcRequest | None = None
+    key_id: str = ""
 
 
 def validate_asset_id(asset_id: str) -> str:
@@ -68,37 +91,25 @@ def validate_key_id(key_id: str) -> str:
     return key_id.lower()
 
 
-def can_serve(provider: ProviderSettings, entry: CatalogEntry, drm: str) -> str | None:
-    """None if the provider can serve this asset and DRM system, else the guard's reason."""
-    if provider.needs_drm_resource_id and entry.drm_resource_id is None:
-        return "guard_no_resource_id"
-    if entry.key_holders is not None and provider.name not in entry.key_holders:
-        return "guard_key_holders"
-    if drm == KEY_DRM:
-        return None if provider.key_url is not None else "guard_no_endpoint"
-    return None if drm in provider.license_urls else "guard_no_endpoint"
-
-
-def choose_provider(
-    default: str, providers: Mapping[str, ProviderSettings], entry: CatalogEntry, drm: str
-) -> Choice:
-    """The default provider, unless a guard refuses it; then the first provider that can."""
-    refused = can_serve(providers[default], entry, drm)
-    if refused is None:
-        return Choice(default, "default", "default")
-    for name, provider in providers.items():
-        if name != default and can_serve(provider, entry, drm) is None:
-            return Choice(name, "default", refused)
-    raise NoProvider()
+# Failures worth retrying on the rule's fallback provider; a 4xx is the provider's answer.
+_RETRYABLE = (UpstreamError, UpstreamTimeout)
 
 
 class Gateway:
-    """Serves license and key requests from the catalog, routing and upstream clients."""
+    """Serves license and key requests from the catalog, routing rules and upstream clients."""
 
-    def __init__(self, config: Config, catalog: Catalog, upstreams: Mapping[str, Upstream]):
+    def __init__(
+        self,
+        config: Config,
+        catalog: Catalog,
+        upstreams: Mapping[str, Upstream],
+        rules: RulesWatcher,
+    ) -> None:
         self.config = config
         self.catalog = catalog
         self.upstreams = upstreams
+        self.rules = rules
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     async def resolve(self, info: RequestInfo, drm: str, asset_id: str) -> CatalogEntry:
         info.drm, info.asset_id = drm, validate_asset_id(asset_id)
@@ -109,11 +120,23 @@ class Gateway:
             metrics.ASSETS_WITHOUT_RESOURCE_ID.labels(drm).inc()
         return entry
 
-    def route(self, info: RequestInfo, entry: CatalogEntry, drm: str) -> Upstream:
-        choice = choose_provider(self.config.default_provider, self.config.providers, entry, drm)
-        info.provider, info.rule, info.reason = choice.provider, choice.rule, choice.reason
-        metrics.ROUTING_DECISIONS.labels(choice.provider, choice.rule, choice.reason).inc()
-        return self.upstreams[choice.provider]
+    def decide(self, info: RequestInfo, entry: CatalogEntry, client: ClientInfo) -> Decision:
+        """Evaluate the active rules (read once: one version per request)."""
+        rules = self.rules.rules
+        info.rules_version = rules.version
+        context = RequestContext(
+            info.drm, entry.asset_id, entry, client.platform, client.app_version, client.user_id
+        )
+        decision = evaluate(rules, context, self.rules.providers)
+        if not self._has_endpoint(decision.provider, info.drm):
+            raise NoProvider(f"The chosen provider has no endpoint for {info.drm}.")
+        info.provider, info.rule, info.reason = decision.provider, decision.rule, decision.reason
+        metrics.ROUTING_DECISIONS.labels(decision.provider, decision.rule, decision.reason).inc()
+        return decision
+
+    def _has_endpoint(self, provider: str, drm: str) -> bool:
+        settings = self.upstreams[provider].settings
+        return settings.key_url is not None if drm == KEY_DRM else drm in settings.license_urls
 
     async def license(
         self,
@@ -132,21 +155,8 @@ class Gateway:
                 challenge, content_type, max_spc_bytes=self.config.server.max_body_bytes
             )
         entry = await self.resolve(info, drm, asset_id)
-        upstream = self.route(info, entry, drm)
-        if spc is not None:
-            challenge, content_type = self._spc_for(upstream, spc, asset_id)
-        answer = await self._send(
-            info,
-            upstream,
-            upstream.settings.license_urls[drm],
-            _url_values(entry, drm),
-            entry=entry,
-            client=client,
-            method="POST",
-            body=challenge,
-            content_type=content_type,
-        )
-        return answer if spc is None else self._ckc_for(upstream, answer, spc)
+        call = Call(drm, entry, client, challenge, content_type, spc)
+        return await self._route_and_send(info, call)
 
     async def key(
         self, info: RequestInfo, *, asset_id: str, key_id: str, client: ClientInfo
@@ -154,21 +164,81 @@ class Gateway:
         """Fetch one HLS AES-128 key (16 bytes) from the chosen provider."""
         key_id = validate_key_id(key_id)
         entry = await self.resolve(info, KEY_DRM, asset_id)
-        upstream = self.route(info, entry, KEY_DRM)
-        assert upstream.settings.key_url is not None  # guaranteed by can_serve
-        answer = await self._send(
-            info,
-            upstream,
-            upstream.settings.key_url,
-            _url_values(entry, KEY_DRM, key_id),
-            entry=entry,
-            client=client,
-            method="GET",
+        answer = await self._route_and_send(info, Call(KEY_DRM, entry, client, key_id=key_id))
+        return answer.body
+
+    async def _route_and_send(self, info: RequestInfo, call: Call) -> UpstreamResponse:
+        decision = self.decide(info, call.entry, call.client)
+        self._maybe_shadow(info, call, decision)
+        try:
+            return await self._send(info, self.upstreams[decision.provider], call)
+        except _RETRYABLE as exc:
+            if decision.fallback is None or isinstance(exc, UpstreamRejected):
+                raise
+            metrics.FALLBACKS.labels(decision.provider, decision.fallback).inc()
+            log.warning(
+                "fallback",
+                request_id=info.request_id,
+                provider=decision.provider,
+                fallback=decision.fallback,
+                error=exc.code,
+            )
+            info.fallback_from, info.provider = decision.provider, decision.fallback
+            return await self._send(info, self.upstreams[decision.fallback], call)
+
+    async def _send(self, info: RequestInfo, upstream: Upstream, call: Call) -> UpstreamResponse:
+        """Authenticate, encode, send and time one upstream call; check what comes back."""
+        settings = upstream.settings
+        body, content_type = call.body, call.content_type
+        if call.spc is not None:
+            body, content_type = self._spc_for(upstream, call.spc, call.entry.asset_id)
+        template = settings.key_url if call.drm == KEY_DRM else settings.license_urls[call.drm]
+        assert template is not None  # decide() checked the endpoint exists
+        url, auth_headers = self._target(upstream, template, info, call)
+        headers = forward_headers(
+            request_id=info.request_id,
+            content_type=content_type,
+            forwarded_for=call.client.forwarded_for,
+            traceparent=call.client.traceparent,
+            extra=auth_headers,
         )
-        if len(answer.body) != AES_KEY_BYTES:
+        method = "GET" if call.drm == KEY_DRM else "POST"
+        started = time.perf_counter()
+        try:
+            answer = await upstream.send(method, url, drm=call.drm, body=body, headers=headers)
+        finally:
+            info.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
+        if call.drm == KEY_DRM and len(answer.body) != AES_KEY_BYTES:
             metrics.UPSTREAM_BAD_RESPONSES.labels(upstream.name, "bad_key_length").inc()
             raise UpstreamBadResponse()
-        return answer.body
+        return answer if call.spc is None else self._ckc_for(upstream, answer, call.spc)
+
+    @staticmethod
+    def _target(
+        upstream: Upstream, template: UrlTemplate, info: RequestInfo, call: Call
+    ) -> tuple[str, dict[str, str]]:
+        """The upstream URL and the auth headers (a signed token where the provider wants one)."""
+        entry = call.entry
+        auth_headers, query = upstream.credentials(
+            TokenContext(
+                drm_resource_id=entry.drm_resource_id,
+                asset_id=entry.asset_id,
+                drm=call.drm,
+                user_id=call.client.user_id,
+                request_id=info.request_id,
+            )
+        )
+        url = template.render(
+            {
+                "asset_id": entry.asset_id,
+                "drm_resource_id": entry.drm_resource_id or "",
+                "key_id": call.key_id,
+                "drm": call.drm,
+            }
+        )
+        if query:
+            url += ("&" if "?" in url else "?") + query
+        return url, auth_headers
 
     @staticmethod
     def _spc_for(upstream: Upstream, spc: SpcRequest, asset_id: str) -> tuple[bytes, str]:
@@ -187,50 +257,29 @@ class Gateway:
         body, content_type = encode_ckc(ckc, self.config.fairplay.client_response[spc.fmt])
         return UpstreamResponse(body, content_type, answer.headers)
 
-    async def _send(
-        self,
-        info: RequestInfo,
-        upstream: Upstream,
-        template: UrlTemplate,
-        values: dict[str, str],
-        *,
-        entry: CatalogEntry,
-        client: ClientInfo,
-        method: str,
-        body: bytes | None = None,
-        content_type: str | None = None,
-    ) -> UpstreamResponse:
-        """Authenticate, build the URL and headers, send, and time the upstream call."""
-        auth_headers, query = upstream.credentials(
-            TokenContext(
-                drm_resource_id=entry.drm_resource_id,
-                asset_id=entry.asset_id,
-                drm=info.drm,
-                user_id=client.user_id,
-                request_id=info.request_id,
-            )
+    def _maybe_shadow(self, info: RequestInfo, call: Call, decision: Decision) -> None:
+        """Send a sampled copy to the shadow provider; its answer is only compared."""
+        shadow = decision.shadow
+        if shadow is None or random.random() * 100 >= shadow.percent:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._shadow(replace(info, provider=shadow.to), call, shadow.to)
         )
-        url = template.render(values)
-        if query:
-            url += ("&" if "?" in url else "?") + query
-        headers = forward_headers(
-            request_id=info.request_id,
-            content_type=content_type,
-            forwarded_for=client.forwarded_for,
-            traceparent=client.traceparent,
-            extra=auth_headers,
-        )
-        started = time.perf_counter()
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, info: RequestInfo, call: Call, provider: str) -> None:
         try:
-            return await upstream.send(method, url, drm=info.drm, body=body, headers=headers)
-        finally:
-            info.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
+            await self._send(info, self.upstreams[provider], call)
+            result = "match"
+        except UpstreamRejected:
+            result = "differ"
+        except Exception:  # a shadow never affects the player: count and move on
+            result = "error"
+        metrics.SHADOW_REQUESTS.labels(provider, result).inc()
 
-
-def _url_values(entry: CatalogEntry, drm: str, key_id: str = "") -> dict[str, str]:
-    return {
-        "asset_id": entry.asset_id,
-        "drm_resource_id": entry.drm_resource_id or "",
-        "key_id": key_id,
-        "drm": drm,
-    }
+    async def close(self) -> None:
+        """Cancel shadow requests still in flight."""
+        for task in list(self._shadow_tasks):
+            task.cancel()
+        await asyncio.gather(*self._shadow_tasks, return_exceptions=True)

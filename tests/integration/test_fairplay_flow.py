@@ -1,4 +1,4 @@
-"""FairPlay through the gateway: every client format × both providers, byte-exact both ways."""
+"""FairPlay through the gateway: every client format x both providers, byte-exact both ways."""
 
 from __future__ import annotations
 
