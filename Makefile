@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test check lint typecheck unit clean
+.PHONY: install tools demo test check lint typecheck unit deploy-check clean
 
 install: $(STAMP)
 
@@ -15,17 +15,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Test tools outside the package: promtool (Debian's prometheus), hadolint, manifest validators.
+tools: install
+	bash scripts/install-tools.sh
+
 demo: install
 	$(BIN)/drm-gateway demo
 
 lint: install
-	$(BIN)/ruff check proxy tests
-	$(BIN)/ruff format --check proxy tests
+	$(BIN)/ruff check proxy tests scripts
+	$(BIN)/ruff format --check proxy tests scripts
 
 typecheck: install
-	$(BIN)/mypy --strict proxy
+	$(BIN)/mypy --strict proxy scripts/deploy_checks.py
 
-unit: install
+deploy-check: tools
+	bash scripts/check-deploy.sh
+
+unit: install tools
 	bash .ci/pytest.sh $(BIN)/pytest
 
 check: lint typecheck

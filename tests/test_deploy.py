@@ -1,0 +1,420 @@
+"""Deployment artifacts: the dashboard and alerts query only metrics and labels that exist,
+the dashboard is importable, alerts are complete and unit-tested, the Kubernetes, compose and
+container files keep their contract, and scripts/check-deploy.sh passes (promtool, hadolint,
+kubernetes-validate, check-jsonschema)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+from proxy import metrics
+from proxy.config import load_config
+from proxy.rules import ProviderTraits, load_rules_file
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "drm-gateway.json"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
+K8S = DEPLOY / "k8s"
+# Labels Prometheus (static config or ServiceMonitor) adds to every scraped series.
+TARGET_LABELS = {"job", "instance", "pod", "namespace", "service", "container", "endpoint"}
+# Series Prometheus makes itself, not the gateway.
+BUILTIN_SERIES = {"up"}
+IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}")
+MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*"')
+
+
+def _load_helper() -> ModuleType:
+    """scripts/deploy_checks.py (not a package), the renderer check-deploy.sh falls back to."""
+    spec = importlib.util.spec_from_file_location(
+        "deploy_checks", ROOT / "scripts/deploy_checks.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+deploy_checks = _load_helper()
+
+
+# --- what metrics.py defines -----------------------------------------------------------------
+
+
+def defined_series() -> dict[str, frozenset[str] | None]:
+    """Every series name the registry exposes -> its label names (None: not known statically,
+    an Info's labels are set at run time)."""
+    wrappers = {
+        w._name: w  # the base name prometheus-client keeps (counters without `_total`)
+        for w in vars(metrics).values()
+        if isinstance(w, MetricWrapperBase)
+    }
+    suffixes = {
+        "counter": ("_total",),
+        "histogram": ("_bucket", "_sum", "_count"),
+        "summary": ("", "_sum", "_count"),
+        "gauge": ("",),
+        "info": ("_info",),
+    }
+    series: dict[str, frozenset[str] | None] = {}
+    for family in metrics.REGISTRY.collect():
+        wrapper = wrappers.get(family.name)
+        labels = frozenset(wrapper._labelnames) if wrapper and family.type != "info" else None
+        for suffix in suffixes[family.type]:
+            extra = {"le"} if suffix == "_bucket" else set()
+            series[family.name + suffix] = None if labels is None else labels | extra
+    return series
+
+
+def _strip_strings(expr: str) -> str:
+    return re.sub(r'"[^"]*"', '""', expr)
+
+
+def series_used(expr: str) -> set[str]:
+    """Series names in a PromQL expression: identifiers before a selector or range, and any
+    drm_gateway_* identifier wherever it stands."""
+    bare = _strip_strings(expr)
+    names = {m.group(0) for m in IDENT.finditer(bare) if m.group(0).startswith("drm_gateway_")}
+    names |= set(re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*[{\[]", bare))
+    return names
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return data
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+
+
+def all_expressions() -> list[tuple[str, str]]:
+    """(where, PromQL) for every dashboard target and alert rule."""
+    found = [(f"panel {t!r}", e) for t, e in deploy_checks.dashboard_expressions(dashboard())]
+    found += [(f"alert {r['alert']}", r["expr"]) for r in alert_rules()]
+    return found
+
+
+def test_series_extraction_sees_selectors_ranges_and_bare_names() -> None:
+    expr = 'sum(rate(drm_gateway_x_total{a="up{"}[5m])) / on() up{job="j"} + drm_gateway_y'
+    assert series_used(expr) == {"drm_gateway_x_total", "up", "drm_gateway_y"}
+
+
+def test_every_series_queried_is_defined_in_metrics_py() -> None:
+    defined = defined_series()
+    assert "drm_gateway_requests_total" in defined  # the collection itself works
+    assert "drm_gateway_request_duration_seconds_bucket" in defined
+    unknown = [
+        f"{where}: {name}"
+        for where, expr in all_expressions()
+        for name in sorted(series_used(expr))
+        if name not in defined and name not in BUILTIN_SERIES
+    ]
+    assert not unknown, "queried but not defined in proxy/metrics.py:\n" + "\n".join(unknown)
+
+
+def test_every_label_matched_exists_on_its_series() -> None:
+    defined = defined_series()
+    wrong = []
+    for where, expr in all_expressions():
+        for name, body in SELECTOR.findall(expr):
+            labels = defined.get(name)
+            if labels is None:
+                continue  # Info labels, or `up`
+            for label in MATCHER.findall(body):
+                if label not in labels | TARGET_LABELS:
+                    wrong.append(f"{where}: {name} has no label {label!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+# --- dashboard -------------------------------------------------------------------------------
+
+
+def _panels(dash: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for top in dash["panels"] for p in [top, *top.get("panels", [])]]
+
+
+def test_dashboard_is_importable_with_a_datasource_variable() -> None:
+    dash = dashboard()
+    assert dash["uid"] == "drm-gateway" and dash["title"]
+    assert dash["schemaVersion"] >= 39
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for name in ("job", "instance"):
+        assert variables[name]["datasource"]["uid"] == "${datasource}"
+    panels = _panels(dash)
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    graphs = [p for p in panels if p["type"] != "row"]
+    assert len(graphs) >= 10
+    for panel in graphs:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"], f"{panel['title']}: no query"
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert target["expr"].strip()
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, f"{panel['title']} is wider than the dashboard"
+
+
+def test_dashboard_queries_use_only_known_grafana_variables() -> None:
+    for _, expr in deploy_checks.dashboard_expressions(dashboard()):
+        deploy_checks.substitute_variables(expr)  # raises on an unknown $variable
+        if "drm_gateway_" in expr and "rules_info" not in expr:
+            assert 'job=~"$job"' in expr, expr
+
+
+# (title fragment, series every query set must use, text the queries must contain)
+REQUIRED_PANELS = [
+    ("Migration progress", "drm_gateway_requests_total", "sum by (drm, provider)"),
+    ("Success rate by provider", "drm_gateway_requests_total", "by (provider)"),
+    ("Errors by provider", "drm_gateway_requests_total", "provider, status_class"),
+    ("Refused requests by reason", "drm_gateway_refused_requests_total", "by (reason)"),
+    ("Upstream failures", "drm_gateway_upstream_bad_responses_total", "kind"),
+    ("gateway vs upstream", "drm_gateway_upstream_duration_seconds_bucket", "0.99"),
+    (
+        "Assets without drmResourceId per minute",
+        "drm_gateway_assets_without_resource_id_total",
+        "* 60",
+    ),
+    ("Catalog hit ratio", "drm_gateway_catalog_lookups_total", "hit"),
+    ("Decisions by rule", "drm_gateway_routing_decisions_total", "rule"),
+    ("Rules version per replica", "drm_gateway_rules_info", "instance, pod"),
+    ("Rate-limited requests", "drm_gateway_rate_limited_total", "by (limit)"),
+    ("In-flight requests", "drm_gateway_in_flight_requests", "instance"),
+    ("Rules reloads", "drm_gateway_rules_reloads_total", "result"),
+]
+
+
+@pytest.mark.parametrize(("title", "series", "text"), REQUIRED_PANELS)
+def test_required_panel_exists(title: str, series: str, text: str) -> None:
+    matching = [p for p in _panels(dashboard()) if title in p["title"]]
+    assert matching, f"no panel titled like {title!r}"
+    exprs = " ".join(t["expr"] for p in matching for t in p.get("targets", []))
+    assert series in series_used(exprs) and text in exprs
+
+
+def test_latency_panel_compares_gateway_and_upstream_quantiles() -> None:
+    panel = next(p for p in _panels(dashboard()) if p["title"].startswith("Latency p50"))
+    exprs = [t["expr"] for t in panel["targets"]]
+    for metric in ("request_duration_seconds_bucket", "upstream_duration_seconds_bucket"):
+        for q in ("0.5", "0.95", "0.99"):
+            assert any(f"histogram_quantile({q}," in e and metric in e for e in exprs)
+
+
+# --- alerts ----------------------------------------------------------------------------------
+
+REQUIRED_ALERTS = {
+    "DrmGatewayDown",
+    "DrmGatewayHighErrorRatio",
+    "DrmGatewayHighLatencyP99",
+    "DrmGatewayAssetsWithoutResourceIdSpike",
+    "DrmGatewayRulesReloadFailed",
+    "DrmGatewayRulesVersionMismatch",
+}
+
+
+def test_alert_rules_are_complete() -> None:
+    rules = alert_rules()
+    assert REQUIRED_ALERTS <= {r["alert"] for r in rules}
+    for rule in rules:
+        assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
+        assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+        assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
+    mismatch = next(r for r in rules if r["alert"] == "DrmGatewayRulesVersionMismatch")
+    assert "by (job, namespace, version, sha256)" in mismatch["expr"]
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
+    cases = [
+        c for t in yaml.safe_load(ALERTS_TEST.read_text())["tests"] for c in t["alert_rule_test"]
+    ]
+    for rule in alert_rules():
+        mine = [c for c in cases if c["alertname"] == rule["alert"]]
+        assert any(c["exp_alerts"] for c in mine), f"{rule['alert']}: no test where it fires"
+        assert any(not c["exp_alerts"] for c in mine), f"{rule['alert']}: no quiet test"
+
+
+def test_prometheusrule_carries_the_alert_groups() -> None:
+    rule = yaml.safe_load((K8S / "base" / "prometheusrule.yaml").read_text())
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["kind"] == "PrometheusRule"
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+    # The file is exactly what `check-deploy.sh --sync-rules` writes.
+    assert (
+        K8S / "base" / "prometheusrule.yaml"
+    ).read_text() == deploy_checks.prometheus_rule_text()
+
+
+# --- Kubernetes ------------------------------------------------------------------------------
+
+
+def _rendered(overlay: str) -> dict[tuple[str, str], dict[str, Any]]:
+    objs = deploy_checks.render_kustomization(K8S / overlay)
+    return {(o["kind"], re.sub(r"-\w{10}$", "", o["metadata"]["name"])): o for o in objs}
+
+
+def test_staging_deployment_contract() -> None:
+    objs = _rendered("overlays/staging")
+    dep = objs[("Deployment", "drm-gateway")]
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert dep["metadata"]["namespace"] == "drm-gateway-staging"
+    assert dep["spec"]["replicas"] >= 2
+    assert objs[("HorizontalPodAutoscaler", "drm-gateway")]["spec"]["minReplicas"] >= 2
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "internal"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "internal"}
+    assert {"requests", "limits"} <= set(container["resources"])
+    sec = container["securityContext"]
+    assert sec["readOnlyRootFilesystem"] and not sec["allowPrivilegeEscalation"]
+    assert sec["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert "subPath" not in mounts["/etc/drm-gateway/rules"], "subPath mounts never update"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    assert volumes["rules"]["configMap"]["name"] == "drm-gateway-rules"  # fixed name: in place
+    secrets = {e["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    assert secrets == {"LEGACY_API_KEY", "INCOMING_TOKEN"}
+    config = yaml.safe_load(objs[("ConfigMap", "drm-gateway-config")]["data"]["gateway.yaml"])
+    drain = (
+        pod["terminationGracePeriodSeconds"] - container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    )
+    assert drain > config["server"]["shutdown_grace_seconds"]
+    assert config["routing"]["rules_file"] == "/etc/drm-gateway/rules/routing.yaml"
+    assert not any(o["kind"] == "Secret" for o in objs.values()), "secrets are never committed"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_python_kustomize_renders_like_kubectl() -> None:
+    def normal(docs: list[dict[str, Any]]) -> list[str]:
+        text = [yaml.safe_dump(d, sort_keys=True) for d in docs if d]
+        return sorted(re.sub(r"(drm-gateway-config)-\w{10}", r"\1", t) for t in text)
+
+    for overlay in ("base", "overlays/staging"):
+        out = subprocess.run(
+            ["kubectl", "kustomize", str(K8S / overlay)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        ours = deploy_checks.render_kustomization(K8S / overlay)
+        assert normal(ours) == normal(list(yaml.safe_load_all(out))), overlay
+
+
+def test_manifest_cross_check_catches_a_servicemonitor_on_the_public_port(tmp_path: Path) -> None:
+    objs = deploy_checks.render_kustomization(K8S / "base")
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump_all(objs))
+    deploy_checks.check_manifests([good])
+    for obj in objs:
+        if obj["kind"] == "ServiceMonitor":
+            obj["spec"]["selector"]["matchLabels"] = {"app.kubernetes.io/name": "drm-gateway"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump_all(objs))
+    with pytest.raises(deploy_checks.CheckFailed, match="exactly the internal Service"):
+        deploy_checks.check_manifests([bad])
+
+
+def test_k8s_rules_are_the_repository_rules() -> None:
+    # kustomize reads no file outside its directory, so base/ holds a copy.
+    assert (K8S / "base" / "routing.yaml").read_text() == (
+        ROOT / "rules" / "routing.yaml"
+    ).read_text(), "copy rules/routing.yaml to deploy/k8s/base/routing.yaml"
+
+
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return data
+
+
+@pytest.mark.parametrize("which", ["k8s-base", "k8s-staging", "compose"])
+def test_shipped_gateway_configs_load(
+    which: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEGACY_API_KEY", "test-legacy-key")
+    monkeypatch.setenv("INCOMING_TOKEN", "test-incoming-token")
+    sources = {
+        "k8s-base": K8S / "base" / "gateway.yaml",
+        "k8s-staging": K8S / "overlays" / "staging" / "gateway.yaml",
+    }
+    path = sources.get(which, tmp_path / "gateway.yaml")
+    if which == "compose":
+        path.write_text(_compose()["configs"]["gateway-config"]["content"])
+    rules = K8S / "base" / "routing.yaml"
+    # The rules file lives at its mount path in the container; here, at its source.
+    config = load_config(path, overrides={"routing.rules_file": str(rules)})
+    assert (config.server.public.host, config.server.public.port) == ("0.0.0.0", 8080)
+    assert (config.server.internal.host, config.server.internal.port) == ("0.0.0.0", 9090)
+    assert str(config.catalog.path) == "/var/lib/drm-gateway/catalog.db"
+    traits = {n: ProviderTraits(p.needs_drm_resource_id) for n, p in config.providers.items()}
+    load_rules_file(rules, providers=traits)  # raises RulesError on a bad file
+
+
+def test_compose_wires_the_stack() -> None:
+    services = _compose()["services"]
+    gateway = services["gateway"]
+    assert "../rules:/etc/drm-gateway/rules:ro" in gateway["volumes"]
+    assert gateway["configs"][0]["target"] == "/etc/drm-gateway/gateway.yaml"
+    for kind in ("legacy", "incoming"):
+        assert services[kind]["command"][:4] == ["emulate", kind, "--host", "0.0.0.0"]
+    prometheus_mounts = " ".join(services["prometheus"]["volumes"])
+    assert "./prometheus/prometheus.yml:" in prometheus_mounts
+    assert "./prometheus/alerts.yml:" in prometheus_mounts
+    grafana_mounts = " ".join(services["grafana"]["volumes"])
+    assert (
+        "./grafana/provisioning:" in grafana_mounts
+        and "./grafana/drm-gateway.json:" in grafana_mounts
+    )
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in scrape["scrape_configs"] if j["job_name"] == "drm-gateway")
+    assert job["static_configs"][0]["targets"] == ["gateway:9090"]
+
+
+def test_dockerfile_contract() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM python:3\.11-slim AS \w+$", text, re.M)) == 2
+    final = text.split("AS final", 1)[1]
+    assert "pip install" in final and "--no-index" in final and "apt-get" not in final
+    assert re.search(r"^USER 10001", final, re.M)
+    assert re.search(r"^EXPOSE 8080 9090$", final, re.M)
+    assert "HEALTHCHECK" in final and "9090/healthz" in final
+    assert 'ENTRYPOINT ["drm-gateway"]' in final
+    assert 'CMD ["serve", "--config", "/etc/drm-gateway/gateway.yaml"]' in final
+
+
+# --- the tools -------------------------------------------------------------------------------
+
+
+def test_check_deploy_script_passes() -> None:
+    if shutil.which("promtool") is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("promtool is missing in CI: the Makefile must run scripts/install-tools.sh")
+        pytest.skip(
+            "promtool not installed: run scripts/install-tools.sh (Debian package prometheus)"
+        )
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "check-deploy.sh")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "check-deploy: all" in result.stdout
