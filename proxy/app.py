@@ -19,10 +19,11 @@ from proxy.admin import ADMIN_CATALOG, ADMIN_TOKEN, RULES, add_admin_routes
 from proxy.catalog import CachedCatalog, build_catalog
 from proxy.config import Config
 from proxy.gateway import Gateway
+from proxy.guard import PlayerGuard
 from proxy.logs import get_logger
 from proxy.middlewares import create_middleware
 from proxy.providers import Upstream, close_upstreams, open_upstreams
-from proxy.routes import CERTIFICATE, GATEWAY, MAX_BODY, add_public_routes
+from proxy.routes import CERTIFICATE, GATEWAY, GUARD, MAX_BODY, add_public_routes
 from proxy.rules import ProviderTraits
 from proxy.rules_watcher import RulesWatcher
 
@@ -86,10 +87,11 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_public_app(config: Config) -> web.Application:
     """The player-facing app: license, key and certificate routes."""
     app = web.Application(
-        middlewares=[create_middleware(public=True)],
+        middlewares=[create_middleware(public=True, cors=config.cors)],
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
+    app[GUARD] = PlayerGuard(config.player_auth, config.rate_limits)
     app[MAX_BODY] = config.server.max_body_bytes
     if config.fairplay.certificate is not None:
         app[CERTIFICATE] = config.fairplay.certificate
@@ -115,9 +117,13 @@ async def readyz(request: web.Request) -> web.Response:
             problems.append("catalog backend does not answer")
     if not public.get(UPSTREAMS):
         problems.append("no providers configured")
+    warnings = []
+    if public[GUARD].auth_off:
+        warnings.append("player authentication is OFF (player_auth.mode: none): development only")
     status = 503 if problems else 200
     return web.json_response(
-        {"ready": not problems, "problems": problems, "version": __version__}, status=status
+        {"ready": not problems, "problems": problems, "warnings": warnings, "version": __version__},
+        status=status,
     )
 
 
@@ -183,6 +189,8 @@ async def start_gateway(config: Config) -> RunningGateway:
         await public.cleanup()
         raise
     log.info("started", public=urls[0], internal=urls[1], providers=sorted(config.providers))
+    if config.player_auth.mode == "none":
+        log.warning("player_auth_off", detail="every player is admitted: development only")
     return RunningGateway(urls[0], urls[1], public_app, (public, internal))
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, cast
 
 import yaml
 
+from proxy.auth import PlayerAuthSettings
 from proxy.catalog.base import CatalogSettings
 from proxy.config_providers import (
     DRM_SYSTEMS,
@@ -22,7 +23,9 @@ from proxy.config_providers import (
     UrlTemplate,
     parse_providers,
 )
+from proxy.config_security import RateLimits, parse_cors, parse_player_auth, parse_rate_limits
 from proxy.configreader import REQUIRED, ConfigError, ConfigReader
+from proxy.cors import CorsPolicy
 from proxy.fairplay import (
     DEFAULT_CLIENT_RESPONSE,
     REQUEST_FORMATS,
@@ -91,6 +94,9 @@ class Config:
     routing: RoutingSettings
     fairplay: FairPlaySettings = field(default_factory=FairPlaySettings)
     admin_token: str | None = field(default=None, repr=False)
+    player_auth: PlayerAuthSettings = field(default_factory=PlayerAuthSettings)
+    cors: CorsPolicy | None = None
+    rate_limits: RateLimits = field(default_factory=RateLimits)
     source: Path | None = None
 
 
@@ -130,9 +136,7 @@ def parse_config(
 ) -> Config:
     """Build a Config from a parsed YAML tree, or raise ConfigError with every problem."""
     reader = ConfigReader(base_dir, os.environ if env is None else env)
-    top = reader.mapping(
-        raw, "", {"server", "log", "catalog", "routing", "providers", "fairplay", "admin"}
-    )
+    top = reader.mapping(raw, "", _TOP_SECTIONS)
     server = _parse_server(reader, top.get("server"))
     log = _parse_log(reader, top.get("log"))
     catalog = _parse_catalog(reader, top.get("catalog"))
@@ -140,9 +144,38 @@ def parse_config(
     routing = _parse_routing(reader, top.get("routing"), providers)
     admin_token = _parse_admin(reader, top.get("admin"))
     fairplay = _parse_fairplay(reader, top.get("fairplay"))
+    player_auth = parse_player_auth(reader, top.get("player_auth"))
+    cors = parse_cors(reader, top.get("cors"))
+    rate_limits = parse_rate_limits(reader, top.get("rate_limit"))
     if reader.problems:
         raise ConfigError(reader.problems)
-    return Config(server, log, catalog, providers, routing, fairplay, admin_token, source)
+    return Config(
+        server,
+        log,
+        catalog,
+        providers,
+        routing,
+        fairplay,
+        admin_token,
+        player_auth,
+        cors,
+        rate_limits,
+        source,
+    )
+
+
+_TOP_SECTIONS = {
+    "server",
+    "log",
+    "catalog",
+    "routing",
+    "providers",
+    "fairplay",
+    "admin",
+    "player_auth",
+    "cors",
+    "rate_limit",
+}
 
 
 def _parse_listener(reader: ConfigReader, raw: Any, path: str, default: Listener) -> Listener:

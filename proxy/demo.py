@@ -22,6 +22,7 @@ from proxy.emulator.settings import DEMO_LEGACY_API_KEY, DEMO_SEED
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "gateway.yaml"
 DEMO_INCOMING_JWT_KEY = "demo-incoming-jwt-key-0123456789abcdef"  # 38 bytes, HS256
 DEMO_ADMIN_TOKEN = "demo-admin-token-change-me"
+DEMO_PLAYER_SECRET = "demo-player-jwt-secret-0123456789abcdef"
 # A fixed, documented key id so the printed examples are stable.
 DEMO_KEY_ID = "00112233445566778899aabbccddeeff"
 
@@ -122,10 +123,28 @@ def _resources(path: Path) -> dict[str, str]:
     return {p[0]: p[-1] for p in pairs}
 
 
+def demo_player_token() -> str:
+    """A player token entitled to every demo asset, valid for 24 hours."""
+    from proxy.auth import issue_token
+
+    return issue_token(
+        secret_or_private_key=os.environ["PLAYER_JWT_SECRET"].encode(),
+        algorithm="HS256",
+        kid=None,
+        user_id="demo-user",
+        entitlements=["asset-*"],
+        ttl_seconds=86_400,
+        issuer="demo-idp",
+        audience="drm-gateway",
+    )
+
+
 def print_banner(
     public: str, internal: str, legacy: str, incoming: str, workdir: Path, admin_token: str
 ) -> None:
     kid_b64 = base64.urlsafe_b64encode(bytes.fromhex(DEMO_KEY_ID)).rstrip(b"=").decode()
+    token = demo_player_token()
+    auth = f"-H 'Authorization: Bearer {token}'"
     both, legacy_only, incoming_only = "asset-00003", "asset-00000", "asset-00009"
     print(
         f"""
@@ -140,18 +159,21 @@ drm-gateway demo is running (Ctrl-C stops everything)
                       {legacy_only}: no drmResourceId, keys at legacy only
                       {both}: keys at both providers; {incoming_only}: keys at incoming only
 
+  player token        {token}
+                      (user demo-user, entitled to asset-*, valid 24 h)
+
 Try it (each line works as printed):
 
-  curl -s -X POST -H 'Content-Type: application/octet-stream' \\
+  curl -s -X POST {auth} -H 'Content-Type: application/octet-stream' \\
        --data-binary @{workdir / "widevine-challenge.bin"} {public}/v1/license/widevine/{both}
-  curl -s -X POST -H 'Content-Type: text/xml' \\
+  curl -s -X POST {auth} -H 'Content-Type: text/xml' \\
        --data '<challenge>demo</challenge>' {public}/v1/license/playready/{legacy_only}
-  curl -s -X POST -H 'Content-Type: application/octet-stream' \\
+  curl -s -X POST {auth} -H 'Content-Type: application/octet-stream' \\
        --data-binary @{workdir / "fairplay-spc.bin"} {public}/v1/license/fairplay/{both} | xxd
-  curl -s -X POST -H 'Content-Type: application/json' \\
+  curl -s -X POST {auth} -H 'Content-Type: application/json' \\
        --data '{{"kids":["{kid_b64}"],"type":"temporary"}}' \\
        {public}/v1/license/clearkey/{incoming_only}
-  curl -s {public}/v1/keys/{both}/{DEMO_KEY_ID} | xxd
+  curl -s '{public}/v1/keys/{both}/{DEMO_KEY_ID}?token={token}' | xxd
   curl -s {public}/v1/certificate/fairplay | openssl x509 -inform der -noout -subject
   curl -s {internal}/metrics | grep drm_gateway_requests_total
 
@@ -175,6 +197,7 @@ async def run_demo(
     os.environ.setdefault("LEGACY_API_KEY", DEMO_LEGACY_API_KEY)
     os.environ.setdefault("INCOMING_JWT_KEY", DEMO_INCOMING_JWT_KEY)
     os.environ.setdefault("ADMIN_TOKEN", DEMO_ADMIN_TOKEN)
+    os.environ.setdefault("PLAYER_JWT_SECRET", DEMO_PLAYER_SECRET)
     db = write_demo_files(workdir, 10_000)
     write_test_certificate(workdir / "fairplay-cert.der")
     legacy = await start_emulator(

@@ -6,6 +6,7 @@
     │   └── BadSpc                    400 bad_spc
     ├── Unauthorized                  401 unauthorized
     ├── NotEntitled                   403 not_entitled
+    ├── CorsRefused                   403 cors_refused
     ├── NotFound                      404 not_found
     │   └── UnknownAsset              404 unknown_asset
     ├── BodyTooLarge                  413 body_too_large
@@ -69,6 +70,12 @@ class NotEntitled(GatewayError):
     message = "The player is not entitled to this asset."
 
 
+class CorsRefused(GatewayError):
+    status = 403
+    code = "cors_refused"
+    message = "This origin, method or header is not allowed."
+
+
 class NotFound(GatewayError):
     status = 404
     code = "not_found"
@@ -96,6 +103,10 @@ class RateLimited(GatewayError):
     status = 429
     code = "rate_limited"
     message = "Too many requests; retry later."
+
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InternalError(GatewayError):

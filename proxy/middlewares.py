@@ -14,7 +14,15 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from proxy import metrics
-from proxy.errors import BodyTooLarge, GatewayError, InternalError, NotFound
+from proxy.cors import CorsPolicy
+from proxy.errors import (
+    BodyTooLarge,
+    CorsRefused,
+    GatewayError,
+    InternalError,
+    NotFound,
+    RateLimited,
+)
 from proxy.gateway import RequestInfo
 from proxy.logs import get_logger
 
@@ -35,10 +43,13 @@ def request_id_from(header: str | None) -> str:
 
 def error_response(error: GatewayError, request_id: str) -> web.Response:
     """The JSON body every error gets; nothing internal leaks into it."""
-    return web.json_response(
+    response = web.json_response(
         {"error": error.code, "message": error.message, "request_id": request_id},
         status=error.status,
     )
+    if isinstance(error, RateLimited):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
 
 
 def _from_http_exception(exc: web.HTTPException) -> GatewayError:
@@ -49,33 +60,65 @@ def _from_http_exception(exc: web.HTTPException) -> GatewayError:
     return error if exc.status != 404 else NotFound()
 
 
-def create_middleware(*, public: bool) -> Middleware:
-    """The gateway middleware; `public` adds access logging and player-request metrics."""
+def create_middleware(*, public: bool, cors: CorsPolicy | None = None) -> Middleware:
+    """The gateway middleware; `public` adds CORS, access logging and player metrics."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         info = RequestInfo(request_id_from(request.headers.get("X-Request-Id")))
         request[INFO] = info
-        if public:
-            metrics.IN_FLIGHT.inc()
-        try:
+        if not public:
             response = await _call(request, handler, info)
+            response.headers["X-Request-Id"] = info.request_id
+            return response
+        metrics.IN_FLIGHT.inc()
+        try:
+            if request.method == "OPTIONS":
+                response = _preflight(request, cors, info)
+            else:
+                response = await _call(request, handler, info)
         finally:
-            if public:
-                metrics.IN_FLIGHT.dec()
+            metrics.IN_FLIGHT.dec()
         response.headers["X-Request-Id"] = info.request_id
-        if public:
-            _observe(request, response, info, time.perf_counter() - started)
+        origin = request.headers.get("Origin")
+        if cors is not None and origin is not None:
+            _add_cors(response, cors.response_headers(origin))
+        _observe(request, response, info, time.perf_counter() - started)
         return response
 
     return middleware
+
+
+def _preflight(request: web.Request, cors: CorsPolicy | None, info: RequestInfo) -> web.Response:
+    """Answer a CORS preflight here: it never reaches a handler or a provider."""
+    headers = None
+    if cors is not None:
+        headers = cors.preflight_headers(
+            request.headers.get("Origin"),
+            request.headers.get("Access-Control-Request-Method"),
+            request.headers.get("Access-Control-Request-Headers"),
+        )
+    if headers is None:
+        info.reason = "cors_refused"
+        return error_response(CorsRefused(), info.request_id)
+    return web.Response(status=204, headers=headers)
+
+
+def _add_cors(response: web.StreamResponse, headers: dict[str, str]) -> None:
+    for name, value in headers.items():
+        if name == "Vary" and "Vary" in response.headers:
+            response.headers["Vary"] = f"{response.headers['Vary']}, {value}"
+        elif name not in response.headers:
+            response.headers[name] = value
 
 
 async def _call(request: web.Request, handler: Handler, info: RequestInfo) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
+        if info.provider == "-" and exc.status < 500:
+            metrics.REFUSED.labels(exc.code).inc()  # refused before reaching a provider
         if isinstance(exc, InternalError):
             # The detail is for ops; the player gets the generic message.
             _errors.error("internal_error", request_id=info.request_id, error=exc.message)

@@ -6,12 +6,15 @@ import base64
 
 from aiohttp import web
 
+from proxy.auth import Player, bearer_token
 from proxy.config import DRM_SYSTEMS
 from proxy.errors import BadRequest, BodyTooLarge, NotFound, UnsupportedMediaType
 from proxy.gateway import ClientInfo, Gateway
+from proxy.guard import PlayerGuard
 from proxy.middlewares import INFO
 
 GATEWAY = web.AppKey("gateway", Gateway)
+GUARD = web.AppKey("guard", PlayerGuard)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 CERTIFICATE = web.AppKey("fairplay_certificate", bytes)
 
@@ -48,7 +51,18 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def client_info(request: web.Request) -> ClientInfo:
+def admit(request: web.Request, *, query_token: bool) -> Player:
+    """Rate limits, player token and entitlement; key URIs may carry the token as ?token=."""
+    guard = request.app[GUARD]
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None and query_token:
+        token = request.query.get(guard.token_query_param)
+    return guard.admit(
+        ip=request.remote or "unknown", token=token, asset_id=request.match_info["asset_id"]
+    )
+
+
+def client_info(request: web.Request, player: Player) -> ClientInfo:
     """What the gateway passes on about the player: its address chain and client headers."""
     peer = request.remote or "unknown"
     prior = request.headers.get("X-Forwarded-For")
@@ -57,6 +71,7 @@ def client_info(request: web.Request) -> ClientInfo:
         traceparent=request.headers.get("traceparent"),
         platform=request.headers.get("X-Client-Platform"),
         app_version=request.headers.get("X-App-Version"),
+        user_id=player.user_id,
     )
 
 
@@ -69,6 +84,7 @@ async def license_handler(request: web.Request) -> web.Response:
     drm = request.match_info["drm"]
     if drm not in DRM_SYSTEMS:
         raise NotFound(f"Unknown DRM system; expected one of {', '.join(DRM_SYSTEMS)}.")
+    player = admit(request, query_token=False)
     if _media_type(request) not in _ACCEPTED_TYPES[drm]:
         raise UnsupportedMediaType(f"This content type is not accepted for {drm} requests.")
     challenge = await read_body(request, request.app[MAX_BODY])
@@ -80,7 +96,7 @@ async def license_handler(request: web.Request) -> web.Response:
         asset_id=request.match_info["asset_id"],
         challenge=challenge,
         content_type=request.headers.get("Content-Type"),
-        client=client_info(request),
+        client=client_info(request, player),
     )
     response = web.Response(body=answer.body, headers=answer.headers)
     response.content_type = answer.content_type.split(";", 1)[0]
@@ -89,11 +105,12 @@ async def license_handler(request: web.Request) -> web.Response:
 
 
 async def key_handler(request: web.Request) -> web.Response:
+    player = admit(request, query_token=True)
     key = await request.app[GATEWAY].key(
         request[INFO],
         asset_id=request.match_info["asset_id"],
         key_id=request.match_info["key_id"],
-        client=client_info(request),
+        client=client_info(request, player),
     )
     return web.Response(
         body=key,

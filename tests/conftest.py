@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from proxy.app import RunningGateway, start_gateway
+from proxy.auth import issue_token
 from proxy.catalog.importer import import_file
 from proxy.config import Config, parse_config
 from proxy.emulator import EmulatorSettings, RunningEmulator, start_emulator
@@ -23,7 +24,32 @@ SEED = b"test-seed"
 LEGACY_API_KEY = "test-legacy-api-key-7c1e"
 INCOMING_JWT_KEY = bytes.fromhex("5f1c" * 16)  # 32 bytes, HS256
 INCOMING_JWT_KEY_B64 = base64.b64encode(INCOMING_JWT_KEY).decode()
-ENV = {"LEGACY_API_KEY": LEGACY_API_KEY, "INCOMING_JWT_KEY": f"base64:{INCOMING_JWT_KEY_B64}"}
+PLAYER_SECRET = "test-player-secret-0123456789abcdef"  # HS256 player tokens
+ADMIN_TOKEN = "test-admin-token-5e8d1c"
+ENV = {
+    "LEGACY_API_KEY": LEGACY_API_KEY,
+    "INCOMING_JWT_KEY": f"base64:{INCOMING_JWT_KEY_B64}",
+    "PLAYER_JWT_SECRET": PLAYER_SECRET,
+    "ADMIN_TOKEN": ADMIN_TOKEN,
+}
+
+
+def player_token(
+    entitlements: list[str] | None = None, *, user: str = "user-1", ttl: float = 3600, **kw: Any
+) -> str:
+    """A player JWT the test gateway accepts (entitled to everything by default)."""
+    return issue_token(
+        secret_or_private_key=PLAYER_SECRET.encode(),
+        algorithm="HS256",
+        kid=None,
+        user_id=user,
+        entitlements=entitlements if entitlements is not None else ["*"],
+        ttl_seconds=ttl,
+        issuer="test-idp",
+        audience="drm-gateway",
+        **kw,
+    )
+
 
 # asset_id, drm_resource_id, key_holders, tags
 ASSETS: list[tuple[str, str | None, tuple[str, ...] | None, tuple[str, ...]]] = [
@@ -99,6 +125,15 @@ def gateway_raw_config(
         "log": {"level": "info", "format": "json"},
         "catalog": {"backend": "sqlite", "path": str(db), "ttl_seconds": 60},
         "routing": {"default_provider": "legacy"},
+        "admin": {"token": {"env": "ADMIN_TOKEN"}},
+        "player_auth": {
+            "mode": "jwt",
+            "algorithms": ["HS256"],
+            "hmac_secret": {"env": "PLAYER_JWT_SECRET"},
+            "issuer": "test-idp",
+            "audience": "drm-gateway",
+            "leeway_seconds": 5,
+        },
         "providers": {
             "legacy": legacy,
             "incoming": incoming,
@@ -110,12 +145,14 @@ def gateway_raw_config(
 
 @dataclass
 class Stack:
-    """The gateway in front of both emulated providers, plus an HTTP client."""
+    """The gateway in front of both emulated providers, plus HTTP clients: `http` sends a
+    valid player token on every request, `anon` sends none."""
 
     gateway: RunningGateway
     legacy: RunningEmulator
     incoming: RunningEmulator
     http: aiohttp.ClientSession
+    anon: aiohttp.ClientSession
     config: Config
     logs: io.StringIO = field(default_factory=io.StringIO)
 
@@ -129,6 +166,9 @@ class Stack:
         async with self.http.get(f"{emulator.url}/_emulator/stats") as resp:
             data: dict[str, Any] = await resp.json()
             return data
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
     async def faults(self, emulator: RunningEmulator, **faults: Any) -> None:
         async with self.http.post(f"{emulator.url}/_emulator/faults", json=faults) as resp:
@@ -151,7 +191,8 @@ def log_buffer() -> Iterator[io.StringIO]:
 async def make_stack(tmp_path: Path, log_buffer: io.StringIO) -> AsyncIterator[StackFactory]:
     """make_stack(**config sections) -> a running Stack; everything stops after the test."""
     started: list[Callable[[], Awaitable[None]]] = []
-    http = aiohttp.ClientSession()
+    http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {player_token()}"})
+    anon = aiohttp.ClientSession()
 
     async def make(
         *,
@@ -195,9 +236,10 @@ async def make_stack(tmp_path: Path, log_buffer: io.StringIO) -> AsyncIterator[S
         config = parse_config(raw, base_dir=tmp_path, env=ENV)
         gateway = await start_gateway(config)
         started.append(gateway.stop)
-        return Stack(gateway, legacy_emulator, incoming_emulator, http, config, log_buffer)
+        return Stack(gateway, legacy_emulator, incoming_emulator, http, anon, config, log_buffer)
 
     yield make
     for stop in reversed(started):
         await stop()
     await http.close()
+    await anon.close()

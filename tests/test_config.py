@@ -143,6 +143,7 @@ def test_demo_config_is_valid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     for name, value in ENV.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("ADMIN_TOKEN", "a-demo-admin-token-for-tests")
+    monkeypatch.setenv("PLAYER_JWT_SECRET", "a-player-secret-of-32-bytes-or-more")
     cert = tmp_path / "cert.der"  # the demo generates its own at start
     cert.write_bytes(b"0\x82der")
     config = load_config(DEMO, overrides={"fairplay.certificate_file": str(cert)})

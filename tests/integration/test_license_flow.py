@@ -11,7 +11,7 @@ import pytest
 
 from proxy.emulator import derive_key
 from proxy.metrics import REGISTRY
-from tests.conftest import SEED, StackFactory
+from tests.conftest import SEED, StackFactory, player_token
 
 LICENSE_DRMS = ("widevine", "playready")
 KID = "00112233445566778899aabbccddeeff"
@@ -102,7 +102,7 @@ async def test_forwarded_headers_reach_the_provider(make_stack: StackFactory) ->
         "X-Request-Id": "player-req-0001",
         "X-Forwarded-For": "203.0.113.7",
         "Content-Type": "text/xml; charset=utf-8",
-        "Authorization": "Bearer player-secret",
+        "Authorization": f"Bearer {player_token(user='forwarding-test')}",
         "Cookie": "session=abc",
     }
     async with stack.http.post(
