@@ -194,15 +194,19 @@ async def start_gateway(config: Config) -> RunningGateway:
     return RunningGateway(urls[0], urls[1], public_app, (public, internal))
 
 
+def install_signal_handlers(gateway: RunningGateway, stop: asyncio.Event) -> None:
+    """SIGINT/SIGTERM stop the gateway; SIGHUP reloads the routing rules."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.public_app[RULES].reload, "sighup")
+
+
 async def serve(config: Config) -> None:
     """Run until SIGINT or SIGTERM, then close every resource."""
     gateway = await start_gateway(config)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    watcher = gateway.public_app[RULES]
-    loop.add_signal_handler(signal.SIGHUP, watcher.reload, "sighup")
+    install_signal_handlers(gateway, stop)
     try:
         await stop.wait()
     finally:

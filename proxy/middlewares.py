@@ -149,6 +149,8 @@ def _observe(
         provider=info.provider,
         rule=info.rule,
         reason=info.reason,
+        rules_version=info.rules_version,
+        fallback_from=info.fallback_from,
         status=status,
         bytes_in=request.content_length or 0,
         bytes_out=response.content_length or 0,
