@@ -31,6 +31,7 @@ CONFIG = web.AppKey("config", Config)
 CATALOG = web.AppKey("catalog", CachedCatalog)
 UPSTREAMS: web.AppKey[Mapping[str, Upstream]] = web.AppKey("upstreams")
 PUBLIC_APP = web.AppKey("public_app", web.Application)
+DRAINING = web.AppKey("draining", asyncio.Event)
 
 log = get_logger("app")
 
@@ -91,6 +92,7 @@ def create_public_app(config: Config) -> web.Application:
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
+    app[DRAINING] = asyncio.Event()
     app[GUARD] = PlayerGuard(config.player_auth, config.rate_limits)
     app[MAX_BODY] = config.server.max_body_bytes
     if config.fairplay.certificate is not None:
@@ -108,6 +110,8 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready once the catalog backend answers and providers are configured."""
     public = request.app[PUBLIC_APP]
     problems = []
+    if public[DRAINING].is_set():
+        problems.append("shutting down: finishing in-flight requests")
     if CATALOG not in public:
         problems.append("catalog not open")
     else:
@@ -161,16 +165,23 @@ class RunningGateway:
     _runners: tuple[web.AppRunner, web.AppRunner]
 
     async def stop(self) -> None:
-        internal, public = self._runners
-        await internal.cleanup()
+        """Unready at once, stop accepting players, let in-flight requests finish (up to the
+        configured grace), then close the internal port last so probes see the drain."""
+        public, internal = self._runners
+        self.public_app[DRAINING].set()
         await public.cleanup()
+        await internal.cleanup()
 
 
-async def start_gateway(config: Config) -> RunningGateway:
-    """Open resources and bind both listeners (port 0 picks a free port)."""
+async def start_gateway(config: Config, *, reuse_port: bool = False) -> RunningGateway:
+    """Open resources and bind both listeners (port 0 picks a free port).
+
+    `reuse_port` lets several worker processes share the same ports (SO_REUSEPORT).
+    """
     metrics.BUILD_INFO.info({"version": __version__})
     public_app = create_public_app(config)
-    public = web.AppRunner(public_app, access_log=None)
+    grace = config.server.shutdown_grace_seconds
+    public = web.AppRunner(public_app, access_log=None, shutdown_timeout=grace)
     await public.setup()
     internal = web.AppRunner(create_internal_app(public_app), access_log=None)
     try:
@@ -180,7 +191,9 @@ async def start_gateway(config: Config) -> RunningGateway:
             (public, config.server.public),
             (internal, config.server.internal),
         ):
-            site = web.TCPSite(runner, listener.host, listener.port, reuse_address=True)
+            site = web.TCPSite(
+                runner, listener.host, listener.port, reuse_address=True, reuse_port=reuse_port
+            )
             await site.start()
             host, port = runner.addresses[0][:2]
             urls.append(f"http://{host}:{port}")
@@ -210,5 +223,6 @@ async def serve(config: Config) -> None:
     try:
         await stop.wait()
     finally:
-        log.info("stopping")
+        log.info("stopping", grace_seconds=config.server.shutdown_grace_seconds)
         await gateway.stop()
+        log.info("stopped")
