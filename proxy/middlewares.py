@@ -156,4 +156,5 @@ def _observe(
         bytes_out=response.content_length or 0,
         duration_ms=round(seconds * 1000, 3),
         upstream_ms=info.upstream_ms,
+        traceparent=request.headers.get("traceparent"),
     )

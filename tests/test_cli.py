@@ -90,3 +90,46 @@ def test_catalog_audit_of_missing_db(tmp_path: Path) -> None:
     result = run("catalog", "audit", "--db", str(tmp_path / "none.db"))
     assert result.returncode == 1
     assert "no such catalog database" in result.stderr
+
+
+def test_rules_check_and_explain(tmp_path: Path) -> None:
+    from tests.conftest import write_catalog
+
+    ok = run("rules", "check", "rules/routing.yaml")
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: ")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        'version: "x"\ndefault: legacy\nrules:\n  - name: a\n    route: nowhere\n    percent: 120\n'
+    )
+    db = write_catalog(tmp_path / "catalog.db")
+    config = tmp_path / "gateway.yaml"
+    raw = gateway_raw_config(db, "http://a", "http://b")
+    config.write_text(yaml.safe_dump(raw))
+    refused = run("rules", "check", str(bad), "--config", str(config), env=ENV)
+    assert refused.returncode == 1
+    assert "'nowhere' is not configured" in refused.stderr and "percent: 120" in refused.stderr
+
+    rules = tmp_path / "routing.yaml"
+    rules.write_text(
+        'version: "cli-1"\ndefault: legacy\nrules:\n'
+        "  - name: new\n    when: {tags_any: [new-release]}\n    route: incoming\n"
+    )
+    raw["routing"] = {"rules_file": str(rules)}
+    config.write_text(yaml.safe_dump(raw))
+    explained = run(
+        "rules",
+        "explain",
+        "--config",
+        str(config),
+        "--asset",
+        "incoming-only",
+        "--drm",
+        "widevine",
+        env=ENV,
+    )
+    assert explained.returncode == 0, explained.stderr
+    import json
+
+    body = json.loads(explained.stdout)
+    assert body["decision"]["provider"] == "incoming" and body["decision"]["rule"] == "new"
+    assert body["rules_version"] == "cli-1"
