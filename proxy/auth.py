@@ -14,9 +14,7 @@ agree on time. No message built here holds a token or key material.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -26,26 +24,25 @@ from typing import Any, Literal
 
 import jwt
 from cachetools import LRUCache
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from proxy.errors import NotEntitled, Unauthorized
+from proxy.jwks import (
+    EC_ALGORITHMS,
+    RSA_ALGORITHMS,
+    Stamp,
+    VerifyKey,
+    load_jwks,
+    read_jwks,
+    read_stamp,
+)
 from proxy.logs import get_logger
 
 # Minimum HMAC secret per algorithm: as long as the hash output (RFC 7518 §3.2).
 HMAC_ALGORITHMS: Mapping[str, int] = {"HS256": 32, "HS384": 48, "HS512": 64}
-RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512"})
-EC_ALGORITHMS: Mapping[str, str] = {
-    "ES256": "secp256r1",
-    "ES384": "secp384r1",
-    "ES512": "secp521r1",
-}
 KNOWN_ALGORITHMS = frozenset(HMAC_ALGORITHMS) | RSA_ALGORITHMS | frozenset(EC_ALGORITHMS)
 MAX_TOKEN_CHARS = 8192
 MAX_LEEWAY_SECONDS = 300.0
 _MAX_USER_ID_CHARS = 256
-_MAX_JWKS_BYTES = 1_000_000
-_RSA_MIN_BITS = 2048
-Stamp = tuple[int, int, int]  # (mtime_ns, size, inode) of the JWKS file
 
 MISSING = "A player token is required."
 MALFORMED = "The player token is not a well-formed JWT."
@@ -103,14 +100,6 @@ class Player:
 
 
 ANONYMOUS = Player(user_id="anonymous", entitlements=("*",), expires_at=math.inf)
-
-
-@dataclass(frozen=True, slots=True)
-class _VerifyKey:
-    """One JWKS public key and the algorithms it may verify."""
-
-    algorithms: frozenset[str]
-    key: Any = field(repr=False)
 
 
 def validate_player_auth(s: PlayerAuthSettings) -> list[str]:
@@ -207,14 +196,14 @@ class PlayerAuthenticator:
         self._s = s
         self._clock = clock
         self._allowed = frozenset(s.algorithms)
-        self._keys: dict[str, _VerifyKey] = {}
+        self._keys: dict[str, VerifyKey] = {}
         self._jwks_stamp: Stamp | None = None
         self._next_check = math.inf
         self._cache: LRUCache[bytes, tuple[Player, float]] | None = (
             LRUCache(maxsize=s.cache_size) if s.cache_size > 0 else None
         )
         if s.mode == "jwt" and s.jwks_file is not None:
-            self._jwks_stamp, self._keys = _read_jwks(s.jwks_file, self._allowed)
+            self._jwks_stamp, self._keys = read_jwks(s.jwks_file, self._allowed)
             self._next_check = clock() + s.jwks_check_seconds
 
     @property
@@ -275,7 +264,7 @@ class PlayerAuthenticator:
             return False
         self._next_check = self._clock() + self._s.jwks_check_seconds
         try:
-            stamp = _stat(path)
+            stamp = read_stamp(path)
         except OSError as exc:
             _log.warning("jwks_unreadable", path=str(path), problem=exc.strerror)
             return False
@@ -284,7 +273,7 @@ class PlayerAuthenticator:
         # Remembered even if broken: the same broken file is not re-parsed every poll.
         self._jwks_stamp = stamp
         try:
-            keys = _load_jwks(path, self._allowed)
+            keys = load_jwks(path, self._allowed)
         except ValueError as exc:
             _log.warning("jwks_reload_refused", path=str(path), problem=str(exc))
             return False
@@ -383,93 +372,6 @@ def _entitlements(value: object) -> tuple[str, ...]:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise Unauthorized(BAD_ENTITLEMENTS)
-
-
-def _stat(path: Path) -> Stamp:
-    st = os.stat(path)
-    # The inode catches an atomic rename (and a Kubernetes secret's symlink swap).
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _read_jwks(path: Path, algorithms: frozenset[str]) -> tuple[Stamp, dict[str, _VerifyKey]]:
-    # Stat first: if the file changes while being read, the next poll sees a new stamp.
-    try:
-        stamp = _stat(path)
-    except OSError as exc:
-        raise ValueError(f"jwks_file: cannot read {path}: {exc.strerror}") from None
-    return stamp, _load_jwks(path, algorithms)
-
-
-def _load_jwks(path: Path, algorithms: frozenset[str]) -> dict[str, _VerifyKey]:
-    """Parse a JWKS file into verification keys by kid; ValueError (no key material) if bad.
-
-    Keys for other uses (`use` not `sig`) or only for algorithms outside `algorithms` are
-    skipped; private keys, symmetric keys, short RSA keys and duplicate kids are refused.
-    """
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"jwks_file: cannot read {path}: {exc.strerror}") from None
-    if len(raw) > _MAX_JWKS_BYTES:
-        raise ValueError(f"jwks_file: {path} is larger than {_MAX_JWKS_BYTES} bytes")
-    try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise ValueError(f"jwks_file: {path} is not valid JSON") from None
-    entries = document.get("keys") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError(f"jwks_file: {path} has no 'keys' list")
-    keys: dict[str, _VerifyKey] = {}
-    for index, entry in enumerate(entries):
-        kid, key = _parse_jwk(entry, f"jwks_file: keys[{index}]", algorithms)
-        if kid in keys:
-            raise ValueError(f"jwks_file: duplicate kid {kid!r}")
-        if key is not None:
-            keys[kid] = key
-    if not keys:
-        allowed = ", ".join(sorted(algorithms))
-        raise ValueError(f"jwks_file: {path} has no signing key usable with {allowed}")
-    return keys
-
-
-def _parse_jwk(entry: object, where: str, allowed: frozenset[str]) -> tuple[str, _VerifyKey | None]:
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where} is not a JSON object")
-    kid = entry.get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise ValueError(f"{where} has no 'kid'")
-    where = f"jwks_file: key {kid!r}"
-    kty, alg = entry.get("kty"), entry.get("alg")
-    if entry.get("use", "sig") != "sig" or (alg is not None and alg not in allowed):
-        return kid, None  # not for us: encryption keys, other algorithms
-    if kty not in ("RSA", "EC"):
-        raise ValueError(f"{where}: key type {kty!r} is not supported (RSA or EC public keys)")
-    if "d" in entry:
-        raise ValueError(f"{where} is a private key; publish only the public part")
-    if alg is not None and (alg in RSA_ALGORITHMS) != (kty == "RSA"):
-        raise ValueError(f"{where}: alg {alg!r} does not fit key type {kty!r}")
-    try:
-        # pyjwt's error texts quote the JWK; ours do not.
-        key = jwt.PyJWK(entry).key
-    except (jwt.PyJWTError, ValueError, TypeError):
-        raise ValueError(f"{where} is not a valid {kty} public key") from None
-    algs = frozenset([alg]) if alg is not None else _algorithms_for(key)
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < _RSA_MIN_BITS:
-        raise ValueError(f"{where}: RSA key is {key.key_size} bits; {_RSA_MIN_BITS} required")
-    if isinstance(key, ec.EllipticCurvePublicKey) and any(
-        EC_ALGORITHMS.get(a) != key.curve.name for a in algs
-    ):
-        raise ValueError(f"{where}: curve {key.curve.name} does not fit {', '.join(algs)}")
-    usable = algs & allowed
-    return kid, (_VerifyKey(usable, key) if usable else None)
-
-
-def _algorithms_for(key: Any) -> frozenset[str]:
-    if isinstance(key, rsa.RSAPublicKey):
-        return RSA_ALGORITHMS
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return frozenset(a for a, curve in EC_ALGORITHMS.items() if curve == key.curve.name)
-    raise ValueError("not an RSA or EC public key")
 
 
 def issue_token(

@@ -137,7 +137,7 @@ def cmd_token_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_token_verify(args: argparse.Namespace) -> int:
-    from proxy.tokens import explain_token
+    from proxy.token_check import explain_token
 
     config = _load_or_exit(args.config)
     expected = _resource_id(config, args.asset) if args.asset else None
@@ -165,7 +165,8 @@ def _provider_traits(config: Config) -> dict[str, Any]:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
-    from proxy.rules import RulesError, load_rules_file, summarize
+    from proxy.rules import RulesError
+    from proxy.rules_file import load_rules_file, summarize
 
     providers = _provider_traits(_load_or_exit(args.config)) if args.config else None
     try:

@@ -15,7 +15,8 @@ from typing import Literal
 
 from proxy import metrics
 from proxy.logs import get_logger
-from proxy.rules import ProviderTraits, RulesError, RuleSet, load_rules_file, parse_rules
+from proxy.rules import ProviderTraits, RulesError, RuleSet
+from proxy.rules_file import load_rules_file, parse_rules
 
 log = get_logger("rules")
 

@@ -2,8 +2,8 @@
 
 The config loader reads secrets and PEM files and builds `TokenSettings`; `validate_settings`
 reports every problem at once; `TokenSigner` parses the keys once and signs one token per
-upstream request. `explain_token` backs `drm-gateway token verify`. No message built here ever
-holds a token or key material.
+upstream request; `proxy.token_check` holds the verifier side (`drm-gateway token verify`).
+No message built here ever holds a token or key material.
 
 Template strings use `str.format` syntax restricted to bare names: `{drm_resource_id}`,
 `{asset_id}`, `{drm}`, `{user_id}`, `{request_id}`; `{{` and `}}` are literal braces. A string
@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Literal
 
-import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -40,16 +39,12 @@ PLACEHOLDERS = frozenset({"drm_resource_id", "asset_id", "drm", "user_id", "requ
 RESERVED_CLAIMS = frozenset({"iat", "exp", "jti", "nbf"})
 
 # RFC 7518 §3.2: an HMAC key at least as long as the hash output.
-_HMAC_MIN_BYTES = {"HS256": 32, "HS512": 64}
+HMAC_MIN_BYTES = {"HS256": 32, "HS512": 64}
 _RSA_MIN_BITS = 2048
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
 _FORMATTER = string.Formatter()
 # One encoder instance: json.dumps with non-default options builds a new one per call.
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-_BAD_FORMAT = (
-    "The token is not a well-formed JWT (expected header.payload.signature, "
-    "each base64url-encoded JSON)."
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +102,8 @@ def decode_hmac_secret(value: str) -> bytes:
 
 def load_private_key(algorithm: Algorithm, material: bytes) -> Any:
     """Parse key material for `algorithm` into what signing needs; ValueError says why not."""
-    if algorithm in _HMAC_MIN_BYTES:
-        minimum = _HMAC_MIN_BYTES[algorithm]
+    if algorithm in HMAC_MIN_BYTES:
+        minimum = HMAC_MIN_BYTES[algorithm]
         if len(material) < minimum:
             raise ValueError(
                 f"HMAC secret is {len(material)} bytes; {algorithm} needs at least {minimum}"
@@ -150,7 +145,9 @@ def validate_settings(s: TokenSettings) -> list[str]:
     """Every problem with `s`, each as "field: problem"; [] when the settings are usable."""
     problems: list[str] = []
     if s.algorithm not in ALGORITHMS:
-        problems.append(f"algorithm: unsupported {s.algorithm!r} (use one of {_names(ALGORITHMS)})")
+        problems.append(
+            f"algorithm: unsupported {s.algorithm!r} (use one of {join_names(ALGORITHMS)})"
+        )
     problems += _key_problems(s)
     if not isinstance(s.lifetime_seconds, int) or s.lifetime_seconds <= 0:
         problems.append(f"lifetime_seconds: must be a positive integer, got {s.lifetime_seconds!r}")
@@ -184,7 +181,7 @@ def _key_problems(s: TokenSettings) -> list[str]:
             except ValueError as exc:
                 problems.append(f"keys[{i}].material: {exc}")
     if s.active_kid not in seen:
-        problems.append(f"active_kid: {s.active_kid!r} is not one of the kids ({_names(seen)})")
+        problems.append(f"active_kid: {s.active_kid!r} is not one of the kids ({join_names(seen)})")
     return problems
 
 
@@ -221,7 +218,7 @@ def _template_problems(node: Any, path: str) -> list[str]:
         except ValueError as exc:
             return [f"{path}: malformed placeholder ({exc})"]
         return [
-            f"{path}: unknown placeholder {{{name}}} (known: {_names(PLACEHOLDERS)})"
+            f"{path}: unknown placeholder {{{name}}} (known: {join_names(PLACEHOLDERS)})"
             for _, name in parts
             if name is not None and name not in PLACEHOLDERS
         ]
@@ -262,7 +259,8 @@ def _parse_string(text: str) -> list[tuple[str, str | None]]:
     return parts
 
 
-def _names(values: Any) -> str:
+def join_names(values: Any) -> str:
+    """The values sorted and comma-separated, or "none" (for messages)."""
     return ", ".join(sorted(values)) or "none"
 
 
@@ -346,7 +344,8 @@ def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
-def _raise_if_invalid(s: TokenSettings) -> None:
+def raise_if_invalid(s: TokenSettings) -> None:
+    """Raise ValueError listing every problem `validate_settings` finds in `s`."""
     problems = validate_settings(s)
     if problems:
         raise ValueError("invalid token settings: " + "; ".join(problems))
@@ -358,7 +357,7 @@ class TokenSigner:
     __slots__ = ("_clock", "_key", "_prefix", "_render", "_sign", "_static_tail", "settings")
 
     def __init__(self, settings: TokenSettings, *, clock: Callable[[], float] = time.time) -> None:
-        _raise_if_invalid(settings)
+        raise_if_invalid(settings)
         self.settings = settings
         self._clock = clock
         active = next(k for k in settings.keys if k.kid == settings.active_kid)
@@ -406,140 +405,3 @@ class TokenSigner:
         payload.update(self._static_tail)
         signing_input = self._prefix + _b64(_JSON.encode(payload).encode("ascii"))
         return (signing_input + b"." + _b64(self._sign(signing_input, self._key))).decode("ascii")
-
-
-# -- verification helpers (for emulator configs and `drm-gateway token verify`)
-
-
-def public_verification_keys(s: TokenSettings) -> dict[str, bytes]:
-    """kid -> what a verifier needs: the HMAC secret itself, or the public key as PEM."""
-    _raise_if_invalid(s)
-    if s.algorithm in _HMAC_MIN_BYTES:
-        return {k.kid: k.material for k in s.keys}
-    return {
-        k.kid: load_private_key(s.algorithm, k.material)
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        for k in s.keys
-    }
-
-
-def explain_token(
-    token: str,
-    s: TokenSettings,
-    *,
-    expected_resource_id: str | None = None,
-    resource_claim: str = "drmResourceId",
-    clock: Callable[[], float] = time.time,
-    leeway_seconds: int = 0,
-) -> list[str]:
-    """Every reason `token` would be refused under `s`, as sentences; [] when it is valid.
-
-    `resource_claim` is a dotted path into the claims (list items by index: `a.keys.0.id`).
-    """
-    _raise_if_invalid(s)
-    try:
-        header = jwt.get_unverified_header(token)
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return [_BAD_FORMAT]
-    problems = _header_problems(header, s)
-    if not problems:
-        problems += _signature_problems(token, str(header["kid"]), s)
-    now = clock()
-    problems += _time_problems(claims, now, leeway_seconds)
-    problems += _identity_problems(claims, s, expected_resource_id, resource_claim)
-    return problems
-
-
-def _header_problems(header: dict[str, Any], s: TokenSettings) -> list[str]:
-    problems: list[str] = []
-    if header.get("alg") != s.algorithm:
-        problems.append(
-            f"The token is signed with alg {_show(header.get('alg'))} "
-            f"but the provider is configured for {s.algorithm}."
-        )
-    kid = header.get("kid")
-    kids = {k.kid for k in s.keys}
-    if kid is None:
-        problems.append("The token header has no kid, so no key can be chosen to verify it.")
-    elif not isinstance(kid, str) or kid not in kids:
-        problems.append(f"The token's kid {_show(kid)} is not a configured key ({_names(kids)}).")
-    return problems
-
-
-def _signature_problems(token: str, kid: str, s: TokenSettings) -> list[str]:
-    material = next(k.material for k in s.keys if k.kid == kid)
-    key = load_private_key(s.algorithm, material)
-    verify_key = key if isinstance(key, bytes) else key.public_key()
-    try:
-        jwt.PyJWS().decode(token, verify_key, algorithms=[s.algorithm])
-    except jwt.InvalidSignatureError:
-        return [f"The signature does not match the key with kid {kid!r}."]
-    except jwt.PyJWTError:
-        return [_BAD_FORMAT]
-    return []
-
-
-def _time_problems(claims: dict[str, Any], now: float, leeway: int) -> list[str]:
-    times: dict[str, float] = {}
-    problems: list[str] = []
-    for name in ("iat", "exp", "nbf"):
-        value = claims.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            times[name] = value
-        elif value is not None:
-            problems.append(f"The token's {name} claim is not a number.")
-        elif name != "nbf":  # nbf is optional; iat and exp are always required
-            problems.append(f"The token has no {name} claim.")
-    if problems:
-        return problems
-    if now >= times["exp"] + leeway:
-        problems.append(f"The token expired {int(now - times['exp'])} s ago.")
-    if now + leeway < times.get("nbf", now):
-        problems.append(f"The token is not valid yet (nbf is {int(times['nbf'] - now)} s ahead).")
-    if now + leeway < times["iat"]:
-        problems.append(f"The token's iat is {int(times['iat'] - now)} s in the future.")
-    return problems
-
-
-def _identity_problems(
-    claims: dict[str, Any], s: TokenSettings, expected: str | None, path: str
-) -> list[str]:
-    problems: list[str] = []
-    jti = claims.get("jti")
-    if not isinstance(jti, str) or not jti:
-        problems.append("The token has no jti claim, so replays cannot be detected.")
-    if s.issuer is not None and claims.get("iss") != s.issuer:
-        problems.append(f"The iss claim is {_show(claims.get('iss'))}, expected {s.issuer!r}.")
-    if expected is not None:
-        actual = _lookup(claims, path)
-        if actual is _MISSING:
-            problems.append(f"The token has no {path!r} claim.")
-        elif actual != expected:
-            problems.append(
-                f"The {path!r} claim is {_show(actual)} "
-                f"but the requested resource is {_show(expected)}."
-            )
-    return problems
-
-
-_MISSING = object()
-
-
-def _lookup(claims: Any, path: str) -> Any:
-    node = claims
-    for part in path.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return _MISSING
-    return node
-
-
-def _show(value: Any) -> str:
-    """A short repr of a claim value for a message (values come from untrusted tokens)."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -26,10 +26,8 @@ from proxy.rules import (
     bucket,
     evaluate,
     explain,
-    load_rules_file,
-    parse_rules,
-    summarize,
 )
+from proxy.rules_file import load_rules_file, parse_rules, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "rules" / "schema.json").read_text())

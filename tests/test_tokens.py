@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from proxy.errors import InternalError, MissingResourceId
+from proxy.token_check import explain_token, public_verification_keys
 from proxy.tokens import (
     ALGORITHMS,
     Algorithm,
@@ -23,8 +24,6 @@ from proxy.tokens import (
     TokenSettings,
     TokenSigner,
     decode_hmac_secret,
-    explain_token,
-    public_verification_keys,
     render_claims,
     validate_settings,
 )
