@@ -21,7 +21,8 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import metrics
 from proxy.config import load_config
-from proxy.rules import ProviderTraits, load_rules_file
+from proxy.rules import ProviderTraits
+from proxy.rules_file import load_rules_file
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -290,7 +291,7 @@ def test_staging_deployment_contract() -> None:
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
     assert volumes["rules"]["configMap"]["name"] == "drm-gateway-rules"  # fixed name: in place
     secrets = {e["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
-    assert secrets == {"LEGACY_API_KEY", "INCOMING_TOKEN"}
+    assert secrets == {"LEGACY_API_KEY", "INCOMING_JWT_KEY", "ADMIN_TOKEN"}
     config = yaml.safe_load(objs[("ConfigMap", "drm-gateway-config")]["data"]["gateway.yaml"])
     drain = (
         pod["terminationGracePeriodSeconds"] - container["lifecycle"]["preStop"]["sleep"]["seconds"]
@@ -349,7 +350,11 @@ def test_shipped_gateway_configs_load(
     which: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LEGACY_API_KEY", "test-legacy-key")
-    monkeypatch.setenv("INCOMING_TOKEN", "test-incoming-token")
+    monkeypatch.setenv("INCOMING_JWT_KEY", "test-incoming-jwt-key-of-32-bytes!!")
+    monkeypatch.setenv("PLAYER_JWT_SECRET", "test-player-secret-of-32-bytes-long!")
+    monkeypatch.setenv("ADMIN_TOKEN", "test-admin-token-16+")
+    key_file = tmp_path / "incoming-jwt-key"
+    key_file.write_text("test-incoming-jwt-key-of-32-bytes!!")
     sources = {
         "k8s-base": K8S / "base" / "gateway.yaml",
         "k8s-staging": K8S / "overlays" / "staging" / "gateway.yaml",
@@ -359,7 +364,12 @@ def test_shipped_gateway_configs_load(
         path.write_text(_compose()["configs"]["gateway-config"]["content"])
     rules = K8S / "base" / "routing.yaml"
     # The rules file lives at its mount path in the container; here, at its source.
-    config = load_config(path, overrides={"routing.rules_file": str(rules)})
+    overrides: dict[str, Any] = {"routing.rules_file": str(rules)}
+    if which == "compose":  # the compose secret is a file at /run/secrets in the container
+        path.write_text(path.read_text().replace("/run/secrets/incoming-jwt-key", str(key_file)))
+    config = load_config(path, overrides=overrides)
+    assert config.player_auth.mode == "jwt" and config.admin_token
+    assert config.providers["incoming"].auth.token is not None
     assert (config.server.public.host, config.server.public.port) == ("0.0.0.0", 8080)
     assert (config.server.internal.host, config.server.internal.port) == ("0.0.0.0", 9090)
     assert str(config.catalog.path) == "/var/lib/drm-gateway/catalog.db"
