@@ -9,7 +9,7 @@ from aiohttp import web
 from proxy.auth import Player, bearer_token
 from proxy.config import DRM_SYSTEMS
 from proxy.errors import BadRequest, BodyTooLarge, NotFound, UnsupportedMediaType
-from proxy.gateway import ClientInfo, Gateway
+from proxy.gateway import ASSET_ID, KEY_DRM, ClientInfo, Gateway
 from proxy.guard import PlayerGuard
 from proxy.middlewares import INFO
 
@@ -54,12 +54,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 def admit(request: web.Request, *, query_token: bool) -> Player:
     """Rate limits, player token and entitlement; key URIs may carry the token as ?token=."""
     guard = request.app[GUARD]
+    asset_id = request.match_info["asset_id"]
+    if ASSET_ID.match(asset_id):  # so refusals name the asset in the access log
+        request[INFO].asset_id = asset_id
     token = bearer_token(request.headers.get("Authorization"))
     if token is None and query_token:
         token = request.query.get(guard.token_query_param)
-    return guard.admit(
-        ip=request.remote or "unknown", token=token, asset_id=request.match_info["asset_id"]
-    )
+    return guard.admit(ip=request.remote or "unknown", token=token, asset_id=asset_id)
 
 
 def client_info(request: web.Request, player: Player) -> ClientInfo:
@@ -84,6 +85,7 @@ async def license_handler(request: web.Request) -> web.Response:
     drm = request.match_info["drm"]
     if drm not in DRM_SYSTEMS:
         raise NotFound(f"Unknown DRM system; expected one of {', '.join(DRM_SYSTEMS)}.")
+    request[INFO].drm = drm
     player = admit(request, query_token=False)
     if _media_type(request) not in _ACCEPTED_TYPES[drm]:
         raise UnsupportedMediaType(f"This content type is not accepted for {drm} requests.")
@@ -105,6 +107,7 @@ async def license_handler(request: web.Request) -> web.Response:
 
 
 async def key_handler(request: web.Request) -> web.Response:
+    request[INFO].drm = KEY_DRM
     player = admit(request, query_token=True)
     key = await request.app[GATEWAY].key(
         request[INFO],

@@ -97,6 +97,11 @@ async def test_refused_tokens_never_reach_a_provider(make_stack: StackFactory, c
     async with stack.anon.get(stack.url(KEY), params={"token": token} if token else None) as resp:
         assert resp.status == 401
     assert await emulator_total(stack) == 0
+    refused = [json.loads(x) for x in stack.logs.getvalue().splitlines() if '"access"' in x]
+    assert [(x["drm"], x["asset_id"], x["status"]) for x in refused] == [
+        ("widevine", "both-1", 401),
+        ("aes128", "both-1", 401),
+    ]
 
 
 async def test_not_entitled_is_403(make_stack: StackFactory) -> None:
