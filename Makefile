@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools demo test check lint typecheck unit deploy-check clean
+.PHONY: install tools e2e-tools demo test check lint typecheck unit e2e deploy-check clean
 
 install: $(STAMP)
 
@@ -33,11 +33,18 @@ deploy-check: tools
 	bash scripts/check-deploy.sh
 
 unit: install tools
-	bash .ci/pytest.sh $(BIN)/pytest
+	bash .ci/pytest.sh $(BIN)/pytest --ignore=tests/e2e
+
+# Real players (ffmpeg, headless Chromium + Shaka Player, Shaka Packager), installed if missing.
+e2e-tools: install
+	bash scripts/install-e2e.sh
+
+e2e: e2e-tools
+	bash .ci/pytest.sh $(BIN)/pytest -q tests/e2e
 
 check: lint typecheck
 
-test: check unit
+test: check unit e2e
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
