@@ -262,6 +262,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             internal_port=args.internal_port,
             legacy_port=args.legacy_port,
             incoming_port=args.incoming_port,
+            player_port=args.player_port,
         )
     )
     return 0
@@ -305,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--internal-port", type=int, default=9090)
     demo.add_argument("--legacy-port", type=int, default=8081)
     demo.add_argument("--incoming-port", type=int, default=8082)
+    demo.add_argument("--player-port", type=int, default=8000, help="the player page's port")
     demo.set_defaults(func=cmd_demo)
 
     _add_rules_commands(commands)

@@ -1,7 +1,9 @@
 """`drm-gateway demo`: both emulated providers, a sample catalog and the gateway, one command.
 
 The gateway reads `deploy/demo/gateway.yaml`, a real config a user can copy; the demo only
-overrides ports and the paths of the files it generates under the work directory.
+overrides ports, the paths of the files it generates under the work directory, and the CORS
+origin of its player page (which follows `--player-port`). With ffmpeg, Shaka Packager and
+Shaka Player installed it also serves the player page and a DASH ClearKey stream of one title.
 """
 
 from __future__ import annotations
@@ -16,6 +18,15 @@ from pathlib import Path
 
 from proxy.catalog.importer import import_file
 from proxy.config import load_config
+from proxy.demo_media import INSTALL_COMMAND
+from proxy.demo_player import (
+    DemoStream,
+    PlayerServer,
+    find_player_tools,
+    player_url,
+    prepare_demo_media,
+    start_player_server,
+)
 from proxy.emulator import EmulatorSettings, start_emulator
 from proxy.emulator.settings import DEMO_LEGACY_API_KEY, DEMO_SEED
 
@@ -25,6 +36,10 @@ DEMO_ADMIN_TOKEN = "demo-admin-token-change-me"
 DEMO_PLAYER_SECRET = "demo-player-jwt-secret-0123456789abcdef"
 # A fixed, documented key id so the printed examples are stable.
 DEMO_KEY_ID = "00112233445566778899aabbccddeeff"
+DEMO_PLAYER_PORT = 8000
+# The titles the examples use: keys at both providers (so the rules decide), at legacy only,
+# at incoming only. The player page plays the first.
+BOTH_ASSET, LEGACY_ONLY_ASSET, INCOMING_ONLY_ASSET = "asset-00003", "asset-00000", "asset-00009"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +154,70 @@ def demo_player_token() -> str:
     )
 
 
+def demo_stream() -> DemoStream:
+    """The title the player page plays, keyed exactly as both emulators derive its keys."""
+    index = int(BOTH_ASSET.removeprefix("asset-"))
+    asset = demo_assets(index + 1)[index]
+    return DemoStream(asset.asset_id, asset.derivation_id, DEMO_KEY_ID, DEMO_SEED)
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerStatus:
+    """The player page's link, or why there is none (`missing` tools or `problem`)."""
+
+    server: str | None = None
+    missing: tuple[str, ...] = ()
+    problem: str | None = None
+
+
+def player_section(
+    status: PlayerStatus, *, public: str, internal: str, token: str, admin_token: str
+) -> str:
+    """The banner's "Watch it play" lines: the page link, or how to get the page."""
+    if status.server is not None:
+        stream = demo_stream()
+        link = player_url(
+            status.server,
+            gateway=public,
+            asset_id=stream.asset_id,
+            token=token,
+            manifest=stream.manifest_path(),
+        )
+        return f"""Watch it play: open the player page in Chrome, Chromium, Edge or Firefox.
+Shaka Player plays DASH ClearKey (CENC) for {stream.asset_id} and gets the license from the
+gateway; that title's keys are at both providers, so rules/routing.yaml picks one:
+
+  {link}
+
+  curl -s -H 'Authorization: Bearer {admin_token}' \\
+       '{internal}/admin/explain?asset={stream.asset_id}&drm=clearkey'
+"""
+    if status.problem is not None:
+        return f"Watch it play: no player page ({status.problem}).\n"
+    return f"""Watch it play: the player page needs ffmpeg, Shaka Packager and Shaka Player;
+missing here: {", ".join(status.missing)}. Install them, then start the demo again:
+
+  {INSTALL_COMMAND}
+"""
+
+
 def print_banner(
-    public: str, internal: str, legacy: str, incoming: str, workdir: Path, admin_token: str
+    public: str,
+    internal: str,
+    legacy: str,
+    incoming: str,
+    workdir: Path,
+    admin_token: str,
+    player: PlayerStatus,
 ) -> None:
+    """Print where everything runs and examples that work as printed."""
     kid_b64 = base64.urlsafe_b64encode(bytes.fromhex(DEMO_KEY_ID)).rstrip(b"=").decode()
     token = demo_player_token()
     auth = f"-H 'Authorization: Bearer {token}'"
-    both, legacy_only, incoming_only = "asset-00003", "asset-00000", "asset-00009"
+    both, legacy_only, incoming_only = BOTH_ASSET, LEGACY_ONLY_ASSET, INCOMING_ONLY_ASSET
+    watch = player_section(
+        player, public=public, internal=internal, token=token, admin_token=admin_token
+    )
     print(
         f"""
 drm-gateway demo is running (Ctrl-C stops everything)
@@ -162,6 +234,7 @@ drm-gateway demo is running (Ctrl-C stops everything)
   player token        {token}
                       (user demo-user, entitled to asset-*, valid 24 h)
 
+{watch}
 Try it (each line works as printed):
 
   curl -s -X POST {auth} -H 'Content-Type: application/octet-stream' \\
@@ -188,8 +261,42 @@ Ops (internal port, admin token {admin_token}):
     )
 
 
+async def _prepare_player(workdir: Path) -> tuple[Path | None, PlayerStatus]:
+    """Make (or find cached) the player media; its folder, or None and why not."""
+    tools, missing = find_player_tools()
+    if tools is None:
+        return None, PlayerStatus(missing=tuple(missing))
+    media = await prepare_demo_media(workdir, demo_stream(), tools, say=_say)
+    return media, PlayerStatus()
+
+
+async def _serve_player(media: Path | None, port: int) -> tuple[PlayerServer | None, str | None]:
+    """Start the player page server; None and the reason when it cannot listen."""
+    if media is None:
+        return None, None
+    try:
+        return await start_player_server(media, port=port), None
+    except OSError as exc:
+        return None, f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; try --player-port"
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _player_origins(port: int) -> list[str]:
+    """The player page's origins, so its license requests pass the gateway's CORS."""
+    return [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+
+
 async def run_demo(
-    *, workdir: Path, public_port: int, internal_port: int, legacy_port: int, incoming_port: int
+    *,
+    workdir: Path,
+    public_port: int,
+    internal_port: int,
+    legacy_port: int,
+    incoming_port: int,
+    player_port: int = DEMO_PLAYER_PORT,
 ) -> None:
     """Start everything, print the examples, run until SIGINT/SIGTERM."""
     from proxy.app import start_gateway
@@ -199,6 +306,7 @@ async def run_demo(
     os.environ.setdefault("ADMIN_TOKEN", DEMO_ADMIN_TOKEN)
     os.environ.setdefault("PLAYER_JWT_SECRET", DEMO_PLAYER_SECRET)
     db = write_demo_files(workdir, 10_000)
+    media, player = await _prepare_player(workdir)
     write_test_certificate(workdir / "fairplay-cert.der")
     legacy = await start_emulator(
         EmulatorSettings(
@@ -221,9 +329,15 @@ async def run_demo(
             "fairplay.certificate_file": str((workdir / "fairplay-cert.der").resolve()),
             "providers.legacy.base_url": legacy.url,
             "providers.incoming.base_url": incoming.url,
+            "cors.allowed_origins": _player_origins(player_port),
         },
     )
     gateway = await start_gateway(config)
+    server, problem = await _serve_player(media, player_port)
+    if server is not None:
+        player = PlayerStatus(server=server.url)
+    elif problem is not None:
+        player = PlayerStatus(problem=problem)
     print_banner(
         gateway.public_url,
         gateway.internal_url,
@@ -231,6 +345,7 @@ async def run_demo(
         incoming.url,
         workdir,
         os.environ["ADMIN_TOKEN"],
+        player,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -239,6 +354,8 @@ async def run_demo(
     try:
         await stop.wait()
     finally:
+        if server is not None:
+            await server.stop()
         await gateway.stop()
         await incoming.stop()
         await legacy.stop()

@@ -1,7 +1,8 @@
 """Test media made on the fly: a clip, HLS AES-128 with rotating keys, DASH ClearKey (CENC).
 
-The clip is lavfi `testsrc` + `sine`, H.264 with a keyframe every segment, so both packagers
-cut it exactly and the frame count of a full decode is known in advance.
+The clip and DASH packaging are the demo's (`proxy.demo_media`); HLS with key rotation is
+only needed here. The clip has a keyframe at every segment boundary, so both packagers cut
+it exactly and the frame count of a full decode is known in advance.
 """
 
 from __future__ import annotations
@@ -11,46 +12,28 @@ import errno
 import os
 import re
 import secrets
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from proxy import demo_media
+from proxy.demo_media import FPS, PACKAGE_TIMEOUT, SEGMENT_SECONDS
 from tests.e2e.procs import run
 from tests.e2e.tools import Tools
 
 CLIP_SECONDS = 12
-FPS = 25
-SEGMENT_SECONDS = 2
 SEGMENTS_PER_KEY = 2
 EXPECTED_FRAMES = CLIP_SECONDS * FPS
 SEGMENTS = CLIP_SECONDS // SEGMENT_SECONDS
 ROTATIONS = SEGMENTS // SEGMENTS_PER_KEY
 TOKEN_PLACEHOLDER = "__PLAYER_TOKEN__"
-PACKAGE_TIMEOUT = 60.0
 _KEY_LINE = re.compile(r'^#EXT-X-KEY:METHOD=AES-128,URI="([^"]+)"', re.MULTILINE)
 
 
 def make_clip(tools: Tools, path: Path) -> Path:
-    """Encode the test clip (runs before any server starts, so blocking is fine)."""
-    subprocess.run(
-        [
-            tools.ffmpeg, "-v", "error", "-y",
-            "-f", "lavfi", "-i", f"testsrc=size=320x180:rate={FPS}",
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-            "-t", str(CLIP_SECONDS),
-            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-            # A keyframe exactly at every segment boundary, and nowhere else.
-            "-g", str(SEGMENT_SECONDS * FPS), "-keyint_min", str(SEGMENT_SECONDS * FPS),
-            "-sc_threshold", "0",
-            "-c:a", "aac", "-b:a", "64k", "-shortest",
-            str(path),
-        ],
-        check=True,
-        timeout=PACKAGE_TIMEOUT,
-    )  # fmt: skip
-    return path
+    """Encode the CLIP_SECONDS test clip (runs before any server starts, so blocking is fine)."""
+    return demo_media.make_clip(path, ffmpeg=tools.ffmpeg, seconds=CLIP_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,26 +127,6 @@ async def _feed_fifo(fifo: Path, infos: list[str], *, until: asyncio.Future[Any]
 
 async def package_dash(tools: Tools, clip: Path, folder: Path, *, key_id: str, key: bytes) -> Path:
     """Package `clip` as static DASH, CENC-encrypted with one ClearKey key; return the MPD."""
-    folder.mkdir(parents=True)
-    streams = [
-        f"in={clip},stream={kind},init_segment={folder}/{kind}_init.mp4,"
-        f"segment_template={folder}/{kind}_$Number$.m4s"
-        for kind in ("video", "audio")
-    ]
-    manifest = folder / "manifest.mpd"
-    finished = await run(
-        tools.packager, *streams,
-        "--enable_raw_key_encryption",
-        "--keys", f"label=:key_id={key_id}:key={key.hex()}",
-        "--protection_systems", "CommonSystem",
-        "--protection_scheme", "cenc",
-        # The packager leaves 5 s in the clear by default: encrypt from the first frame,
-        # so the first second of playback already needs the license.
-        "--clear_lead", "0",
-        "--generate_static_live_mpd",
-        "--segment_duration", str(SEGMENT_SECONDS),
-        "--mpd_output", str(manifest),
-        timeout=PACKAGE_TIMEOUT,
-    )  # fmt: skip
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    return manifest
+    return await demo_media.package_dash(
+        clip, folder, packager=tools.packager, key_id=key_id, key=key
+    )

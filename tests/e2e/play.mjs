@@ -1,4 +1,4 @@
-// Play pages of tests/e2e/player.html in Debian's headless Chromium, driven by playwright-core,
+// Play pages of proxy/static/player.html in Debian's headless Chromium, driven by playwright-core,
 // and print one JSON result. Never downloads a browser: the one `command -v chromium` finds.
 //
 //   node tests/e2e/play.mjs --url URL --screenshot PNG [--url URL --screenshot PNG ...]

