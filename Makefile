@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools e2e-tools demo test check lint typecheck unit e2e deploy-check clean
+.PHONY: install tools e2e-tools demo test check lint typecheck unit e2e bench deploy-check clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ e2e-tools: install
 
 e2e: e2e-tools
 	bash .ci/pytest.sh $(BIN)/pytest -q tests/e2e
+
+# Benchmark (issue 8): installs wrk/nginx when missing; BENCH_DURATION=3 BENCH_REPEATS=1 is quick.
+bench: install
+	bash scripts/bench.sh
 
 check: lint typecheck
 

@@ -7,12 +7,13 @@ public app; the internal app reads the same state for /readyz and /metrics.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from proxy import __version__, metrics
 from proxy.admin import ADMIN_CATALOG, ADMIN_TOKEN, RULES, add_admin_routes
@@ -131,8 +132,18 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+def _metrics_registry() -> CollectorRegistry:
+    """This process's registry; under `serve --workers N`, every worker's samples merged."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return metrics.REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(metrics.BUILD_INFO)  # an Info is per process (the same in every worker)
+    return registry
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = generate_latest(metrics.REGISTRY)
+    body = generate_latest(_metrics_registry())
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -34,12 +34,28 @@ def _load_or_exit(path: Path) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from proxy.app import serve
-
     config = _load_or_exit(args.config)
     configure_logging(level=config.log.level, fmt=config.log.format)
+    if args.workers > 1:
+        from proxy.workers import WorkersFailed, run_workers
+
+        try:
+            run_workers(config, args.workers)
+        except WorkersFailed as exc:
+            print(f"drm-gateway: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    from proxy.app import serve
+
     _run_loop(serve(config))
     return 0
+
+
+def _workers(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return count
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -281,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", type=Path, required=True)
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="processes sharing both ports (SO_REUSEPORT), e.g. one per core (default 1)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     config = commands.add_parser("config", help="configuration tools")

@@ -61,6 +61,7 @@ IN_FLIGHT = Gauge(
     "drm_gateway_in_flight_requests",
     "Player requests being handled right now.",
     registry=REGISTRY,
+    multiprocess_mode="livesum",  # under --workers: the sum over live workers
 )
 FAIRPLAY_TRANSCODES = Counter(
     "drm_gateway_fairplay_transcodes_total",
@@ -88,14 +89,16 @@ RULES_RELOADS = Counter(
 )
 RULES_INFO = Gauge(
     "drm_gateway_rules_info",
-    "The active routing rules: always 1, labelled with their version and sha256.",
+    "The active routing rules: 1, labelled with their version and sha256 (0 once replaced).",
     ["version", "sha256"],
     registry=REGISTRY,
+    multiprocess_mode="max",
 )
 RULES_LOADED_TIMESTAMP = Gauge(
     "drm_gateway_rules_loaded_timestamp_seconds",
     "When the active routing rules were loaded (Unix time).",
     registry=REGISTRY,
+    multiprocess_mode="max",
 )
 REFUSED = Counter(
     "drm_gateway_refused_requests_total",

@@ -110,10 +110,8 @@ class RulesWatcher:
 
     def _publish(self, old: RuleSet | None, new: RuleSet) -> None:
         if old is not None:
-            try:
-                metrics.RULES_INFO.remove(old.version, old.sha256)
-            except KeyError:
-                pass
+            # Set to 0 rather than removed: multiprocess mode cannot remove a series.
+            metrics.RULES_INFO.labels(old.version, old.sha256).set(0)
         metrics.RULES_INFO.labels(new.version, new.sha256).set(1)
         metrics.RULES_LOADED_TIMESTAMP.set(self.loaded_at)
 
