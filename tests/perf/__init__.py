@@ -1,0 +1,1 @@
+"""Benchmarks: run as scripts (`scripts/bench.sh`), never collected by pytest."""

@@ -1,0 +1,384 @@
+"""`make bench`: the gateway's cost per license request against nginx and a bare aiohttp proxy.
+
+    .venv/bin/python -m tests.perf.bench      (scripts/bench.sh installs wrk and nginx first)
+
+CPU pinning (2 cores): the load generator (wrk, one thread) runs on core 0, the system under
+test on core 1. The upstream (nginx `return 200`, a 1.5 KB answer) runs on core 1 when it is
+itself measured ("upstream") and on core 0, beside wrk, when it stands behind a proxy. The
+2-worker gateway runs on both cores, contended with wrk and the upstream.
+
+Configurations: upstream, nginx-proxy (proxy_pass, keep-alive pool), bare-aiohttp
+(tests/perf/bare_proxy.py), gateway (full path, one worker, Widevine), gateway-fairplay (the
+same gateway, a FairPlay request transcoded both ways), gateway-2w (two workers).
+The full path: player JWT verification, catalog lookup (warm cache over a 100,000-asset SQLite
+catalog), a 20-rule file (tests/perf/rules.yaml; the request matches rule 14), a per-request
+HS256 provider JWT, metrics, and JSON access logging to a file.
+
+Environment: BENCH_DURATION (s, default 10), BENCH_REPEATS (3), BENCH_CONNECTIONS ("1,32,64"),
+BENCH_CONFIGS (comma list, default all), BENCH_PLAYER_AUTH (auto|on|off), BENCH_PROFILE (1:
+py-spy profile of the gateway at 32 connections), BENCH_MICRO (0 skips micro-benchmarks and
+memory), BENCH_OUTPUT (bench-results.json), BENCH_KEEP (1 keeps the work dir).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tests.perf import servers as srv
+from tests.perf.report import print_report, summarize
+from tests.perf.workload import (
+    ANSWER,
+    CKC,
+    ENV,
+    FAIRPLAY_BODY,
+    PLAYER_AUTH_SUPPORTED,
+    WIDEVINE_BODY,
+    bench_assets,
+    write_workload,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+PERF = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+CONFIGS = ("upstream", "nginx-proxy", "bare-aiohttp", "gateway", "gateway-fairplay", "gateway-2w")
+WARMUP_SECONDS = 2
+PORTS = ("upstream", "origin", "nginx-proxy", "bare", "gateway", "gateway-internal")
+
+
+@dataclass(frozen=True)
+class Plan:
+    duration: int
+    repeats: int
+    connections: tuple[int, ...]
+    configs: tuple[str, ...]
+    player_auth: bool
+    profile: bool
+    micro: bool
+
+    @property
+    def expected_seconds(self) -> int:
+        measured = len(self.configs) * len(self.connections) * self.repeats * self.duration
+        overhead = (
+            len(self.configs) * (WARMUP_SECONDS + 4) + 20 + (self.duration if self.profile else 0)
+        )
+        return measured + overhead + (60 if self.micro else 0)
+
+
+@dataclass
+class Bench:
+    """The run's work dir, ports, servers and results."""
+
+    plan: Plan
+    workdir: Path
+    servers: srv.Servers
+    ports: dict[str, int] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def env_plan() -> Plan:
+    configs = tuple(c for c in os.environ.get("BENCH_CONFIGS", ",".join(CONFIGS)).split(",") if c)
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        raise SystemExit(f"unknown BENCH_CONFIGS {sorted(unknown)} (known: {', '.join(CONFIGS)})")
+    return Plan(
+        duration=int(os.environ.get("BENCH_DURATION", "10")),
+        repeats=int(os.environ.get("BENCH_REPEATS", "3")),
+        connections=tuple(
+            int(c) for c in os.environ.get("BENCH_CONNECTIONS", "1,32,64").split(",")
+        ),
+        configs=configs,
+        player_auth=_player_auth_switch(os.environ.get("BENCH_PLAYER_AUTH", "auto")),
+        profile=os.environ.get("BENCH_PROFILE") == "1",
+        micro=os.environ.get("BENCH_MICRO", "1") != "0",
+    )
+
+
+def _player_auth_switch(value: str) -> bool:
+    """auto: on when the gateway's config has a player_auth section."""
+    if value == "off":
+        return False
+    if value == "on" and not PLAYER_AUTH_SUPPORTED:
+        raise SystemExit("BENCH_PLAYER_AUTH=on, but this gateway has no player_auth config")
+    return PLAYER_AUTH_SUPPORTED
+
+
+# --- preparation -------------------------------------------------------------------------
+
+
+# --- servers -----------------------------------------------------------------------------
+
+
+def start_upstream(bench: Bench, name: str, cpus: str) -> srv.Server:
+    ckc_tag = "<ckc>" + base64.b64encode(CKC).decode() + "</ckc>"
+    port = bench.ports["upstream" if name == "upstream" else "origin"]
+    conf = srv.nginx_upstream_conf(bench.workdir, name, port, ANSWER, ckc_tag)
+    server = bench.servers.start(
+        name, srv.nginx_argv(conf), cpus=cpus, log=bench.workdir / f"{name}.log"
+    )
+    check(server, f"http://127.0.0.1:{port}/v1/license/widevine/x", {}, ANSWER.encode())
+    return server
+
+
+def start_sut(bench: Bench, config: str) -> srv.Server:
+    """Start the system under test for `config` (the upstream is already running)."""
+    work, ports = bench.workdir, bench.ports
+    origin = f"http://127.0.0.1:{ports['origin']}"
+    if config == "nginx-proxy":
+        conf = srv.nginx_proxy_conf(work, "nginx-proxy", ports["nginx-proxy"], ports["origin"])
+        return bench.servers.start(
+            config, srv.nginx_argv(conf), cpus="1", log=work / "nginx-proxy.log"
+        )
+    if config == "bare-aiohttp":
+        argv = [sys.executable, "-m", "tests.perf.bare_proxy", str(ports["bare"]), origin]
+        return bench.servers.start(config, argv, cpus="1", log=work / "bare.log", env=_env())
+    workers = 2 if config == "gateway-2w" else 1
+    return bench.servers.start(
+        config, gateway_argv(work / "gateway.yaml", workers), cpus="0,1" if workers > 1 else "1",
+        log=work / f"access-{workers}w.log", env=_env(),
+    )  # fmt: skip
+
+
+def gateway_argv(config: Path, workers: int) -> list[str]:
+    """`drm-gateway serve` (with `--workers N` once the CLI has it; else proxy.workers)."""
+    cli = [str(VENV_BIN / "drm-gateway"), "serve", "--config", str(config)]
+    if workers == 1:
+        return cli
+    help_text = subprocess.run([*cli[:2], "--help"], capture_output=True, text=True).stdout
+    if "--workers" in help_text:
+        return [*cli, "--workers", str(workers)]
+    launch = (
+        "import sys; from pathlib import Path; from proxy.config import load_config;"
+        "from proxy.logs import configure_logging; from proxy.workers import run_workers;"
+        "c = load_config(Path(sys.argv[1]));"
+        "configure_logging(level=c.log.level, fmt=c.log.format); run_workers(c, int(sys.argv[2]))"
+    )
+    return [sys.executable, "-c", launch, str(config), str(workers)]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"} | ENV
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def target(bench: Bench, config: str) -> tuple[str, str]:
+    """(base URL, DRM system of the requests) for a configuration."""
+    port = {"upstream": "upstream", "nginx-proxy": "nginx-proxy", "bare-aiohttp": "bare"}.get(
+        config, "gateway"
+    )
+    return (
+        f"http://127.0.0.1:{bench.ports[port]}",
+        "fairplay" if config == "gateway-fairplay" else "widevine",
+    )
+
+
+def check(
+    server: srv.Server,
+    url: str,
+    headers: dict[str, str],
+    expected: bytes,
+    *,
+    fairplay: bool = False,
+) -> None:
+    """One request before measuring: the system under test must answer 200 with `expected`."""
+    body = FAIRPLAY_BODY if fairplay else WIDEVINE_BODY
+    status, answer = srv.wait_http(
+        url,
+        body=body,
+        headers={"Content-Type": "application/octet-stream", **headers},
+        server=server,
+    )
+    if status != 200 or answer != expected:
+        raise RuntimeError(
+            f"{server.name}: {url} answered {status} {answer[:200]!r}; log:\n{srv.tail(server.log)}"
+        )
+
+
+# --- measuring ---------------------------------------------------------------------------
+
+
+def wrk(bench: Bench, base_url: str, drm: str, connections: int, seconds: int) -> dict[str, Any]:
+    """One wrk run (one thread, pinned to core 0); its JSON summary."""
+    env = os.environ | {
+        "WRK_PATHS_FILE": str(bench.workdir / f"paths-{drm}.txt"),
+        "WRK_BODY_KIND": drm,
+        "WRK_TOKEN": bench.extra["token"],
+    }
+    argv = [
+        "timeout", str(seconds + 30), "taskset", "-c", "0", "wrk", "-t1", f"-c{connections}",
+        f"-d{seconds}s", "--timeout", "5s", "-s", str(PERF / "wrk_post.lua"), base_url,
+    ]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, check=False).stdout
+    line = next((x for x in out.splitlines() if x.startswith("WRK_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{out}")
+    result: dict[str, Any] = json.loads(line.removeprefix("WRK_JSON "))
+    return result
+
+
+def measure(bench: Bench, config: str, server: srv.Server) -> None:
+    """Warm up, then every connection count `repeats` times; CPU is the server's own."""
+    base_url, drm = target(bench, config)
+    wrk(bench, base_url, drm, 32, WARMUP_SECONDS)  # warm caches, pools and the catalog
+    for connections in bench.plan.connections:
+        for repeat in range(1, bench.plan.repeats + 1):
+            cpu_before = server.cpu_seconds()
+            raw = wrk(bench, base_url, drm, connections, bench.plan.duration)
+            cpu = server.cpu_seconds() - cpu_before
+            run = run_record(config, connections, repeat, raw, cpu)
+            bench.runs.append(run)
+            flag = "" if run["valid"] else "  INVALID (errors or non-2xx answers)"
+            print(
+                f"  {config:<17} c{connections:<3} #{repeat}  {run['rps']:>9,.0f} req/s"
+                f"  p50 {run['p50_ms']:.3f} ms  p99 {run['p99_ms']:.3f} ms"
+                f"  cpu {run['cpu_us_per_request']:.0f} us/req{flag}",
+                flush=True,
+            )
+
+
+def run_record(
+    config: str, connections: int, repeat: int, raw: dict[str, Any], cpu_seconds: float
+) -> dict[str, Any]:
+    seconds = raw["duration_us"] / 1e6
+    errors = raw["errors"]
+    requests = raw["requests"]
+    return {
+        "config": config,
+        "connections": connections,
+        "repeat": repeat,
+        "requests": raw["requests"],
+        "seconds": round(seconds, 3),
+        "rps": round(raw["requests"] / seconds, 1) if seconds else 0.0,
+        "p50_ms": raw["latency_us"]["p50"] / 1000,
+        "p90_ms": raw["latency_us"]["p90"] / 1000,
+        "p99_ms": raw["latency_us"]["p99"] / 1000,
+        "max_ms": raw["latency_us"]["max"] / 1000,
+        "errors": errors,
+        "cpu_us_per_request": round(cpu_seconds * 1e6 / requests, 1) if requests else 0.0,
+        "valid": requests > 0 and not any(errors.values()),
+    }
+
+
+def run_gateway_configs(bench: Bench, todo: list[str]) -> None:
+    token = {"Authorization": f"Bearer {bench.extra['token']}"}
+    url = f"http://127.0.0.1:{bench.ports['gateway']}/v1/license/"
+    asset = bench_assets()[0]
+    for config in todo:
+        if config == "gateway-fairplay" and "gateway" in todo:
+            continue  # measured on the one-worker gateway started for "gateway"
+        server = start_sut(bench, config)
+        check(server, f"{url}widevine/{asset}", token, ANSWER.encode())
+        check(server, f"{url}fairplay/{asset}", token, CKC, fairplay=True)
+        names = [config, "gateway-fairplay"] if config == "gateway" else [config]
+        for name in (n for n in names if n in todo):
+            print(f"{name}:", flush=True)
+            measure(bench, name, server)
+        if config in ("gateway", "gateway-fairplay") and bench.plan.profile:
+            from tests.perf.profiling import profile_gateway
+
+            base_url, drm = target(bench, config)
+            bench.extra["profile"] = profile_gateway(
+                server,
+                bench.workdir / "profile.txt",
+                bench.plan.duration,
+                partial(wrk, bench, base_url, drm, 32, bench.plan.duration),
+            )
+        bench.extra.setdefault("memory", {})[config] = [
+            {"pid": pid, "process": comm, "rss_mib": round(rss / 1024, 1)}
+            for pid, comm, rss, _ in server.members()
+        ]
+        bench.servers.stop(server)
+
+
+def run_all(bench: Bench) -> None:
+    todo = list(bench.plan.configs)
+    if "upstream" in todo:
+        upstream = start_upstream(bench, "upstream", cpus="1")
+        print("upstream:", flush=True)
+        measure(bench, "upstream", upstream)
+        bench.servers.stop(upstream)
+    if not set(todo) - {"upstream"}:
+        return
+    start_upstream(bench, "origin", cpus="0")
+    for config in ("nginx-proxy", "bare-aiohttp"):
+        if config in todo:
+            server = start_sut(bench, config)
+            check(server, target(bench, config)[0] + "/v1/license/widevine/x", {}, ANSWER.encode())
+            print(f"{config}:", flush=True)
+            measure(bench, config, server)
+            bench.servers.stop(server)
+    run_gateway_configs(bench, [c for c in todo if c.startswith("gateway")])
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def _require_tools() -> None:
+    missing = [
+        tool for tool in ("wrk", "nginx", "taskset", "timeout") if shutil.which(tool) is None
+    ]
+    if missing:
+        raise SystemExit(f"missing {', '.join(missing)}: run scripts/bench.sh (installs them)")
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("the benchmark pins wrk to core 0 and the proxy to core 1: needs 2 cores")
+
+
+def _stop_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through `with Servers(...)`, which stops every server
+
+
+def main() -> int:
+    _require_tools()
+    plan = env_plan()
+    minutes, seconds = divmod(plan.expected_seconds, 60)
+    print(
+        f"bench: {len(plan.configs)} configs x {len(plan.connections)} connection counts x "
+        f"{plan.repeats} repeats x {plan.duration} s; expected about {minutes} min {seconds} s\n"
+        f"pinning: wrk (1 thread) on core 0; system under test on core 1; upstream on core 1 "
+        f"alone, core 0 behind a proxy; gateway-2w on cores 0-1 (contended)\n"
+        f"player auth: {'on (JWT verified, cached by token hash)' if plan.player_auth else 'OFF'}",
+        flush=True,
+    )
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    workdir = Path(tempfile.mkdtemp(prefix="drm-gateway-bench-"))
+    started = time.monotonic()
+    bench = Bench(plan, workdir, srv.Servers(budget_seconds=plan.expected_seconds + 600))
+    try:
+        with bench.servers:
+            for name in PORTS:
+                bench.ports[name] = srv.free_port()
+            bench.extra["token"] = write_workload(
+                workdir, bench.ports, player_auth=plan.player_auth
+            )
+            run_all(bench)
+        if plan.micro:
+            from tests.perf.microbench import run_all as run_micro
+
+            bench.extra["micro"], bench.extra["catalog_memory"] = run_micro()
+    finally:
+        if os.environ.get("BENCH_KEEP") != "1":
+            shutil.rmtree(workdir, ignore_errors=True)
+    results = summarize(bench.runs, plan, bench.extra, time.monotonic() - started)
+    print_report(results)
+    output = Path(os.environ.get("BENCH_OUTPUT", ROOT / "bench-results.json"))
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

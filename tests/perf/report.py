@@ -1,0 +1,175 @@
+"""The benchmark's results: medians and ranges per configuration, ratios, targets; the table."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+PINNING = (
+    "wrk (1 thread) on core 0; system under test on core 1; the upstream nginx on core 1 when "
+    "measured alone, on core 0 (beside wrk) behind a proxy; gateway-2w on cores 0-1, contended "
+    "with wrk and the upstream"
+)
+TARGETS = {
+    "gateway_vs_bare_c32": (">=", 0.8),
+    "gateway_vs_nginx_c32": (">=", 0.08),
+    "workers2_vs_workers1_c32": (">=", 1.6),
+    "added_latency_c1_p50_ms": ("<=", 0.5),
+    "added_latency_c1_p99_ms": ("<=", 1.5),
+}
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def summarize_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (config, connections): median and min-max of the valid runs."""
+    rows = []
+    keys = list(dict.fromkeys((r["config"], r["connections"]) for r in runs))
+    for config, connections in keys:
+        group = [r for r in runs if r["config"] == config and r["connections"] == connections]
+        valid = [r for r in group if r["valid"]] or group
+        rows.append(
+            {
+                "config": config,
+                "connections": connections,
+                "valid_runs": sum(r["valid"] for r in group),
+                "runs": len(group),
+                **{
+                    key: _spread([r[key] for r in valid])
+                    for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")
+                },
+            }
+        )
+    return rows
+
+
+def _median(rows: list[dict[str, Any]], config: str, connections: int, key: str) -> float | None:
+    for row in rows:
+        if row["config"] == config and row["connections"] == connections:
+            value: float = row[key]["median"]
+            return value
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return round(a - b, 3) if a is not None and b is not None else None
+
+
+def summarize(
+    runs: list[dict[str, Any]], plan: Any, extra: dict[str, Any], elapsed: float
+) -> dict[str, Any]:
+    """Everything bench-results.json holds."""
+    rows = summarize_rows(runs)
+
+    def rps(config: str) -> float | None:
+        return _median(rows, config, 32, "rps")
+
+    ratios = {
+        "gateway_vs_bare_c32": _ratio(rps("gateway"), rps("bare-aiohttp")),
+        "gateway_vs_nginx_c32": _ratio(rps("gateway"), rps("nginx-proxy")),
+        "workers2_vs_workers1_c32": _ratio(rps("gateway-2w"), rps("gateway")),
+        "fairplay_vs_widevine_c32": _ratio(rps("gateway-fairplay"), rps("gateway")),
+    }
+    added = {
+        q: _minus(_median(rows, "gateway", 1, f"{q}_ms"), _median(rows, "upstream", 1, f"{q}_ms"))
+        for q in ("p50", "p99")
+    }
+    measured = ratios | {f"added_latency_c1_{q}_ms": v for q, v in added.items()}
+    targets = {
+        name: {
+            "target": f"{op} {limit}",
+            "value": measured[name],
+            "met": _met(measured[name], op, limit),
+        }
+        for name, (op, limit) in TARGETS.items()
+    }
+    return {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        },
+        "plan": {
+            "duration_seconds": plan.duration,
+            "repeats": plan.repeats,
+            "connections": list(plan.connections),
+            "configs": list(plan.configs),
+            "player_auth": plan.player_auth,
+            "elapsed_seconds": round(elapsed),
+        },
+        "pinning": PINNING,
+        "ratios": ratios,
+        "added_latency_c1_ms": added,
+        "targets": targets,
+        "summary": rows,
+        "runs": runs,
+        **{key: value for key, value in extra.items() if key != "token"},
+    }
+
+
+def _met(value: float | None, op: str, limit: float) -> bool | None:
+    # A negative added latency means the upstream's own runs were disturbed (a noisy machine):
+    # no verdict rather than a false "met".
+    if value is None or value < 0:
+        return None
+    return value >= limit if op == ">=" else value <= limit
+
+
+def _cell(spread: dict[str, float], fmt: str) -> str:
+    return f"{spread['median']:{fmt}} [{spread['min']:{fmt}}-{spread['max']:{fmt}}]"
+
+
+def print_report(results: dict[str, Any]) -> None:
+    plan = results["plan"]
+    print(
+        f"\n## Results ({plan['repeats']} x {plan['duration_seconds']} s per cell; "
+        f"median [min-max]; player auth {'on' if plan['player_auth'] else 'OFF'})\n"
+        f"pinning: {results['pinning']}\n"
+    )
+    header = (
+        f"{'config':<17} {'conns':>5} {'req/s':>26} {'p50 ms':>22} {'p99 ms':>22} "
+        f"{'cpu us/req':>18}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in results["summary"]:
+        bad = (
+            ""
+            if row["valid_runs"] == row["runs"]
+            else f"  ({row['runs'] - row['valid_runs']} invalid)"
+        )
+        print(
+            f"{row['config']:<17} {row['connections']:>5} {_cell(row['rps'], ',.0f'):>26} "
+            f"{_cell(row['p50_ms'], '.3f'):>22} {_cell(row['p99_ms'], '.3f'):>22} "
+            f"{_cell(row['cpu_us_per_request'], '.0f'):>18}{bad}"
+        )
+    print("\nratios at 32 connections:")
+    for name, value in results["ratios"].items():
+        print(f"  {name:<28} {value if value is not None else 'n/a'}")
+    added = results["added_latency_c1_ms"]
+    print(
+        "added latency at 1 connection (gateway - upstream): "
+        f"p50 {added['p50']} ms, p99 {added['p99']} ms"
+    )
+    print("\ntargets:")
+    for name, target in results["targets"].items():
+        verdict = {True: "met", False: "NOT met", None: "no verdict"}[target["met"]]
+        print(f"  {name:<28} {target['value']!s:>8}  (target {target['target']}): {verdict}")
+    for config, members in results.get("memory", {}).items():
+        procs = ", ".join(f"{m['process']} {m['rss_mib']} MiB" for m in members)
+        print(f"\nresident memory of {config} after its runs: {procs}")
