@@ -35,7 +35,7 @@ def _load_or_exit(path: Path) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.config)
-    configure_logging(level=config.log.level, fmt=config.log.format)
+    configure_logging(level=config.log.level, fmt=config.log.format, cache=True)
     if args.workers > 1:
         from proxy.workers import WorkersFailed, run_workers
 
@@ -270,7 +270,7 @@ def _add_token_commands(commands: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
-    configure_logging(level="info", fmt="auto")
+    configure_logging(level="info", fmt="auto", cache=True)
     _run_loop(
         run_demo(
             workdir=args.dir,

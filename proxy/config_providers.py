@@ -163,12 +163,14 @@ def _parse_url(
         reader.problem(path, f"unknown placeholder {{{min(unknown)}}} (known: {known})")
         return None
     parts = urlsplit(template.render(dict.fromkeys(template.fields, "x")))
-    if (
-        any(c.isspace() for c in full)
-        or parts.scheme not in ("http", "https")
-        or not parts.hostname
-    ):
-        reader.problem(path, "not a URL (needs http:// or https:// and a host, or a base_url)")
+    # Sent as already encoded (never re-quoted per request), so only printable ASCII.
+    printable = full.isascii() and not any(c.isspace() for c in full)
+    if not printable or parts.scheme not in ("http", "https") or not parts.hostname:
+        reader.problem(
+            path,
+            "not a URL (needs http:// or https:// and a host, or a base_url; "
+            "printable ASCII only: percent-encode anything else)",
+        )
         return None
     if "drm_resource_id" in template.fields and not needs_id:
         reader.problem(path, "uses {drm_resource_id} but needs_drm_resource_id is false")

@@ -57,7 +57,11 @@ _JSON_OBJECT = re.compile(rb"\s*\{.*\}\s*", re.DOTALL)
 # `spc=` as the first field or after other `name=value&` fields; base64 never holds `&`.
 _FORM_START = re.compile(rb"\s*(?:[A-Za-z0-9_.\-]+=[^&]*&)*spc=", re.IGNORECASE)
 _PERCENT_ESCAPE = re.compile(rb"%[0-9A-Fa-f]{2}")
-_CKC_TAG = re.compile(rb"\s*<ckc>(.*?)</ckc>\s*", re.DOTALL | re.IGNORECASE)
+_B64_ESCAPES = tuple(
+    (escape, char)
+    for code, char in ((b"2B", b"+"), (b"2F", b"/"), (b"3D", b"="))
+    for escape in (b"%" + code, b"%" + code.lower())
+)
 _CKC_TAG_START = re.compile(rb"\s*<ckc>", re.IGNORECASE)
 
 _ERROR_KEYS = frozenset(
@@ -184,8 +188,17 @@ def _parse_form(body: bytes) -> tuple[bytes, str | None]:
     return _decode_form_spc(spc_values[0]), asset_id
 
 
+def _unquote_form_b64(raw: bytes) -> bytes:
+    """Percent-decoding of a base64 value: the only escapes expected are +, / and =, so those
+    are replaced directly (unquote_to_bytes cost ~19 us); anything else takes the full path."""
+    value = raw
+    for escape, char in _B64_ESCAPES:
+        value = value.replace(escape, char)
+    return value if b"%" not in value else unquote_to_bytes(raw)
+
+
 def _decode_form_spc(raw: bytes) -> bytes:
-    value = unquote_to_bytes(raw) if b"%" in raw else raw
+    value = _unquote_form_b64(raw) if b"%" in raw else raw
     _reject_nested_text(value, what="spc value")
     if _PERCENT_ESCAPE.search(value):
         raise BadSpc("Invalid FairPlay SPC: spc value is percent-encoded twice.")
@@ -276,10 +289,10 @@ def parse_ckc_response(body: bytes, fmt: ResponseFormat) -> bytes:
     elif fmt == "base64":
         ckc = _decode_ckc_base64(body)
     elif fmt == "ckc_tag":
-        match = _CKC_TAG.fullmatch(body)
-        if match is None:
+        inner = _ckc_tag_inner(body)
+        if inner is None:
             raise _bad_ckc("the response is not a single <ckc> element")
-        ckc = _decode_ckc_base64(match.group(1))
+        ckc = _decode_ckc_base64(inner)
     elif fmt == "json":
         ckc = _decode_ckc_base64(_json_ckc_field(body))
     else:
@@ -287,6 +300,14 @@ def parse_ckc_response(body: bytes, fmt: ResponseFormat) -> bytes:
     if _CKC_TAG_START.match(ckc):
         raise _bad_ckc("the CKC holds a <ckc> element; the provider's format is misconfigured")
     return ckc
+
+
+def _ckc_tag_inner(body: bytes) -> bytes | None:
+    """What `\\s*<ckc>(.*)</ckc>\\s*` would capture, by slicing: the lazy regex cost ~20 us."""
+    stripped = body.strip(_WHITESPACE)
+    if len(stripped) < 11 or stripped[:5].lower() != b"<ckc>" or stripped[-6:].lower() != b"</ckc>":
+        return None
+    return stripped[5:-6]
 
 
 def encode_ckc(ckc: bytes, fmt: ResponseFormat) -> tuple[bytes, str]:

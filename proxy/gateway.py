@@ -117,7 +117,7 @@ class Gateway:
         if entry is None:
             raise UnknownAsset()
         if entry.drm_resource_id is None:
-            metrics.ASSETS_WITHOUT_RESOURCE_ID.labels(drm).inc()
+            metrics.labelled(metrics.ASSETS_WITHOUT_RESOURCE_ID, drm).inc()
         return entry
 
     def decide(self, info: RequestInfo, entry: CatalogEntry, client: ClientInfo) -> Decision:
@@ -131,7 +131,9 @@ class Gateway:
         if not self._has_endpoint(decision.provider, info.drm):
             raise NoProvider(f"The chosen provider has no endpoint for {info.drm}.")
         info.provider, info.rule, info.reason = decision.provider, decision.rule, decision.reason
-        metrics.ROUTING_DECISIONS.labels(decision.provider, decision.rule, decision.reason).inc()
+        metrics.labelled(
+            metrics.ROUTING_DECISIONS, decision.provider, decision.rule, decision.reason
+        ).inc()
         return decision
 
     def _has_endpoint(self, provider: str, drm: str) -> bool:
@@ -243,7 +245,7 @@ class Gateway:
     @staticmethod
     def _spc_for(upstream: Upstream, spc: SpcRequest, asset_id: str) -> tuple[bytes, str]:
         wanted = upstream.settings.fairplay.request
-        metrics.FAIRPLAY_TRANSCODES.labels(spc.fmt, wanted).inc()
+        metrics.labelled(metrics.FAIRPLAY_TRANSCODES, spc.fmt, wanted).inc()
         return encode_spc(spc.spc, wanted, asset_id=spc.asset_id or asset_id)
 
     def _ckc_for(

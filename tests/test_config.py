@@ -117,6 +117,14 @@ def test_resource_id_placeholder_needs_the_flag() -> None:
     )
 
 
+def test_url_templates_must_be_printable_ascii() -> None:
+    raw = base()
+    raw["providers"]["legacy"]["license_urls"]["widevine"] = "/licence/é/{asset_id}"
+    assert any(
+        p.startswith("providers.legacy.license_urls.widevine: not a URL") for p in problems_of(raw)
+    )
+
+
 def test_key_url_needs_key_id() -> None:
     raw = base()
     raw["providers"]["legacy"]["key_url"] = "/keys/{asset_id}"
