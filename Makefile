@@ -32,10 +32,11 @@ typecheck: install
 deploy-check: tools
 	bash scripts/check-deploy.sh
 
-unit: install tools
+unit: install tools e2e-tools
 	bash .ci/pytest.sh $(BIN)/pytest --ignore=tests/e2e
 
-# Real players (ffmpeg, headless Chromium + Shaka Player, Shaka Packager), installed if missing.
+# Real players (ffmpeg, headless Chromium + Shaka Player, Shaka Packager), installed if missing;
+# the demo's tests use them too, so `unit` needs them.
 e2e-tools: install
 	bash scripts/install-e2e.sh
 

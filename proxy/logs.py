@@ -56,6 +56,7 @@ def configure_logging(
     )
     structlog.configure(
         processors=[
+            structlog.contextvars.merge_contextvars,  # e.g. worker / worker_pid under --workers
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_secrets,
