@@ -1,7 +1,8 @@
-"""Upstream client: one pooled keep-alive session per provider, and error mapping.
+"""Upstream client: one keep-alive connection pool per provider, and error mapping.
 
-Tuned for the hot path: no cookie jar, no automatic decompression, no redirects followed,
-response size capped, TLS verified (aiohttp's default for https).
+The HTTP/1.1 client is proxy.httpclient (lean, for the hot path): no cookies, no automatic
+decompression, no redirects followed, response size capped, TLS verified against the system
+CAs with SNI.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import aiohttp
 from multidict import CIMultiDict
-from yarl import URL
 
 from proxy import metrics
 from proxy.config import ProviderSettings
@@ -26,6 +25,7 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from proxy.httpclient import HttpClient, HttpClientError, ResponseTooLarge
 from proxy.logs import get_logger
 from proxy.tokens import TokenContext, TokenSigner
 
@@ -65,38 +65,31 @@ class UpstreamResponse:
 
 
 class Upstream:
-    """Talks to one provider over a pooled keep-alive session opened with the app."""
+    """Talks to one provider over a keep-alive connection pool opened with the app."""
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
         self.name = settings.name
         self._strip = _ALWAYS_STRIPPED | settings.strip_response_headers
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HttpClient | None = None
         auth = settings.auth
         self._static = {auth.header: auth.value} if auth.header and auth.value else {}
         self.signer = TokenSigner(auth.token) if auth.token is not None else None
         self._tokens_signed = metrics.TOKENS_SIGNED.labels(self.name)
 
     async def open(self) -> None:
-        timeout = aiohttp.ClientTimeout(
-            total=self.settings.total_timeout, sock_connect=self.settings.connect_timeout
-        )
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.max_connections, ttl_dns_cache=300, keepalive_timeout=30
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=("Accept-Encoding", "User-Agent"),
-            trust_env=False,
+        self._client = HttpClient(
+            max_connections=self.settings.max_connections,
+            connect_timeout=self.settings.connect_timeout,
+            total_timeout=self.settings.total_timeout,
+            max_response_bytes=self.settings.max_response_bytes,
+            idle_timeout=30.0,
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     def credentials(self, context: TokenContext) -> tuple[dict[str, str], str]:
         """Headers to add, and a query suffix, that authenticate this request upstream."""
@@ -119,50 +112,42 @@ class Upstream:
         headers: Mapping[str, str],
     ) -> UpstreamResponse:
         """Send one request; map every failure to the gateway's error tree."""
-        assert self._session is not None, "Upstream.open() was not called"
+        assert self._client is not None, "Upstream.open() was not called"
         started = time.perf_counter()
         try:
-            # encoded=True: the URL template already percent-encoded every value, so yarl
-            # need not parse and re-quote it on each request.
-            async with self._session.request(
-                method, URL(url, encoded=True), data=body, headers=headers, allow_redirects=False
-            ) as resp:
-                data = await _read_capped(resp, self.settings.max_response_bytes)
-                status, resp_headers = resp.status, resp.headers
+            # The URL template already percent-encoded every value: the URL is sent as is.
+            resp = await self._client.request(method, url, headers=headers, body=body)
         except TimeoutError:
             self._observe(drm, started, "timeout")
             raise UpstreamTimeout() from None
-        except aiohttp.ClientError as exc:
+        except ResponseTooLarge:
+            self._observe(drm, started, "too_large")
+            metrics.labelled(metrics.UPSTREAM_BAD_RESPONSES, self.name, "too_large").inc()
+            log.warning("upstream_error", provider=self.name, why="response_too_large")
+            raise _TooLarge() from None
+        except HttpClientError as exc:
             self._observe(drm, started, "connect")
-            log.warning("upstream_unreachable", provider=self.name, error=type(exc).__name__)
+            log.warning(
+                "upstream_unreachable",
+                provider=self.name,
+                error=type(exc).__name__,
+                detail=str(exc),
+            )
             raise UpstreamUnavailable() from None
+        status, data = resp.status, resp.body
         self._observe(drm, started, metrics.status_class(status))
-        _raise_for_status(self.name, status, data, resp_headers.get("Content-Type", ""))
+        content_type = resp.header("Content-Type")
+        _raise_for_status(self.name, status, data, content_type)
         return UpstreamResponse(
             body=data,
-            content_type=resp_headers.get("Content-Type", "application/octet-stream"),
-            headers=tuple((k, v) for k, v in resp_headers.items() if k.lower() not in self._strip),
+            content_type=content_type or "application/octet-stream",
+            headers=tuple((k, v) for k, v in resp.headers if k.lower() not in self._strip),
         )
 
     def _observe(self, drm: str, started: float, outcome: str) -> None:
         elapsed = time.perf_counter() - started
         metrics.labelled(metrics.UPSTREAM_DURATION, drm, self.name).observe(elapsed)
         metrics.labelled(metrics.UPSTREAM_RESPONSES, self.name, outcome).inc()
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, refusing as soon as it passes `limit` bytes."""
-    if resp.content_length is not None:
-        if resp.content_length > limit:
-            raise _TooLarge()
-        return await resp.read()
-    chunks, size = [], 0
-    async for chunk in resp.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge()
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class _TooLarge(UpstreamBadResponse):
