@@ -27,7 +27,7 @@ from proxy.demo_player import (
     prepare_demo_media,
     start_player_server,
 )
-from proxy.emulator import EmulatorSettings, start_emulator
+from proxy.emulator import EmulatorSettings, RunningEmulator, start_emulator
 from proxy.emulator.settings import DEMO_LEGACY_API_KEY, DEMO_SEED
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "gateway.yaml"
@@ -308,18 +308,7 @@ async def run_demo(
     db = write_demo_files(workdir, 10_000)
     media, player = await _prepare_player(workdir)
     write_test_certificate(workdir / "fairplay-cert.der")
-    legacy = await start_emulator(
-        EmulatorSettings(
-            kind="legacy",
-            api_key=os.environ["LEGACY_API_KEY"],
-            resources=_resources(workdir / "legacy-resources.txt"),
-        ),
-        port=legacy_port,
-    )
-    incoming = await start_emulator(
-        EmulatorSettings(kind="incoming", resources=_resources(workdir / "incoming-resources.txt")),
-        port=incoming_port,
-    )
+    legacy, incoming = await _start_emulators(workdir, legacy_port, incoming_port)
     config = load_config(
         DEMO_CONFIG,
         overrides={
@@ -347,16 +336,42 @@ async def run_demo(
         os.environ["ADMIN_TOKEN"],
         player,
     )
+    await _wait_for_signal()
+    if server is not None:
+        await server.stop()
+    await gateway.stop()
+    await incoming.stop()
+    await legacy.stop()
+    print("demo stopped", flush=True)
+
+
+async def _start_emulators(
+    workdir: Path, legacy_port: int, incoming_port: int
+) -> tuple[RunningEmulator, RunningEmulator]:
+    """The legacy provider (API key) and the incoming one, verifying the gateway's JWTs."""
+    legacy = await start_emulator(
+        EmulatorSettings(
+            kind="legacy",
+            api_key=os.environ["LEGACY_API_KEY"],
+            resources=_resources(workdir / "legacy-resources.txt"),
+        ),
+        port=legacy_port,
+    )
+    incoming = await start_emulator(
+        EmulatorSettings(
+            kind="incoming",
+            resources=_resources(workdir / "incoming-resources.txt"),
+            jwt_keys={"demo-1": os.environ["INCOMING_JWT_KEY"].encode()},
+            jwt_algorithms=("HS256",),
+        ),
+        port=incoming_port,
+    )
+    return legacy, incoming
+
+
+async def _wait_for_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        if server is not None:
-            await server.stop()
-        await gateway.stop()
-        await incoming.stop()
-        await legacy.stop()
-        print("demo stopped", flush=True)
+    await stop.wait()

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -223,3 +224,20 @@ async def test_demo_media_is_made_once_then_reused(tmp_path: Path) -> None:
     assert said == []
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == made
     assert [p.name for p in media.iterdir()] == [folder.name]  # no partial folder left
+
+
+def test_the_demo_incoming_provider_verifies_tokens(demo: Demo) -> None:
+    # The gateway's signed tokens work (the printed ClearKey example for an incoming-only
+    # title succeeds above); a forged one is refused by the emulated incoming provider.
+    incoming = re.search(r"incoming emulator\s+(http://\S+)", demo.banner)
+    assert incoming is not None, demo.banner
+    request = urllib.request.Request(
+        f"{incoming.group(1)}/license/widevine/res-00009",
+        data=b"\x08\x04",
+        headers={"X-Drm-Token": "forged.token.value"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    refused.value.close()
+    assert refused.value.code == 401
