@@ -156,57 +156,23 @@ def test_token_sign_and_verify_cli(tmp_path: Path) -> None:
     db = write_catalog(tmp_path / "catalog.db")
     config = tmp_path / "gateway.yaml"
     config.write_text(yaml.safe_dump(gateway_raw_config(db, "http://a", "http://b")))
-    signed = run_cli(
-        "token",
-        "sign",
-        "--config",
-        str(config),
-        "--provider",
-        "incoming",
-        "--asset",
-        "incoming-only",
-        "--drm",
-        "widevine",
-    )
+    common = ("--config", str(config), "--provider", "incoming")
+
+    def sign(asset: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("token", "sign", *common, "--asset", asset, "--drm", "widevine")
+
+    def verify(asset: str, token: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("token", "verify", *common, "--asset", asset, token)
+
+    signed = sign("incoming-only")
     assert signed.returncode == 0, signed.stderr
     token = signed.stdout.strip()
     assert token.count(".") == 2
-    ok = run_cli(
-        "token",
-        "verify",
-        "--config",
-        str(config),
-        "--provider",
-        "incoming",
-        "--asset",
-        "incoming-only",
-        token,
-    )
+    ok = verify("incoming-only", token)
     assert ok.returncode == 0 and ok.stdout.startswith("ok")
-    wrong = run_cli(
-        "token",
-        "verify",
-        "--config",
-        str(config),
-        "--provider",
-        "incoming",
-        "--asset",
-        "both-1",
-        token,
-    )
+    wrong = verify("both-1", token)
     assert wrong.returncode == 1 and "drmResourceId" in wrong.stdout
     assert token not in wrong.stdout
-    missing = run_cli(
-        "token",
-        "sign",
-        "--config",
-        str(config),
-        "--provider",
-        "incoming",
-        "--asset",
-        "legacy-only",
-        "--drm",
-        "widevine",
-    )
+    missing = sign("legacy-only")
     assert missing.returncode == 1 and "no drmResourceId" in missing.stderr
     assert missing.stdout == ""
