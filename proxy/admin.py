@@ -13,9 +13,9 @@ from aiohttp import web
 
 from proxy.catalog import CachedCatalog
 from proxy.errors import BadRequest, GatewayError, NotFound, Unauthorized
-from proxy.gateway import KEY_DRM, validate_asset_id
+from proxy.gateway import validate_asset_id
 from proxy.logs import get_logger
-from proxy.rules import RequestContext, explain
+from proxy.rules import DRM_SYSTEMS, RequestContext
 from proxy.rules_watcher import RulesWatcher
 
 ADMIN_TOKEN = web.AppKey("admin_token", str)
@@ -69,18 +69,15 @@ async def explain_decision(request: web.Request) -> web.Response:
     query = request.query
     asset_id = validate_asset_id(query.get("asset", ""))
     drm = query.get("drm", "")
-    if drm not in ("widevine", "playready", "fairplay", "clearkey", KEY_DRM):
-        raise BadRequest("drm must be one of widevine, playready, fairplay, clearkey, aes128.")
+    if drm not in DRM_SYSTEMS:
+        raise BadRequest(f"drm must be one of {', '.join(DRM_SYSTEMS)}.")
     entry = await request.app[ADMIN_CATALOG].get(asset_id)
     if entry is None:
         raise NotFound(f"Asset '{asset_id}' is not in the catalog.")
-    watcher = request.app[RULES]
     context = RequestContext(
         drm, asset_id, entry, query.get("platform"), query.get("app_version"), query.get("user")
     )
-    result = explain(watcher.rules, context, watcher.providers).to_dict()
-    result["rules_version"] = watcher.rules.version
-    return web.json_response(result)
+    return web.json_response(request.app[RULES].explain(context))
 
 
 async def catalog_entry(request: web.Request) -> web.Response:

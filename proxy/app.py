@@ -25,7 +25,6 @@ from proxy.logs import get_logger
 from proxy.middlewares import create_middleware
 from proxy.providers import Upstream, close_upstreams, open_upstreams
 from proxy.routes import CERTIFICATE, GATEWAY, GUARD, MAX_BODY, add_public_routes
-from proxy.rules import ProviderTraits
 from proxy.rules_watcher import RulesWatcher
 
 CONFIG = web.AppKey("config", Config)
@@ -61,17 +60,7 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    traits = {
-        name: ProviderTraits(needs_drm_resource_id=p.needs_drm_resource_id)
-        for name, p in config.providers.items()
-    }
-    watcher = RulesWatcher(
-        config.routing.rules_file,
-        default=config.routing.default_provider,
-        providers=traits,
-        poll_seconds=config.routing.poll_seconds,
-    )
+    watcher = RulesWatcher.from_config(app[CONFIG])
     app[RULES] = watcher
     poller = asyncio.get_running_loop().create_task(watcher.poll_forever())
     yield

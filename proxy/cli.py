@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from proxy.config import DRM_SYSTEMS, Config, ConfigError, load_config
+from proxy.config import Config, ConfigError, load_config
 from proxy.logs import configure_logging
+from proxy.rules import DRM_SYSTEMS as ALL_DRMS  # the license systems and aes128 keys
 
 
 def _run_loop(coro: Any) -> None:
@@ -114,21 +115,27 @@ def _token_settings(config: Config, provider: str) -> Any:
     return settings.auth.token
 
 
-def _resource_id(config: Config, asset_id: str) -> str | None:
-    """The asset's drmResourceId straight from the catalog backend (no cache)."""
+def _catalog_entry(config: Config, asset_id: str) -> Any:
+    """The asset's catalog entry straight from the backend (no cache); exits if unknown."""
     from proxy.catalog import build_catalog
 
-    async def lookup() -> str | None:
+    async def lookup() -> Any:
         catalog = build_catalog(config.catalog)
         try:
-            entry = await catalog.get(asset_id)
+            return await catalog.get(asset_id)
         finally:
             await catalog.close()
-        if entry is None:
-            raise SystemExit(f"asset '{asset_id}' is not in the catalog")
-        return entry.drm_resource_id
 
-    return asyncio.run(lookup())
+    entry = asyncio.run(lookup())
+    if entry is None:
+        raise SystemExit(f"asset '{asset_id}' is not in the catalog")
+    return entry
+
+
+def _resource_id(config: Config, asset_id: str) -> str | None:
+    """The asset's drmResourceId from the catalog."""
+    resource_id: str | None = _catalog_entry(config, asset_id).drm_resource_id
+    return resource_id
 
 
 def cmd_token_sign(args: argparse.Namespace) -> int:
@@ -171,20 +178,12 @@ def cmd_token_verify(args: argparse.Namespace) -> int:
     return 1
 
 
-def _provider_traits(config: Config) -> dict[str, Any]:
-    from proxy.rules import ProviderTraits
-
-    return {
-        name: ProviderTraits(needs_drm_resource_id=p.needs_drm_resource_id)
-        for name, p in config.providers.items()
-    }
-
-
 def cmd_rules_check(args: argparse.Namespace) -> int:
     from proxy.rules import RulesError
     from proxy.rules_file import load_rules_file, summarize
+    from proxy.rules_watcher import provider_traits
 
-    providers = _provider_traits(_load_or_exit(args.config)) if args.config else None
+    providers = provider_traits(_load_or_exit(args.config).providers) if args.config else None
     try:
         rules = load_rules_file(args.file, providers=providers)
     except RulesError as exc:
@@ -201,34 +200,16 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 def cmd_rules_explain(args: argparse.Namespace) -> int:
     import json
 
-    from proxy.rules import RequestContext, explain
+    from proxy.rules import RequestContext
     from proxy.rules_watcher import RulesWatcher
 
     config = _load_or_exit(args.config)
-    watcher = RulesWatcher(
-        config.routing.rules_file,
-        default=config.routing.default_provider,
-        providers=_provider_traits(config),
-    )
-    from proxy.catalog import build_catalog
-
-    async def lookup() -> Any:
-        catalog = build_catalog(config.catalog)
-        try:
-            return await catalog.get(args.asset)
-        finally:
-            await catalog.close()
-
-    entry = asyncio.run(lookup())
-    if entry is None:
-        print(f"asset '{args.asset}' is not in the catalog", file=sys.stderr)
-        return 1
+    watcher = RulesWatcher.from_config(config)
+    entry = _catalog_entry(config, args.asset)
     context = RequestContext(
         args.drm, args.asset, entry, args.platform, args.app_version, args.user
     )
-    result = explain(watcher.rules, context, watcher.providers).to_dict()
-    result["rules_version"] = watcher.rules.version
-    print(json.dumps(result, indent=2))
+    print(json.dumps(watcher.explain(context), indent=2))
     return 0
 
 
@@ -242,7 +223,7 @@ def _add_rules_commands(commands: Any) -> None:
     exp = rules_cmds.add_parser("explain", help="show the decision and every rule's verdict")
     exp.add_argument("--config", type=Path, required=True)
     exp.add_argument("--asset", required=True)
-    exp.add_argument("--drm", required=True, choices=[*DRM_SYSTEMS, "aes128"])
+    exp.add_argument("--drm", required=True, choices=ALL_DRMS)
     exp.add_argument("--platform")
     exp.add_argument("--app-version")
     exp.add_argument("--user")
@@ -258,7 +239,7 @@ def _add_token_commands(commands: Any) -> None:
         parser.add_argument("--config", type=Path, required=True)
         parser.add_argument("--provider", required=True)
     sign.add_argument("--asset", required=True)
-    sign.add_argument("--drm", required=True, choices=[*DRM_SYSTEMS, "aes128"])
+    sign.add_argument("--drm", required=True, choices=ALL_DRMS)
     sign.add_argument("--user", default=None)
     sign.set_defaults(func=cmd_token_sign)
     verify.add_argument("token", help="the JWT (a shell variable, never typed on a shared screen)")

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Literal
 
 from proxy import metrics
+from proxy.config import Config, ProviderSettings
 from proxy.logs import get_logger
-from proxy.rules import ProviderTraits, RulesError, RuleSet
+from proxy.rules import ProviderTraits, RequestContext, RulesError, RuleSet, explain
 from proxy.rules_file import load_rules_file, parse_rules
 
 log = get_logger("rules")
@@ -37,6 +38,14 @@ class ReloadResult:
             "sha256": self.sha256,
             "problems": self.problems,
         }
+
+
+def provider_traits(providers: Mapping[str, ProviderSettings]) -> dict[str, ProviderTraits]:
+    """What the rules engine needs to know of each configured provider."""
+    return {
+        name: ProviderTraits(needs_drm_resource_id=p.needs_drm_resource_id)
+        for name, p in providers.items()
+    }
 
 
 def rules_without_file(default: str, providers: Mapping[str, ProviderTraits]) -> RuleSet:
@@ -71,6 +80,23 @@ class RulesWatcher:
         self.loaded_at = time.time()
         self._stamp = self._file_stamp()
         self._publish(None, self.rules)
+
+    @classmethod
+    def from_config(cls, config: Config) -> RulesWatcher:
+        """The watcher for the config's rules file (or its default provider without one)."""
+        return cls(
+            config.routing.rules_file,
+            default=config.routing.default_provider,
+            providers=provider_traits(config.providers),
+            poll_seconds=config.routing.poll_seconds,
+        )
+
+    def explain(self, context: RequestContext) -> dict[str, object]:
+        """The decision for `context` with every rule's verdict, and the rules version."""
+        rules = self.rules  # read once: one version for the whole answer
+        result = explain(rules, context, self.providers).to_dict()
+        result["rules_version"] = rules.version
+        return result
 
     def _file_stamp(self) -> tuple[int, int] | None:
         if self.path is None:
