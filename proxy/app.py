@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -36,18 +36,13 @@ DRAINING = web.AppKey("draining", asyncio.Event)
 log = get_logger("app")
 
 
-def _catalog_observer() -> Callable[[str], None]:
-    """Count catalog lookups by result, with the label children resolved once."""
-    children = {
-        result: metrics.CATALOG_LOOKUPS.labels(result)
-        for result in ("hit", "miss", "coalesced", "negative_hit", "stale", "error")
-    }
-    return lambda result: children[result].inc()
+def _count_catalog_lookup(result: str) -> None:
+    metrics.labelled(metrics.CATALOG_LOOKUPS, result).inc()
 
 
 async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[CONFIG].catalog
-    app[CATALOG] = build_catalog(settings, observe=_catalog_observer())
+    app[CATALOG] = build_catalog(settings, observe=_count_catalog_lookup)
     yield
     await app[CATALOG].close()
 

@@ -21,6 +21,7 @@ from proxy.tokens import (
 )
 
 DRM_SYSTEMS: tuple[str, ...] = ("widevine", "playready", "fairplay", "clearkey")
+KEY_DRM = "aes128"  # the label used for HLS AES-128 key requests in logs, metrics and rules
 URL_PLACEHOLDERS = frozenset({"asset_id", "drm_resource_id", "key_id", "drm"})
 PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -72,6 +73,10 @@ class ProviderSettings:
     max_response_bytes: int = 1_048_576
     max_connections: int = 256
     fairplay: FairPlayFormats = field(default_factory=lambda: FairPlayFormats("binary", "binary"))
+
+    def endpoint(self, drm: str) -> UrlTemplate | None:
+        """The URL template serving `drm` (the key URL for aes128), None if there is none."""
+        return self.key_url if drm == KEY_DRM else self.license_urls.get(drm)
 
 
 def parse_providers(reader: ConfigReader, raw: Any) -> dict[str, ProviderSettings]:

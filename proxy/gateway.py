@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from proxy import metrics
 from proxy.catalog.base import Catalog, CatalogEntry
 from proxy.config import Config, UrlTemplate
+from proxy.config_providers import KEY_DRM
 from proxy.errors import (
     InvalidId,
     NoProvider,
@@ -35,7 +36,6 @@ from proxy.tokens import TokenContext
 ASSET_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 KEY_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 AES_KEY_BYTES = 16
-KEY_DRM = "aes128"  # the label used for HLS AES-128 key requests in logs, metrics and rules
 
 log = get_logger("gateway")
 
@@ -128,17 +128,13 @@ class Gateway:
             info.drm, entry.asset_id, entry, client.platform, client.app_version, client.user_id
         )
         decision = evaluate(rules, context, self.rules.providers)
-        if not self._has_endpoint(decision.provider, info.drm):
+        if self.upstreams[decision.provider].settings.endpoint(info.drm) is None:
             raise NoProvider(f"The chosen provider has no endpoint for {info.drm}.")
         info.provider, info.rule, info.reason = decision.provider, decision.rule, decision.reason
         metrics.labelled(
             metrics.ROUTING_DECISIONS, decision.provider, decision.rule, decision.reason
         ).inc()
         return decision
-
-    def _has_endpoint(self, provider: str, drm: str) -> bool:
-        settings = self.upstreams[provider].settings
-        return settings.key_url is not None if drm == KEY_DRM else drm in settings.license_urls
 
     async def license(
         self,
@@ -190,11 +186,10 @@ class Gateway:
 
     async def _send(self, info: RequestInfo, upstream: Upstream, call: Call) -> UpstreamResponse:
         """Authenticate, encode, send and time one upstream call; check what comes back."""
-        settings = upstream.settings
         body, content_type = call.body, call.content_type
         if call.spc is not None:
             body, content_type = self._spc_for(upstream, call.spc, call.entry.asset_id)
-        template = settings.key_url if call.drm == KEY_DRM else settings.license_urls[call.drm]
+        template = upstream.settings.endpoint(call.drm)
         assert template is not None  # decide() checked the endpoint exists
         url, auth_headers = self._target(upstream, template, info, call)
         headers = forward_headers(

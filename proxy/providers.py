@@ -137,7 +137,7 @@ class Upstream:
         status, data = resp.status, resp.body
         self._observe(drm, started, metrics.status_class(status))
         content_type = resp.header("Content-Type")
-        _raise_for_status(self.name, status, data, content_type)
+        _raise_for_status(self.name, status, data)
         return UpstreamResponse(
             body=data,
             content_type=content_type or "application/octet-stream",
@@ -154,11 +154,11 @@ class _TooLarge(UpstreamBadResponse):
     message = "The DRM provider's response is too large."
 
 
-def _raise_for_status(provider: str, status: int, body: bytes, content_type: str) -> None:
+def _raise_for_status(provider: str, status: int, body: bytes) -> None:
     if 200 <= status < 300:
         if not body:
             _reject(provider, status, "empty_body", UpstreamBadResponse())
-        if looks_like_json_error(body, content_type):
+        if looks_like_json_error(body):
             _reject(provider, status, "error_json_in_2xx", UpstreamBadResponse())
         return
     if 300 <= status < 400:
@@ -177,7 +177,7 @@ def _reject(provider: str, status: int, why: str, error: GatewayError) -> None:
     raise error
 
 
-def looks_like_json_error(body: bytes, content_type: str) -> bool:
+def looks_like_json_error(body: bytes) -> bool:
     """A 2xx whose body is a JSON error object (some providers answer errors this way)."""
     if not body.lstrip()[:1] == b"{":
         return False

@@ -8,8 +8,9 @@ from aiohttp import web
 
 from proxy.auth import Player, bearer_token
 from proxy.config import DRM_SYSTEMS
+from proxy.config_providers import KEY_DRM
 from proxy.errors import BadRequest, BodyTooLarge, NotFound, UnsupportedMediaType
-from proxy.gateway import ASSET_ID, KEY_DRM, ClientInfo, Gateway
+from proxy.gateway import ASSET_ID, ClientInfo, Gateway
 from proxy.guard import PlayerGuard
 from proxy.middlewares import INFO
 
