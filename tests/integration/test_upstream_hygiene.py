@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
-import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.certs import make_ca_and_leaf
 from tests.conftest import StackFactory
 
 Upstream = Callable[..., Any]
@@ -28,7 +26,8 @@ async def rogue(tmp_path: Path) -> AsyncIterator[Upstream]:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         runners.append(runner)
-        context = self_signed_context(tmp_path) if tls else None
+        # Signed by a private CA that no system trust store holds.
+        context = make_ca_and_leaf(tmp_path)[1] if tls else None
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
         await site.start()
         port = runner.addresses[0][1]
@@ -37,42 +36,6 @@ async def rogue(tmp_path: Path) -> AsyncIterator[Upstream]:
     yield start
     for runner in runners:
         await runner.cleanup()
-
-
-def self_signed_context(folder: Path) -> ssl.SSLContext:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
-    return context
 
 
 def legacy_at(url: str) -> Callable[[dict[str, Any]], None]:
