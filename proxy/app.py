@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
@@ -200,6 +201,16 @@ async def start_gateway(config: Config, *, reuse_port: bool = False) -> RunningG
     if config.player_auth.mode == "none":
         log.warning("player_auth_off", detail="every player is admitted: development only")
     return RunningGateway(urls[0], urls[1], public_app, (public, internal))
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop where available (measurably faster), else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def install_signal_handlers(gateway: RunningGateway, stop: asyncio.Event) -> None:

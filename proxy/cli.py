@@ -14,16 +14,6 @@ from proxy.logs import configure_logging
 from proxy.rules import DRM_SYSTEMS as ALL_DRMS  # the license systems and aes128 keys
 
 
-def _run_loop(coro: Any) -> None:
-    """Run a coroutine on uvloop where available (measurably faster), else asyncio."""
-    try:
-        import uvloop
-
-        uvloop.run(coro)
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(coro)
-
-
 def _load_or_exit(path: Path) -> Config:
     try:
         return load_config(path)
@@ -46,9 +36,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"drm-gateway: {exc}", file=sys.stderr)
             return 1
         return 0
-    from proxy.app import serve
+    from proxy.app import run_event_loop, serve
 
-    _run_loop(serve(config))
+    run_event_loop(serve(config))
     return 0
 
 
@@ -252,7 +242,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
     configure_logging(level="info", fmt="auto", cache=True)
-    _run_loop(
+    from proxy.app import run_event_loop
+
+    run_event_loop(
         run_demo(
             workdir=args.dir,
             public_port=args.public_port,

@@ -35,7 +35,7 @@ from types import FrameType
 import structlog
 from prometheus_client import multiprocess
 
-from proxy.app import install_signal_handlers, start_gateway
+from proxy.app import install_signal_handlers, run_event_loop, start_gateway
 from proxy.config import Config, Listener
 from proxy.logs import configure_logging, get_logger
 
@@ -250,12 +250,7 @@ def _worker_main(config: Config, index: int, parent_pid: int, ready: Connection)
     configure_logging(level=config.log.level, fmt=config.log.format, cache=True)
     # Every line this worker logs (access lines too) says which worker wrote it.
     structlog.contextvars.bind_contextvars(worker=index, worker_pid=os.getpid())
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(_serve(config, parent_pid, ready))
-    else:
-        uvloop.run(_serve(config, parent_pid, ready))
+    run_event_loop(_serve(config, parent_pid, ready))
 
 
 async def _serve(config: Config, parent_pid: int, ready: Connection) -> None:
