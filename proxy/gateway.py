@@ -13,10 +13,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from proxy import metrics
 from proxy.catalog.base import Catalog, CatalogEntry
 from proxy.config import Config, UrlTemplate
-from proxy.config_providers import KEY_DRM
+from proxy.config.providers import KEY_DRM
 from proxy.errors import (
     InvalidId,
     NoProvider,
@@ -26,12 +25,19 @@ from proxy.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from proxy.fairplay import SpcRequest, encode_ckc, encode_spc, parse_ckc_response, parse_spc_request
-from proxy.logs import get_logger
-from proxy.providers import Upstream, UpstreamResponse, forward_headers
-from proxy.rules import Decision, RequestContext, evaluate
-from proxy.rules_watcher import RulesWatcher
-from proxy.tokens import TokenContext
+from proxy.observability import metrics
+from proxy.observability.logs import get_logger
+from proxy.routing.rules import Decision, RequestContext, evaluate
+from proxy.routing.watcher import RulesWatcher
+from proxy.upstream.fairplay import (
+    SpcRequest,
+    encode_ckc,
+    encode_spc,
+    parse_ckc_response,
+    parse_spc_request,
+)
+from proxy.upstream.provider import Upstream, UpstreamResponse, forward_headers
+from proxy.upstream.signer import TokenContext
 
 ASSET_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 KEY_ID = re.compile(r"^[0-9a-fA-F]{32}$")

@@ -13,12 +13,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.app import RunningGateway, start_gateway
-from proxy.auth import issue_token
+from proxy.access.player_tokens import issue_token
 from proxy.catalog.importer import import_file
 from proxy.config import Config, parse_config
-from proxy.emulator import EmulatorSettings, RunningEmulator, start_emulator
-from proxy.logs import configure_logging
+from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
+from proxy.observability.logs import configure_logging
+from proxy.server.app import RunningGateway, start_gateway
 
 SEED = b"test-seed"
 LEGACY_API_KEY = "test-legacy-api-key-7c1e"

@@ -17,8 +17,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from proxy.emulator import RunningEmulator
-from proxy.emulator.cli import register
+from proxy.dev.emulator import RunningEmulator
+from proxy.dev.emulator.cli import register
 
 SEED = b"emulator-test-seed"
 API_KEY = "test-legacy-api-key"

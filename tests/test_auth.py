@@ -1,5 +1,6 @@
-"""Tests for proxy.auth: every refusal, HMAC and JWKS happy paths, JWKS rotation without a
-restart, the verified-token cache and entitlement matching. Real keys, a real JWKS file."""
+"""Tests for proxy.access.player_tokens: every refusal, HMAC and JWKS happy paths, JWKS
+rotation without a restart, the verified-token cache and entitlement matching.
+Real keys, a real JWKS file."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from structlog.testing import capture_logs
 
-from proxy import auth
-from proxy.auth import (
+from proxy.access import player_tokens as auth
+from proxy.access.player_tokens import (
     ANONYMOUS,
     Player,
     PlayerAuthenticator,

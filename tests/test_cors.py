@@ -1,10 +1,10 @@
-"""Tests for proxy.cors: policy validation, preflight allowed or denied, response headers."""
+"""Tests for proxy.access.cors: policy validation, preflight allowed or denied, response headers."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.cors import CorsPolicy, validate_cors
+from proxy.access.cors import CorsPolicy, validate_cors
 
 APP = "https://player.example.com"
 

@@ -20,9 +20,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from proxy.demo import DEMO_ADMIN_TOKEN, DEMO_KEY_ID, demo_stream
-from proxy.demo_media import INSTALL_COMMAND, find_media_tools
-from proxy.demo_player import find_player_tools, prepare_demo_media
+from proxy.dev.demo import DEMO_ADMIN_TOKEN, DEMO_KEY_ID, demo_stream
+from proxy.dev.media import INSTALL_COMMAND, find_media_tools
+from proxy.dev.player import find_player_tools, prepare_demo_media
 from tests.e2e.tools import PLAY_SCRIPT, find_tools
 
 ROOT = Path(__file__).resolve().parent.parent

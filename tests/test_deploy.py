@@ -19,10 +19,10 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from proxy import metrics
 from proxy.config import load_config
-from proxy.rules import ProviderTraits
-from proxy.rules_file import load_rules_file
+from proxy.observability import metrics
+from proxy.routing.file import load_rules_file
+from proxy.routing.rules import ProviderTraits
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -125,7 +125,9 @@ def test_every_series_queried_is_defined_in_metrics_py() -> None:
         for name in sorted(series_used(expr))
         if name not in defined and name not in BUILTIN_SERIES
     ]
-    assert not unknown, "queried but not defined in proxy/metrics.py:\n" + "\n".join(unknown)
+    assert not unknown, "queried but not defined in proxy/observability/metrics.py:\n" + "\n".join(
+        unknown
+    )
 
 
 def test_every_label_matched_exists_on_its_series() -> None:

@@ -1,4 +1,4 @@
-"""Tests for proxy.emulator: real emulated providers on loopback, talked to with aiohttp."""
+"""Tests for proxy.dev.emulator: real emulated providers on loopback, talked to with aiohttp."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.emulator import (
+from proxy.dev.emulator import (
     EmulatorSettings,
     Faults,
     RunningEmulator,
@@ -27,8 +27,8 @@ from proxy.emulator import (
     load_resource_ids,
     start_emulator,
 )
-from proxy.emulator.cli import parse_jwt_key, settings_from_args
-from proxy.emulator.stats import RequestRecord, StatsRecorder
+from proxy.dev.emulator.cli import parse_jwt_key, settings_from_args
+from proxy.dev.emulator.stats import RequestRecord, StatsRecorder
 from tests.emulator_helpers import (
     API_KEY,
     BINARY_SPC,
@@ -647,7 +647,7 @@ async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
     port = free_port()
     script = (
         "import argparse, sys\n"
-        "from proxy.emulator.cli import register\n"
+        "from proxy.dev.emulator.cli import register\n"
         "parser = argparse.ArgumentParser()\n"
         "register(parser.add_subparsers())\n"
         "args = parser.parse_args(sys.argv[1:])\n"

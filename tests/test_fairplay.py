@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from proxy.errors import BadSpc, UpstreamBadResponse
-from proxy.fairplay import (
+from proxy.upstream.fairplay import (
     DEFAULT_CLIENT_RESPONSE,
     MIN_SPC_BYTES,
     REQUEST_FORMATS,

@@ -1,5 +1,6 @@
-"""proxy.httpclient against real servers on loopback: aiohttp servers for the ordinary cases,
-raw asyncio servers for the odd ones (chunk extensions, resets, HTTP/1.0, early closes)."""
+"""proxy.upstream.http.client against real servers on loopback: aiohttp servers for the
+ordinary cases, raw asyncio servers for the odd ones (chunk extensions,
+resets, HTTP/1.0, early closes)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.httpclient import (
+from proxy.upstream.http.client import (
     BadResponse,
     ConnectError,
     ConnectionClosed,

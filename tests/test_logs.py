@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from proxy.logs import REDACTED, configure_logging, get_logger, redact_secrets
+from proxy.observability.logs import REDACTED, configure_logging, get_logger, redact_secrets
 
 
 @pytest.mark.parametrize(

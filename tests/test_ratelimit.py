@@ -1,10 +1,10 @@
-"""Tests for proxy.ratelimit: burst, refill, retry-after and the bound on keys (fake clock)."""
+"""Tests for proxy.access.ratelimit: burst, refill, retry-after, bound on keys (fake clock)."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.ratelimit import RateLimiter
+from proxy.access.ratelimit import RateLimiter
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""Tests for proxy.rules: the rollout hash, validation, evaluation, guards and explain."""
+"""Tests for proxy.routing.rules: the rollout hash, validation, evaluation, guards and explain."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from proxy.catalog.base import CatalogEntry
 from proxy.errors import NoProvider
-from proxy.rules import (
+from proxy.routing.file import load_rules_file, parse_rules, summarize
+from proxy.routing.rules import (
     BUCKETS,
     Decision,
     ProviderTraits,
@@ -27,7 +28,6 @@ from proxy.rules import (
     evaluate,
     explain,
 )
-from proxy.rules_file import load_rules_file, parse_rules, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "rules" / "schema.json").read_text())

@@ -1,4 +1,4 @@
-"""Tests for proxy.tokens: signing for every algorithm (verified with pyjwt), templates,
+"""Tests for proxy.upstream.signer: signing for every algorithm (verified with pyjwt), templates,
 rotation, validation, and the explanations behind `drm-gateway token verify`."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from proxy.cli.token_check import explain_token, public_verification_keys
 from proxy.errors import InternalError, MissingResourceId
-from proxy.token_check import explain_token, public_verification_keys
-from proxy.tokens import (
+from proxy.upstream.signer import (
     ALGORITHMS,
     Algorithm,
     SigningKey,

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from proxy.config import parse_config
-from proxy.emulator import EmulatorSettings, RunningEmulator, start_emulator
-from proxy.workers import run_workers
+from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
+from proxy.server.workers import run_workers
 from tests.conftest import (
     ENV,
     INCOMING_JWT_KEY,
@@ -38,8 +38,8 @@ LAUNCH = """
 import sys
 from pathlib import Path
 from proxy.config import load_config
-from proxy.logs import configure_logging
-from proxy.workers import run_workers
+from proxy.observability.logs import configure_logging
+from proxy.server.workers import run_workers
 config = load_config(Path(sys.argv[1]))
 configure_logging(level="info", fmt="json")
 run_workers(config, int(sys.argv[2]))

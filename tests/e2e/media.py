@@ -1,6 +1,6 @@
 """Test media made on the fly: a clip, HLS AES-128 with rotating keys, DASH ClearKey (CENC).
 
-The clip and DASH packaging are the demo's (`proxy.demo_media`); HLS with key rotation is
+The clip and DASH packaging are the demo's (`proxy.dev.media`); HLS with key rotation is
 only needed here. The clip has a keyframe at every segment boundary, so both packagers cut
 it exactly and the frame count of a full decode is known in advance.
 """
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proxy import demo_media
-from proxy.demo_media import FPS, PACKAGE_TIMEOUT, SEGMENT_SECONDS
+from proxy.dev import media as demo_media
+from proxy.dev.media import FPS, PACKAGE_TIMEOUT, SEGMENT_SECONDS
 from tests.e2e.procs import run
 from tests.e2e.tools import Tools
 

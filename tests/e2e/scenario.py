@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from proxy.auth import issue_token
-from proxy.emulator import RunningEmulator, derive_key
+from proxy.access.player_tokens import issue_token
+from proxy.dev.emulator import RunningEmulator, derive_key
 from tests.conftest import SEED, Stack, StackFactory, write_catalog
 from tests.e2e.media import TOKEN_PLACEHOLDER, HlsMedia, package_dash, package_hls
 from tests.e2e.server import StaticServer

@@ -2,14 +2,14 @@
 
 It plays the part of the CDN and the web app: a different origin (port) from the gateway, so
 the browser really goes through the gateway's CORS. It serves the packaged page
-`proxy/static/player.html`, the one `drm-gateway demo` serves.
+`proxy/dev/static/player.html`, the one `drm-gateway demo` serves.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.demo_player import PlayerServer, start_player_server
+from proxy.dev.player import PlayerServer, start_player_server
 
 StaticServer = PlayerServer
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.demo_media import E2E_NODE_MODULES as NODE_MODULES
-from proxy.demo_media import INSTALL_COMMAND, SHAKA_PLAYER_JS, find_packager
+from proxy.dev.media import E2E_NODE_MODULES as NODE_MODULES
+from proxy.dev.media import INSTALL_COMMAND, SHAKA_PLAYER_JS, find_packager
 
 E2E_DIR = Path(__file__).resolve().parent
 PLAY_SCRIPT = E2E_DIR / "play.mjs"

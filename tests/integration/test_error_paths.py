@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proxy.app import CATALOG
+from proxy.server.app import CATALOG
 from tests.conftest import Stack, StackFactory, write_catalog
 
 WIDEVINE = "/v1/license/widevine/both-1"

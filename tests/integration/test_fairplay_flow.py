@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from proxy.metrics import REGISTRY
+from proxy.observability.metrics import REGISTRY
 from tests.conftest import StackFactory
 
 SPC = b"\x00\x00\x00\x01" + bytes(range(200)) + b"+/=" * 5

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from proxy.emulator import derive_key
-from proxy.metrics import REGISTRY
+from proxy.dev.emulator import derive_key
+from proxy.observability.metrics import REGISTRY
 from tests.conftest import SEED, StackFactory, player_token
 
 LICENSE_DRMS = ("widevine", "playready")

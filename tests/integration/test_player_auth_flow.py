@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from proxy.auth import issue_token
+from proxy.access.player_tokens import issue_token
 from tests.conftest import PLAYER_SECRET, Stack, StackFactory, player_token
 
 LICENSE = "/v1/license/widevine/both-1"

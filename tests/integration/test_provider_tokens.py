@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from proxy.metrics import REGISTRY
-from proxy.tokens import SigningKey, TokenContext, TokenSettings, TokenSigner
+from proxy.observability.metrics import REGISTRY
+from proxy.upstream.signer import SigningKey, TokenContext, TokenSettings, TokenSigner
 from tests.conftest import (
     ENV,
     INCOMING_JWT_KEY,

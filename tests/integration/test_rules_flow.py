@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from proxy.app import install_signal_handlers
-from proxy.metrics import REGISTRY
-from proxy.rules import BUCKETS, bucket
+from proxy.observability.metrics import REGISTRY
+from proxy.routing.rules import BUCKETS, bucket
+from proxy.server.app import install_signal_handlers
 from tests.conftest import ADMIN_TOKEN, Stack, StackFactory, write_catalog
 
 ASSET_COUNT = 2_000
@@ -152,7 +152,7 @@ async def test_refused_file_keeps_the_last_good_rules(
 
 
 def _rules_key() -> Any:
-    from proxy.admin import RULES
+    from proxy.server.admin import RULES
 
     return RULES
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from proxy.emulator import EmulatorSettings, Faults, start_emulator
+from proxy.dev.emulator import EmulatorSettings, Faults, start_emulator
 from tests.conftest import (
     ENV,
     INCOMING_JWT_KEY,

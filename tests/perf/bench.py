@@ -153,7 +153,7 @@ def start_sut(bench: Bench, config: str) -> srv.Server:
 
 
 def gateway_argv(config: Path, workers: int) -> list[str]:
-    """`drm-gateway serve` (with `--workers N` once the CLI has it; else proxy.workers)."""
+    """`drm-gateway serve` (with `--workers N` once the CLI has it; else proxy.server.workers)."""
     cli = [str(VENV_BIN / "drm-gateway"), "serve", "--config", str(config)]
     if workers == 1:
         return cli
@@ -162,7 +162,8 @@ def gateway_argv(config: Path, workers: int) -> list[str]:
         return [*cli, "--workers", str(workers)]
     launch = (
         "import sys; from pathlib import Path; from proxy.config import load_config;"
-        "from proxy.logs import configure_logging; from proxy.workers import run_workers;"
+        "from proxy.observability.logs import configure_logging;"
+        "from proxy.server.workers import run_workers;"
         "c = load_config(Path(sys.argv[1]));"
         "configure_logging(level=c.log.level, fmt=c.log.format); run_workers(c, int(sys.argv[2]))"
     )

@@ -17,14 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from proxy import metrics
-from proxy.auth import PlayerAuthenticator, PlayerAuthSettings, issue_token
+from proxy.access.player_tokens import PlayerAuthenticator, PlayerAuthSettings, issue_token
 from proxy.catalog import CachedCatalog, CatalogEntry
 from proxy.catalog.sqlite import decode_row
-from proxy.fairplay import encode_ckc, encode_spc, parse_ckc_response, parse_spc_request
-from proxy.rules import ProviderTraits, RequestContext, evaluate
-from proxy.rules_file import load_rules_file
-from proxy.tokens import SigningKey, TokenContext, TokenSettings, TokenSigner
+from proxy.observability import metrics
+from proxy.routing.file import load_rules_file
+from proxy.routing.rules import ProviderTraits, RequestContext, evaluate
+from proxy.upstream.fairplay import encode_ckc, encode_spc, parse_ckc_response, parse_spc_request
+from proxy.upstream.signer import SigningKey, TokenContext, TokenSettings, TokenSigner
 
 PERF = Path(__file__).resolve().parent
 ROOT = PERF.parents[1]

@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-from proxy.auth import issue_token
+from proxy.access.player_tokens import issue_token
 from proxy.config import Config
-from proxy.demo import demo_assets, write_demo_files
+from proxy.dev.demo import demo_assets, write_demo_files
 
 PERF = Path(__file__).resolve().parent
 CATALOG_ASSETS = 100_000

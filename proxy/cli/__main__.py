@@ -1,0 +1,9 @@
+"""`python -m proxy.cli`."""
+
+from __future__ import annotations
+
+import sys
+
+from proxy.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,320 @@
+"""`drm-gateway` commands: serve, demo, config check, catalog import/audit, emulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from proxy.config import Config, ConfigError, load_config
+from proxy.observability.logs import configure_logging
+from proxy.routing.rules import DRM_SYSTEMS as ALL_DRMS  # the license systems and aes128 keys
+
+
+def _load_or_exit(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load_or_exit(args.config)
+    configure_logging(level=config.log.level, fmt=config.log.format, cache=True)
+    if args.workers > 1:
+        from proxy.server.workers import WorkersFailed, run_workers
+
+        try:
+            run_workers(config, args.workers)
+        except WorkersFailed as exc:
+            print(f"drm-gateway: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    from proxy.server.app import run_event_loop, serve
+
+    run_event_loop(serve(config))
+    return 0
+
+
+def _workers(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return count
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = _load_or_exit(args.file)
+    providers = ", ".join(sorted(config.providers))
+    rules = config.routing.rules_file or "none (default provider only)"
+    print(f"ok: providers {providers}; rules {rules}")
+    return 0
+
+
+def _catalog_db(args: argparse.Namespace) -> Path:
+    if args.db is not None:
+        return Path(args.db)
+    if args.config is None:
+        raise SystemExit("give --db PATH or --config FILE")
+    config = _load_or_exit(args.config)
+    if config.catalog.path is None:
+        raise SystemExit(f"{args.config}: catalog backend '{config.catalog.backend}' has no file")
+    return config.catalog.path
+
+
+def cmd_catalog_import(args: argparse.Namespace) -> int:
+    from proxy.catalog.importer import CatalogImportError, format_import_report, import_file
+
+    def progress(lines: int, done: int, total: int) -> None:
+        share = f" ({100 * done // total}%)" if total else ""
+        print(f"\rimported {lines:,} lines{share}", end="", file=sys.stderr, flush=True)
+
+    try:
+        report = import_file(args.file, _catalog_db(args), progress=progress)
+    except CatalogImportError as exc:
+        print(f"\nimport failed: {exc}", file=sys.stderr)
+        return 1
+    print(file=sys.stderr)
+    print(format_import_report(report))
+    return 0
+
+
+def cmd_catalog_audit(args: argparse.Namespace) -> int:
+    from proxy.catalog.importer import audit, format_audit_report
+
+    db = _catalog_db(args)
+    if not db.is_file():
+        print(f"{db}: no such catalog database", file=sys.stderr)
+        return 1
+    print(format_audit_report(audit(db, limit=args.limit)))
+    return 0
+
+
+def _token_settings(config: Config, provider: str) -> Any:
+    settings = config.providers.get(provider)
+    if settings is None:
+        raise SystemExit(f"unknown provider '{provider}' (known: {', '.join(config.providers)})")
+    if settings.auth.token is None:
+        raise SystemExit(f"provider '{provider}' does not use signed tokens (auth type jwt)")
+    return settings.auth.token
+
+
+def _catalog_entry(config: Config, asset_id: str) -> Any:
+    """The asset's catalog entry straight from the backend (no cache); exits if unknown."""
+    from proxy.catalog import build_catalog
+
+    async def lookup() -> Any:
+        catalog = build_catalog(config.catalog)
+        try:
+            return await catalog.get(asset_id)
+        finally:
+            await catalog.close()
+
+    entry = asyncio.run(lookup())
+    if entry is None:
+        raise SystemExit(f"asset '{asset_id}' is not in the catalog")
+    return entry
+
+
+def _resource_id(config: Config, asset_id: str) -> str | None:
+    """The asset's drmResourceId from the catalog."""
+    resource_id: str | None = _catalog_entry(config, asset_id).drm_resource_id
+    return resource_id
+
+
+def cmd_token_sign(args: argparse.Namespace) -> int:
+    from proxy.errors import MissingResourceId
+    from proxy.upstream.signer import TokenContext, TokenSigner
+
+    config = _load_or_exit(args.config)
+    signer = TokenSigner(_token_settings(config, args.provider))
+    context = TokenContext(
+        drm_resource_id=_resource_id(config, args.asset),
+        asset_id=args.asset,
+        drm=args.drm,
+        user_id=args.user,
+        request_id="cli",
+    )
+    try:
+        print(signer.sign(context))
+    except MissingResourceId as exc:
+        print(f"cannot sign: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_token_verify(args: argparse.Namespace) -> int:
+    from proxy.cli.token_check import explain_token
+
+    config = _load_or_exit(args.config)
+    expected = _resource_id(config, args.asset) if args.asset else None
+    problems = explain_token(
+        args.token.strip(),
+        _token_settings(config, args.provider),
+        expected_resource_id=expected,
+        resource_claim=args.resource_claim,
+    )
+    if not problems:
+        print("ok: signature, lifetime and claims are valid")
+        return 0
+    for problem in problems:
+        print(f"- {problem}")
+    return 1
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from proxy.routing.file import load_rules_file, summarize
+    from proxy.routing.rules import RulesError
+    from proxy.routing.watcher import provider_traits
+
+    providers = provider_traits(_load_or_exit(args.config).providers) if args.config else None
+    try:
+        rules = load_rules_file(args.file, providers=providers)
+    except RulesError as exc:
+        print(f"{args.file}: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print(summarize(rules))
+    if providers is None:
+        print("(providers not checked: give --config to check them)")
+    return 0
+
+
+def cmd_rules_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from proxy.routing.rules import RequestContext
+    from proxy.routing.watcher import RulesWatcher
+
+    config = _load_or_exit(args.config)
+    watcher = RulesWatcher.from_config(config)
+    entry = _catalog_entry(config, args.asset)
+    context = RequestContext(
+        args.drm, args.asset, entry, args.platform, args.app_version, args.user
+    )
+    print(json.dumps(watcher.explain(context), indent=2))
+    return 0
+
+
+def _add_rules_commands(commands: Any) -> None:
+    rules = commands.add_parser("rules", help="routing rules tools")
+    rules_cmds = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_cmds.add_parser("check", help="validate a rules file")
+    check.add_argument("file", type=Path)
+    check.add_argument("--config", type=Path, help="also check providers against this config")
+    check.set_defaults(func=cmd_rules_check)
+    exp = rules_cmds.add_parser("explain", help="show the decision and every rule's verdict")
+    exp.add_argument("--config", type=Path, required=True)
+    exp.add_argument("--asset", required=True)
+    exp.add_argument("--drm", required=True, choices=ALL_DRMS)
+    exp.add_argument("--platform")
+    exp.add_argument("--app-version")
+    exp.add_argument("--user")
+    exp.set_defaults(func=cmd_rules_explain)
+
+
+def _add_token_commands(commands: Any) -> None:
+    token = commands.add_parser("token", help="provider token tools (debugging)")
+    token_cmds = token.add_subparsers(dest="token_command", required=True)
+    sign = token_cmds.add_parser("sign", help="print a provider token for an asset (stdout)")
+    verify = token_cmds.add_parser("verify", help="explain whether a provider token is valid")
+    for parser in (sign, verify):
+        parser.add_argument("--config", type=Path, required=True)
+        parser.add_argument("--provider", required=True)
+    sign.add_argument("--asset", required=True)
+    sign.add_argument("--drm", required=True, choices=ALL_DRMS)
+    sign.add_argument("--user", default=None)
+    sign.set_defaults(func=cmd_token_sign)
+    verify.add_argument("token", help="the JWT (a shell variable, never typed on a shared screen)")
+    verify.add_argument("--asset", help="also check the drmResourceId claim against this asset")
+    verify.add_argument("--resource-claim", default="drmResourceId", help="dotted claim path")
+    verify.set_defaults(func=cmd_token_verify)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.dev.demo import run_demo
+
+    configure_logging(level="info", fmt="auto", cache=True)
+    from proxy.server.app import run_event_loop
+
+    run_event_loop(
+        run_demo(
+            workdir=args.dir,
+            public_port=args.public_port,
+            internal_port=args.internal_port,
+            legacy_port=args.legacy_port,
+            incoming_port=args.incoming_port,
+            player_port=args.player_port,
+        )
+    )
+    return 0
+
+
+def _add_catalog_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, help="SQLite catalog file")
+    parser.add_argument("--config", type=Path, help="take the catalog file from this config")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from proxy.dev.emulator.cli import register as register_emulate
+
+    parser = argparse.ArgumentParser(prog="drm-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", type=Path, required=True)
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="processes sharing both ports (SO_REUSEPORT), e.g. one per core (default 1)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_cmds = config.add_subparsers(dest="config_command", required=True)
+    check = config_cmds.add_parser("check", help="validate a config file without serving")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=cmd_config_check)
+
+    catalog = commands.add_parser("catalog", help="catalog tools")
+    catalog_cmds = catalog.add_subparsers(dest="catalog_command", required=True)
+    imp = catalog_cmds.add_parser("import", help="load CSV or JSON Lines into the catalog")
+    imp.add_argument("file", type=Path)
+    _add_catalog_source(imp)
+    imp.set_defaults(func=cmd_catalog_import)
+    aud = catalog_cmds.add_parser("audit", help="report assets lacking a drmResourceId")
+    _add_catalog_source(aud)
+    aud.add_argument("--limit", type=int, default=50, help="list at most this many (default 50)")
+    aud.set_defaults(func=cmd_catalog_audit)
+
+    demo = commands.add_parser("demo", help="both emulators, a sample catalog and the gateway")
+    demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where files are written")
+    demo.add_argument("--public-port", type=int, default=8080)
+    demo.add_argument("--internal-port", type=int, default=9090)
+    demo.add_argument("--legacy-port", type=int, default=8081)
+    demo.add_argument("--incoming-port", type=int, default=8082)
+    demo.add_argument("--player-port", type=int, default=8000, help="the player page's port")
+    demo.set_defaults(func=cmd_demo)
+
+    _add_rules_commands(commands)
+    _add_token_commands(commands)
+    register_emulate(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

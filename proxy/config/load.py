@@ -1,0 +1,300 @@
+"""Gateway configuration: one YAML file loaded into frozen dataclasses.
+
+Every problem is collected with its key path and reported at once, before any port is bound.
+Secrets never live in the YAML: it names an environment variable or a file that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import yaml
+
+from proxy.access.cors import CorsPolicy
+from proxy.access.player_tokens import PlayerAuthSettings
+from proxy.catalog.base import CatalogSettings
+from proxy.config.providers import (
+    DRM_SYSTEMS,
+    ProviderAuth,
+    ProviderSettings,
+    UrlTemplate,
+    parse_providers,
+)
+from proxy.config.reader import REQUIRED, ConfigError, ConfigReader
+from proxy.config.security import RateLimits, parse_cors, parse_player_auth, parse_rate_limits
+from proxy.upstream.fairplay import (
+    DEFAULT_CLIENT_RESPONSE,
+    REQUEST_FORMATS,
+    RESPONSE_FORMATS,
+    RequestFormat,
+    ResponseFormat,
+)
+
+__all__ = [
+    "DRM_SYSTEMS",
+    "Config",
+    "ConfigError",
+    "FairPlaySettings",
+    "ProviderAuth",
+    "ProviderSettings",
+    "RoutingSettings",
+    "UrlTemplate",
+    "load_config",
+    "parse_config",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    public: Listener = Listener("127.0.0.1", 8080)
+    internal: Listener = Listener("127.0.0.1", 9090)
+    max_body_bytes: int = 65_536
+    shutdown_grace_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: str = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSettings:
+    default_provider: str
+    rules_file: Path | None = None
+    poll_seconds: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class FairPlaySettings:
+    """The application certificate players fetch, and the CKC format each client format expects."""
+
+    certificate: bytes | None = field(default=None, repr=False)
+    client_response: Mapping[RequestFormat, ResponseFormat] = field(
+        default_factory=lambda: dict(DEFAULT_CLIENT_RESPONSE)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerSettings
+    log: LogSettings
+    catalog: CatalogSettings
+    providers: Mapping[str, ProviderSettings]
+    routing: RoutingSettings
+    fairplay: FairPlaySettings = field(default_factory=FairPlaySettings)
+    admin_token: str | None = field(default=None, repr=False)
+    player_auth: PlayerAuthSettings = field(default_factory=PlayerAuthSettings)
+    cors: CorsPolicy | None = None
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    source: Path | None = None
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def load_config(path: Path, *, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read, validate and build the config; raise ConfigError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise ConfigError([f"{path}: YAML syntax error at line {line}: {exc.problem}"]) from None
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return parse_config(raw, base_dir=path.parent, source=path)
+
+
+def _set_dotted(raw: Any, dotted: str, value: Any) -> None:
+    node = raw
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+
+
+def parse_config(
+    raw: Any,
+    *,
+    base_dir: Path,
+    source: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Build a Config from a parsed YAML tree, or raise ConfigError with every problem."""
+    reader = ConfigReader(base_dir, os.environ if env is None else env)
+    top = reader.mapping(raw, "", _TOP_SECTIONS)
+    server = _parse_server(reader, top.get("server"))
+    log = _parse_log(reader, top.get("log"))
+    catalog = _parse_catalog(reader, top.get("catalog"))
+    providers = parse_providers(reader, top.get("providers"))
+    routing = _parse_routing(reader, top.get("routing"), providers)
+    admin_token = _parse_admin(reader, top.get("admin"))
+    fairplay = _parse_fairplay(reader, top.get("fairplay"))
+    player_auth = parse_player_auth(reader, top.get("player_auth"))
+    cors = parse_cors(reader, top.get("cors"))
+    rate_limits = parse_rate_limits(reader, top.get("rate_limit"))
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return Config(
+        server,
+        log,
+        catalog,
+        providers,
+        routing,
+        fairplay,
+        admin_token,
+        player_auth,
+        cors,
+        rate_limits,
+        source,
+    )
+
+
+_TOP_SECTIONS = {
+    "server",
+    "log",
+    "catalog",
+    "routing",
+    "providers",
+    "fairplay",
+    "admin",
+    "player_auth",
+    "cors",
+    "rate_limit",
+}
+
+
+def _parse_listener(reader: ConfigReader, raw: Any, path: str, default: Listener) -> Listener:
+    section = reader.mapping(raw, path, {"host", "port"})
+    host = reader.value(section, "host", path, str, default.host)
+    port = reader.value(section, "port", path, int, default.port)
+    if port is not None and not 0 <= port <= 65535:
+        reader.problem(f"{path}.port", "must be between 0 and 65535")
+    return Listener(host or default.host, port if port is not None else default.port)
+
+
+def _parse_server(reader: ConfigReader, raw: Any) -> ServerSettings:
+    path = "server"
+    section = reader.mapping(
+        raw, path, {"public", "internal", "max_body_bytes", "shutdown_grace_seconds"}
+    )
+    defaults = ServerSettings()
+    return ServerSettings(
+        public=_parse_listener(reader, section.get("public"), "server.public", defaults.public),
+        internal=_parse_listener(
+            reader, section.get("internal"), "server.internal", defaults.internal
+        ),
+        max_body_bytes=reader.positive(
+            section, "max_body_bytes", path, int, defaults.max_body_bytes
+        ),
+        shutdown_grace_seconds=reader.positive(
+            section, "shutdown_grace_seconds", path, float, defaults.shutdown_grace_seconds
+        ),
+    )
+
+
+def _parse_log(reader: ConfigReader, raw: Any) -> LogSettings:
+    section = reader.mapping(raw, "log", {"level", "format"})
+    level = reader.value(section, "level", "log", str, "info")
+    if level not in ("debug", "info", "warning", "error"):
+        reader.problem("log.level", "must be one of debug, info, warning, error")
+    fmt = reader.value(section, "format", "log", str, "auto")
+    if fmt not in ("auto", "json", "console"):
+        reader.problem("log.format", "must be one of auto, json, console")
+    return LogSettings(level=level, format=fmt)
+
+
+def _parse_catalog(reader: ConfigReader, raw: Any) -> CatalogSettings:
+    path = "catalog"
+    allowed = {"backend", "path", "ttl_seconds", "negative_ttl_seconds", "stale_seconds"}
+    section = reader.mapping(raw, path, allowed | {"max_entries"})
+    defaults = CatalogSettings()
+    backend = reader.value(section, "backend", path, str, "sqlite")
+    db_path = None
+    if backend == "sqlite":
+        db_path = reader.path(section.get("path"), "catalog.path")
+    elif backend is not None:
+        reader.problem("catalog.backend", f"unknown catalog backend '{backend}' (known: sqlite)")
+    return CatalogSettings(
+        backend=backend or "sqlite",
+        path=db_path,
+        ttl_seconds=reader.positive(section, "ttl_seconds", path, float, defaults.ttl_seconds),
+        negative_ttl_seconds=reader.positive(
+            section, "negative_ttl_seconds", path, float, defaults.negative_ttl_seconds
+        ),
+        stale_seconds=reader.value(section, "stale_seconds", path, float, defaults.stale_seconds),
+        max_entries=reader.positive(section, "max_entries", path, int, defaults.max_entries),
+    )
+
+
+def _parse_routing(
+    reader: ConfigReader, raw: Any, providers: Mapping[str, ProviderSettings]
+) -> RoutingSettings:
+    section = reader.mapping(raw, "routing", {"default_provider", "rules_file", "poll_seconds"})
+    rules_file = None
+    if "rules_file" in section:
+        rules_file = reader.path(section["rules_file"], "routing.rules_file")
+        if rules_file is not None and not rules_file.is_file():
+            reader.problem("routing.rules_file", f"{rules_file} does not exist")
+    poll = reader.positive(section, "poll_seconds", "routing", float, 2.0)
+    # With a rules file, its `default` decides; this one is used only without a file.
+    required = REQUIRED if rules_file is None else ""
+    default = reader.value(section, "default_provider", "routing", str, required)
+    if default and providers and default not in providers:
+        known = ", ".join(sorted(providers))
+        reader.problem("routing.default_provider", f"unknown provider '{default}' (known: {known})")
+    elif default in providers and providers[default].needs_drm_resource_id:
+        reader.problem(
+            "routing.default_provider",
+            f"'{default}' needs a drmResourceId, so assets without one would have nowhere to go",
+        )
+    return RoutingSettings(str(default or ""), rules_file, poll)
+
+
+def _parse_admin(reader: ConfigReader, raw: Any) -> str | None:
+    section = reader.mapping(raw, "admin", {"token"})
+    if "token" not in section:
+        return None
+    token = reader.secret(section["token"], "admin.token")
+    if token is not None and len(token) < 16:
+        reader.problem("admin.token", "must be at least 16 characters")
+    return token
+
+
+def _parse_fairplay(reader: ConfigReader, raw: Any) -> FairPlaySettings:
+    section = reader.mapping(raw, "fairplay", {"certificate_file", "client_response"})
+    certificate = None
+    if "certificate_file" in section:
+        cert_path = reader.path(section["certificate_file"], "fairplay.certificate_file")
+        try:
+            certificate = cert_path.read_bytes() if cert_path else None
+        except OSError as exc:
+            reader.problem("fairplay.certificate_file", f"cannot read {cert_path} ({exc.strerror})")
+    mapping = dict(DEFAULT_CLIENT_RESPONSE)
+    overrides = reader.mapping(
+        section.get("client_response"), "fairplay.client_response", set(REQUEST_FORMATS)
+    )
+    for request_format, response_format in overrides.items():
+        if response_format not in RESPONSE_FORMATS:
+            reader.problem(
+                f"fairplay.client_response.{request_format}",
+                f"unknown response format {response_format!r} "
+                f"(known: {', '.join(RESPONSE_FORMATS)})",
+            )
+        else:
+            mapping[cast(RequestFormat, request_format)] = cast(ResponseFormat, response_format)
+    return FairPlaySettings(certificate, mapping)

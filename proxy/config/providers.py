@@ -1,0 +1,300 @@
+"""Provider settings: URL templates, upstream auth (none, static header, signed JWT), FairPlay
+formats, timeouts. Parsed from the `providers` section of the config."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit
+
+from proxy.config.reader import REQUIRED, ConfigReader
+from proxy.upstream.fairplay import REQUEST_FORMATS, RESPONSE_FORMATS, FairPlayFormats
+from proxy.upstream.signer import (
+    ALGORITHMS,
+    SigningKey,
+    TokenSettings,
+    decode_hmac_secret,
+    validate_settings,
+)
+
+DRM_SYSTEMS: tuple[str, ...] = ("widevine", "playready", "fairplay", "clearkey")
+KEY_DRM = "aes128"  # the label used for HLS AES-128 key requests in logs, metrics and rules
+URL_PLACEHOLDERS = frozenset({"asset_id", "drm_resource_id", "key_id", "drm"})
+PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class UrlTemplate:
+    """A URL with `{placeholders}` whose values are always percent-encoded (never `/`)."""
+
+    template: str
+    fields: frozenset[str]
+    _parts: tuple[tuple[str, str | None], ...] = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, template: str) -> UrlTemplate:
+        parts = tuple((literal, name) for literal, name, _, _ in string.Formatter().parse(template))
+        fields = frozenset(name for _, name in parts if name)
+        return cls(template, fields, parts)
+
+    def render(self, values: Mapping[str, str]) -> str:
+        # safe="" so an id can never add a path segment, query, fragment or authority.
+        return "".join(
+            literal + (quote(values[name], safe="") if name else "")
+            for literal, name in self._parts
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderAuth:
+    """How the gateway authenticates to a provider: nothing, a static secret header, or a
+    JWT signed per request from the asset's drmResourceId."""
+
+    type: Literal["none", "header", "jwt"] = "none"
+    header: str | None = None
+    value: str | None = field(default=None, repr=False)
+    token: TokenSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    name: str
+    license_urls: Mapping[str, UrlTemplate]
+    key_url: UrlTemplate | None
+    auth: ProviderAuth
+    needs_drm_resource_id: bool = False
+    connect_timeout: float = 1.0
+    total_timeout: float = 5.0
+    strip_response_headers: frozenset[str] = frozenset()
+    max_response_bytes: int = 1_048_576
+    max_connections: int = 256
+    fairplay: FairPlayFormats = field(default_factory=lambda: FairPlayFormats("binary", "binary"))
+
+    def endpoint(self, drm: str) -> UrlTemplate | None:
+        """The URL template serving `drm` (the key URL for aes128), None if there is none."""
+        return self.key_url if drm == KEY_DRM else self.license_urls.get(drm)
+
+
+def parse_providers(reader: ConfigReader, raw: Any) -> dict[str, ProviderSettings]:
+    if not isinstance(raw, dict) or not raw:
+        reader.problem("providers", "must name at least one provider")
+        return {}
+    providers: dict[str, ProviderSettings] = {}
+    for name, section in raw.items():
+        if not isinstance(name, str) or not PROVIDER_NAME.match(name):
+            reader.problem(f"providers.{name}", "name must match ^[a-z][a-z0-9_-]{0,31}$")
+            continue
+        provider = _parse_provider(reader, name, section)
+        if provider is not None:
+            providers[name] = provider
+    return providers
+
+
+_PROVIDER_FIELDS = {
+    "base_url",
+    "license_urls",
+    "key_url",
+    "auth",
+    "needs_drm_resource_id",
+    "timeouts",
+    "strip_response_headers",
+    "max_response_bytes",
+    "max_connections",
+    "fairplay",
+}
+
+
+def _parse_provider(reader: ConfigReader, name: str, raw: Any) -> ProviderSettings | None:
+    path = f"providers.{name}"
+    section = reader.mapping(raw, path, _PROVIDER_FIELDS)
+    base_url = reader.value(section, "base_url", path, str, "")
+    needs_id = reader.value(section, "needs_drm_resource_id", path, bool, False)
+    urls = reader.mapping(section.get("license_urls"), f"{path}.license_urls", set(DRM_SYSTEMS))
+    license_urls = {}
+    for drm, template in urls.items():
+        parsed = _parse_url(reader, base_url, template, f"{path}.license_urls.{drm}", needs_id)
+        if parsed is not None:
+            license_urls[drm] = parsed
+    key_url = None
+    if "key_url" in section:
+        key_url = _parse_url(reader, base_url, section["key_url"], f"{path}.key_url", needs_id)
+        if key_url is not None and "key_id" not in key_url.fields:
+            reader.problem(f"{path}.key_url", "must contain the {key_id} placeholder")
+    if not license_urls and key_url is None:
+        reader.problem(path, "needs at least one of license_urls or key_url")
+    timeouts = reader.mapping(
+        section.get("timeouts"), f"{path}.timeouts", {"connect_seconds", "total_seconds"}
+    )
+    strip = reader.value(section, "strip_response_headers", path, list, [])
+    for header in strip:
+        if not isinstance(header, str) or not HEADER_NAME.match(header):
+            reader.problem(f"{path}.strip_response_headers", f"{header!r} is not a header name")
+    return ProviderSettings(
+        name=name,
+        license_urls=license_urls,
+        key_url=key_url,
+        auth=_parse_auth(reader, section.get("auth"), f"{path}.auth"),
+        needs_drm_resource_id=bool(needs_id),
+        connect_timeout=reader.positive(
+            timeouts, "connect_seconds", f"{path}.timeouts", float, 1.0
+        ),
+        total_timeout=reader.positive(timeouts, "total_seconds", f"{path}.timeouts", float, 5.0),
+        strip_response_headers=frozenset(str(h).lower() for h in strip),
+        max_response_bytes=reader.positive(section, "max_response_bytes", path, int, 1_048_576),
+        max_connections=reader.positive(section, "max_connections", path, int, 256),
+        fairplay=_parse_fairplay_formats(reader, section.get("fairplay"), f"{path}.fairplay"),
+    )
+
+
+def _parse_url(
+    reader: ConfigReader, base_url: str, raw: Any, path: str, needs_id: bool
+) -> UrlTemplate | None:
+    if not isinstance(raw, str) or not raw:
+        reader.problem(path, "must be a URL template string")
+        return None
+    full = raw if "://" in raw else base_url.rstrip("/") + "/" + raw.lstrip("/")
+    try:
+        template = UrlTemplate.parse(full)
+    except ValueError as exc:
+        reader.problem(path, f"bad template ({exc})")
+        return None
+    unknown = template.fields - URL_PLACEHOLDERS
+    if unknown:
+        known = ", ".join(sorted(URL_PLACEHOLDERS))
+        reader.problem(path, f"unknown placeholder {{{min(unknown)}}} (known: {known})")
+        return None
+    parts = urlsplit(template.render(dict.fromkeys(template.fields, "x")))
+    # Sent as already encoded (never re-quoted per request), so only printable ASCII.
+    printable = full.isascii() and not any(c.isspace() for c in full)
+    if not printable or parts.scheme not in ("http", "https") or not parts.hostname:
+        reader.problem(
+            path,
+            "not a URL (needs http:// or https:// and a host, or a base_url; "
+            "printable ASCII only: percent-encode anything else)",
+        )
+        return None
+    if "drm_resource_id" in template.fields and not needs_id:
+        reader.problem(path, "uses {drm_resource_id} but needs_drm_resource_id is false")
+    return template
+
+
+def _parse_fairplay_formats(reader: ConfigReader, raw: Any, path: str) -> FairPlayFormats:
+    section = reader.mapping(raw, path, {"request", "response"})
+    request = reader.value(section, "request", path, str, "binary")
+    response = reader.value(section, "response", path, str, "binary")
+    if request not in REQUEST_FORMATS:
+        reader.problem(f"{path}.request", f"must be one of {', '.join(REQUEST_FORMATS)}")
+        request = "binary"
+    if response not in RESPONSE_FORMATS:
+        reader.problem(f"{path}.response", f"must be one of {', '.join(RESPONSE_FORMATS)}")
+        response = "binary"
+    return FairPlayFormats(request, response)
+
+
+_JWT_FIELDS = {
+    "type",
+    "header",
+    "query_param",
+    "algorithm",
+    "keys",
+    "active_kid",
+    "lifetime_seconds",
+    "nbf_skew_seconds",
+    "claims",
+    "issuer",
+}
+
+
+def _parse_auth(reader: ConfigReader, raw: Any, path: str) -> ProviderAuth:
+    kind = raw.get("type", "none") if isinstance(raw, dict) else "none"
+    if kind == "jwt":
+        section = reader.mapping(raw, path, _JWT_FIELDS)
+        return ProviderAuth(type="jwt", token=_parse_jwt(reader, section, path))
+    section = reader.mapping(raw, path, {"type", "header", "secret"})
+    if kind == "none":
+        return ProviderAuth()
+    if kind != "header":
+        reader.problem(f"{path}.type", f"unknown auth type '{kind}' (known: none, header, jwt)")
+        return ProviderAuth()
+    header = reader.value(section, "header", path, str, REQUIRED)
+    if header is not None and not HEADER_NAME.match(header):
+        reader.problem(f"{path}.header", "is not a valid header name")
+    if "secret" not in section:
+        reader.problem(f"{path}.secret", "is missing, and has no default")
+        return ProviderAuth()
+    value = reader.secret(section["secret"], f"{path}.secret")
+    return ProviderAuth(type="header", header=header, value=value)
+
+
+def _parse_jwt(reader: ConfigReader, section: dict[str, Any], path: str) -> TokenSettings | None:
+    """A signed per-request token; key material comes from secrets and PEM files only."""
+    before = len(reader.problems)
+    algorithm = reader.value(section, "algorithm", path, str, REQUIRED)
+    if algorithm is not None and algorithm not in ALGORITHMS:
+        reader.problem(f"{path}.algorithm", f"must be one of {', '.join(ALGORITHMS)}")
+    keys = _parse_signing_keys(reader, section.get("keys"), f"{path}.keys", algorithm)
+    header = reader.value(section, "header", path, str, None)
+    query_param = reader.value(section, "query_param", path, str, None)
+    claims = reader.value(section, "claims", path, dict, None)
+    if len(reader.problems) > before:
+        return None
+    settings = TokenSettings(
+        algorithm=algorithm,
+        keys=tuple(keys),
+        active_kid=reader.value(section, "active_kid", path, str, keys[0].kid if keys else ""),
+        header=header if header or query_param else "X-Drm-Token",
+        query_param=query_param,
+        lifetime_seconds=reader.value(section, "lifetime_seconds", path, int, 60),
+        nbf_skew_seconds=reader.value(section, "nbf_skew_seconds", path, int, None),
+        issuer=reader.value(section, "issuer", path, str, None),
+        **({"claims": claims} if claims is not None else {}),
+    )
+    for problem in validate_settings(settings):
+        reader.problem(path, problem)
+    return settings
+
+
+def _parse_signing_keys(
+    reader: ConfigReader, raw: Any, path: str, algorithm: str | None
+) -> list[SigningKey]:
+    if not isinstance(raw, list) or not raw:
+        reader.problem(
+            path, "must list at least one key ({kid, secret} or {kid, private_key_file})"
+        )
+        return []
+    keys = []
+    for index, item in enumerate(raw):
+        where = f"{path}[{index}]"
+        entry = reader.mapping(item, where, {"kid", "secret", "private_key_file"})
+        kid = reader.value(entry, "kid", where, str, REQUIRED)
+        material = _key_material(reader, entry, where, algorithm)
+        if kid is not None and material is not None:
+            keys.append(SigningKey(kid, material))
+    return keys
+
+
+def _key_material(
+    reader: ConfigReader, entry: dict[str, Any], where: str, algorithm: str | None
+) -> bytes | None:
+    hmac = bool(algorithm and algorithm.startswith("HS"))
+    wanted = "secret" if hmac else "private_key_file"
+    if wanted not in entry:
+        reader.problem(f"{where}.{wanted}", f"is missing ({algorithm} needs a {wanted})")
+        return None
+    if hmac:
+        value = reader.secret(entry["secret"], f"{where}.secret")
+        try:
+            return decode_hmac_secret(value) if value is not None else None
+        except ValueError as exc:
+            reader.problem(f"{where}.secret", str(exc))
+            return None
+    pem_path = reader.path(entry["private_key_file"], f"{where}.private_key_file")
+    try:
+        return pem_path.read_bytes() if pem_path else None
+    except OSError as exc:
+        reader.problem(f"{where}.private_key_file", f"cannot read {pem_path} ({exc.strerror})")
+        return None

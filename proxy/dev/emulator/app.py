@@ -1,0 +1,338 @@
+"""The emulated DRM provider as an aiohttp app, and an in-process runner for tests and the demo.
+
+Routes (both kinds): ``POST /license/{drm}/{resource}``, ``GET /keys/{resource}/{key_id}``,
+``GET /healthz``, and the unauthenticated loopback controls ``GET /_emulator/stats``,
+``GET|POST /_emulator/faults`` and ``POST /_emulator/reset``. Every error is answered as real
+providers do: ``{"errorCode": "...", "message": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from proxy.dev.emulator.auth import TokenVerifier, check_legacy_request, extract_token
+from proxy.dev.emulator.errors import EmulatorError
+from proxy.dev.emulator.fairplay import (
+    BINARY_CONTENT_TYPE,
+    CKC_TAG_CONTENT_TYPE,
+    check_binary_spc,
+    decode_form_spc,
+    encode_ckc_tag,
+    synthetic_license,
+)
+from proxy.dev.emulator.faults import Fault, FaultInjector
+from proxy.dev.emulator.keys import (
+    clearkey_license,
+    derivation_id_for,
+    derive_key,
+    normalize_key_id,
+)
+from proxy.dev.emulator.settings import EmulatorSettings, Faults, faults_from_json
+from proxy.dev.emulator.stats import RequestRecord, StatsRecorder, recorded_headers, sha256_hex
+
+DRM_SYSTEMS = ("widevine", "playready", "fairplay", "clearkey")
+_PROVIDER_ROUTES = ("license", "keys")
+_JSON = "application/json"
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class EmulatorState:
+    """Everything the handlers share: settings, counters, fault modes, token verifier."""
+
+    settings: EmulatorSettings
+    stats: StatsRecorder
+    faults: FaultInjector
+    verifier: TokenVerifier | None
+
+
+STATE = web.AppKey("emulator_state", EmulatorState)
+# The challenge as the provider understood it (the decoded SPC for FairPlay), for the stats.
+CHALLENGE = web.RequestKey("emulator_challenge", bytes)
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    """The provider-style JSON error answer."""
+    body = json.dumps({"errorCode": code, "message": message}).encode()
+    return web.Response(status=status, body=body, content_type=_JSON)
+
+
+def _json_response(data: Any) -> web.Response:
+    return web.Response(body=json.dumps(data).encode(), content_type=_JSON)
+
+
+def _to_response(exc: Exception) -> web.Response:
+    if isinstance(exc, EmulatorError):
+        return error_response(exc.status, exc.code, exc.message)
+    if isinstance(exc, web.HTTPException):
+        code = exc.reason.lower().replace(" ", "_")
+        return error_response(exc.status, code, exc.reason + ".")
+    log.exception("emulator handler failed")
+    return error_response(500, "internal_error", "The emulated provider failed.")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error, including aiohttp's own 404/405/413, into a provider-style JSON body."""
+    try:
+        return await handler(request)
+    except (EmulatorError, web.HTTPException) as exc:
+        return _to_response(exc)
+
+
+@web.middleware
+async def provider_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On license and key routes: read the body, apply faults, answer, record the request."""
+    route = request.match_info.route.name
+    if route not in _PROVIDER_ROUTES:
+        return await handler(request)
+    state = request.app[STATE]
+    body: bytes | None = None
+    fault: Fault | None = None
+    response: web.StreamResponse
+    try:
+        body = await request.read() if request.can_read_body else None
+        fault = await _apply_latency_and_draw(state.faults)
+        faulted = _fault_response(request, fault, state.faults.faults)
+        response = faulted if faulted is not None else await handler(request)
+    except Exception as exc:
+        response = _to_response(exc)
+    _record(request, state, route, body, fault, response)
+    return response
+
+
+async def _apply_latency_and_draw(injector: FaultInjector) -> Fault | None:
+    if injector.latency_seconds > 0:
+        await asyncio.sleep(injector.latency_seconds)
+    return injector.draw()
+
+
+def _fault_response(
+    request: web.Request, fault: Fault | None, faults: Faults
+) -> web.Response | None:
+    if fault is Fault.RESET:
+        _abort_connection(request)
+        # Never written: the transport is gone, so aiohttp drops it as a client disconnect.
+        return web.Response(status=500)
+    if fault is Fault.ERROR:
+        return error_response(500, "EMULATED_FAULT", "Emulated provider failure.")
+    if fault is Fault.ERROR_JSON:
+        body = json.dumps({"errorCode": "EMULATED_FAULT", "message": "Emulated error in a 200."})
+        return web.Response(status=200, body=body.encode(), content_type=_JSON)
+    if fault is Fault.STATUS and faults.status is not None:
+        return error_response(faults.status, "EMULATED_STATUS", "Emulated forced status.")
+    return None
+
+
+def _abort_connection(request: web.Request) -> None:
+    """Close the connection with a TCP RST so the client really sees a reset, not an answer."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def _record(
+    request: web.Request,
+    state: EmulatorState,
+    route: str,
+    body: bytes | None,
+    fault: Fault | None,
+    response: web.StreamResponse,
+) -> None:
+    info = request.match_info
+    state.stats.record(
+        RequestRecord(
+            method=request.method,
+            path=request.path,
+            route=route,
+            drm=info.get("drm"),
+            resource=info.get("resource"),
+            status=None if fault is Fault.RESET else response.status,
+            fault=fault.value if fault is not None else None,
+            challenge_sha256=sha256_hex(request.get(CHALLENGE)),
+            body_sha256=sha256_hex(body),
+            headers=recorded_headers(request.headers),
+            header_names=tuple(request.headers.keys()),
+        )
+    )
+
+
+def _authenticate(request: web.Request, state: EmulatorState, resource: str) -> None:
+    settings = state.settings
+    if settings.kind == "legacy":
+        check_legacy_request(request.headers, settings)
+        return
+    # Incoming ignores a legacy X-Api-Key: real providers do not mind unknown headers.
+    token = extract_token(request.headers, settings.token_header)
+    if state.verifier is not None:
+        state.verifier.verify(token, resource)
+
+
+async def handle_license(request: web.Request) -> web.Response:
+    """``POST /license/{drm}/{resource}``: a synthetic license, or a real ClearKey one."""
+    state = request.app[STATE]
+    settings = state.settings
+    drm, resource = request.match_info["drm"], request.match_info["resource"]
+    _authenticate(request, state, resource)
+    if drm not in DRM_SYSTEMS:
+        raise EmulatorError(404, "unknown_drm", "This DRM system is not served here.")
+    derivation_id = derivation_id_for(settings.resources, resource)
+    body = await request.read()
+    if not body:
+        raise EmulatorError(400, "empty_challenge", "The license challenge is empty.")
+    if drm == "fairplay":
+        return _fairplay_answer(request, settings, body)
+    request[CHALLENGE] = body
+    if drm == "clearkey":
+        answer = clearkey_license(body, seed=settings.seed, derivation_id=derivation_id)
+        return web.Response(body=answer, content_type=_JSON)
+    license_ = synthetic_license(settings.name, drm, body)
+    return web.Response(body=license_, content_type=BINARY_CONTENT_TYPE)
+
+
+def _fairplay_answer(request: web.Request, settings: EmulatorSettings, body: bytes) -> web.Response:
+    content_type = request.headers.get("Content-Type")
+    if settings.kind == "legacy":
+        spc = decode_form_spc(body, content_type)
+        request[CHALLENGE] = spc
+        ckc = encode_ckc_tag(synthetic_license(settings.name, "fairplay", spc))
+        return web.Response(body=ckc, content_type=CKC_TAG_CONTENT_TYPE)
+    spc = check_binary_spc(body, content_type)
+    request[CHALLENGE] = spc
+    ckc = synthetic_license(settings.name, "fairplay", spc)
+    return web.Response(body=ckc, content_type=BINARY_CONTENT_TYPE)
+
+
+async def handle_key(request: web.Request) -> web.Response:
+    """``GET /keys/{resource}/{key_id}``: the 16 raw bytes of an AES-128 key."""
+    state = request.app[STATE]
+    resource = request.match_info["resource"]
+    _authenticate(request, state, resource)
+    derivation_id = derivation_id_for(state.settings.resources, resource)
+    key_id = normalize_key_id(request.match_info["key_id"])
+    key = derive_key(state.settings.seed, derivation_id, key_id)
+    headers = {"Cache-Control": "no-store"}
+    return web.Response(body=key, content_type=BINARY_CONTENT_TYPE, headers=headers)
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: always 200 while the server runs."""
+    settings = request.app[STATE].settings
+    return _json_response({"status": "ok", "kind": settings.kind, "name": settings.name})
+
+
+async def handle_stats(request: web.Request) -> web.Response:
+    """``GET /_emulator/stats``: counters, the last requests and the fault modes in force."""
+    state = request.app[STATE]
+    snapshot = state.stats.snapshot()
+    snapshot.update(
+        kind=state.settings.kind, name=state.settings.name, faults=state.faults.faults.as_json()
+    )
+    return _json_response(snapshot)
+
+
+async def handle_get_faults(request: web.Request) -> web.Response:
+    """``GET /_emulator/faults``: the fault modes in force."""
+    return _json_response(request.app[STATE].faults.faults.as_json())
+
+
+async def handle_set_faults(request: web.Request) -> web.Response:
+    """``POST /_emulator/faults``: replace the fault modes (absent keys are switched off)."""
+    try:
+        faults = faults_from_json(await request.json())
+    except ValueError as exc:  # includes malformed JSON
+        raise EmulatorError(400, "bad_faults", str(exc)) from None
+    request.app[STATE].faults.replace(faults)
+    return _json_response(faults.as_json())
+
+
+async def handle_reset(request: web.Request) -> web.Response:
+    """``POST /_emulator/reset``: clear the stats, switch faults off, forget every jti."""
+    state = request.app[STATE]
+    state.stats.clear()
+    state.faults.replace(Faults())
+    if state.verifier is not None:
+        state.verifier.replay_cache.clear()
+    return _json_response({"status": "reset"})
+
+
+def create_emulator_app(settings: EmulatorSettings) -> web.Application:
+    """Build the emulated provider described by ``settings``."""
+    app = web.Application(middlewares=[error_middleware, provider_middleware])
+    verifier = TokenVerifier(settings) if settings.verifies_tokens else None
+    app[STATE] = EmulatorState(
+        settings=settings,
+        stats=StatsRecorder(),
+        faults=FaultInjector(settings.faults),
+        verifier=verifier,
+    )
+    app.router.add_post("/license/{drm}/{resource}", handle_license, name="license")
+    app.router.add_get("/keys/{resource}/{key_id}", handle_key, name="keys", allow_head=False)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/_emulator/stats", handle_stats)
+    app.router.add_get("/_emulator/faults", handle_get_faults)
+    app.router.add_post("/_emulator/faults", handle_set_faults)
+    app.router.add_post("/_emulator/reset", handle_reset)
+    return app
+
+
+@dataclass
+class RunningEmulator:
+    """An emulator serving on a real socket; ``await stop()`` when done."""
+
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8081``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def app(self) -> web.Application:
+        """The served application (its state is ``app[STATE]``)."""
+        return self.runner.app
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection."""
+        await self.runner.cleanup()
+
+
+async def start_emulator(
+    settings: EmulatorSettings,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    access_log: bool = False,
+) -> RunningEmulator:
+    """Start an emulator on ``host:port`` (port 0: an ephemeral one) in the running loop."""
+    app = create_emulator_app(settings)
+    kwargs: dict[str, Any] = {} if access_log else {"access_log": None}
+    runner = web.AppRunner(app, shutdown_timeout=1.0, **kwargs)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_port = int(runner.addresses[0][1])
+    return RunningEmulator(runner=runner, host=host, port=bound_port)

@@ -1,0 +1,235 @@
+"""Application factories and lifecycle: a public app for players, an internal one for ops.
+
+Each resource (catalog, provider sessions) is opened and closed by its own cleanup_ctx on the
+public app; the internal app reads the same state for /readyz and /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+from proxy import __version__
+from proxy.access.guard import PlayerGuard
+from proxy.catalog import CachedCatalog, build_catalog
+from proxy.config import Config
+from proxy.gateway import Gateway
+from proxy.observability import metrics
+from proxy.observability.logs import get_logger
+from proxy.routing.watcher import RulesWatcher
+from proxy.server.admin import ADMIN_CATALOG, ADMIN_TOKEN, RULES, add_admin_routes
+from proxy.server.middleware import create_middleware
+from proxy.server.routes import CERTIFICATE, GATEWAY, GUARD, MAX_BODY, add_public_routes
+from proxy.upstream.provider import Upstream, close_upstreams, open_upstreams
+
+CONFIG = web.AppKey("config", Config)
+CATALOG = web.AppKey("catalog", CachedCatalog)
+UPSTREAMS: web.AppKey[Mapping[str, Upstream]] = web.AppKey("upstreams")
+PUBLIC_APP = web.AppKey("public_app", web.Application)
+DRAINING = web.AppKey("draining", asyncio.Event)
+
+log = get_logger("app")
+
+
+def _count_catalog_lookup(result: str) -> None:
+    metrics.labelled(metrics.CATALOG_LOOKUPS, result).inc()
+
+
+async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[CONFIG].catalog
+    app[CATALOG] = build_catalog(settings, observe=_count_catalog_lookup)
+    yield
+    await app[CATALOG].close()
+
+
+async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
+    upstreams = await open_upstreams(app[CONFIG].providers)
+    app[UPSTREAMS] = upstreams
+    yield
+    await close_upstreams(upstreams)
+
+
+async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
+    watcher = RulesWatcher.from_config(app[CONFIG])
+    app[RULES] = watcher
+    poller = asyncio.get_running_loop().create_task(watcher.poll_forever())
+    yield
+    poller.cancel()
+    await asyncio.gather(poller, return_exceptions=True)
+
+
+async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
+    gateway = Gateway(app[CONFIG], app[CATALOG], app[UPSTREAMS], app[RULES])
+    app[GATEWAY] = gateway
+    yield
+    await gateway.close()
+
+
+def create_public_app(config: Config) -> web.Application:
+    """The player-facing app: license, key and certificate routes."""
+    app = web.Application(
+        middlewares=[create_middleware(public=True, cors=config.cors)],
+        client_max_size=config.server.max_body_bytes,
+    )
+    app[CONFIG] = config
+    app[DRAINING] = asyncio.Event()
+    app[GUARD] = PlayerGuard(config.player_auth, config.rate_limits)
+    app[MAX_BODY] = config.server.max_body_bytes
+    if config.fairplay.certificate is not None:
+        app[CERTIFICATE] = config.fairplay.certificate
+    app.cleanup_ctx.extend([_catalog_ctx, _upstreams_ctx, _rules_ctx, _gateway_ctx])
+    add_public_routes(app)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready once the catalog backend answers and providers are configured."""
+    public = request.app[PUBLIC_APP]
+    problems = []
+    if public[DRAINING].is_set():
+        problems.append("shutting down: finishing in-flight requests")
+    if CATALOG not in public:
+        problems.append("catalog not open")
+    else:
+        try:
+            await public[CATALOG].ping()
+        except Exception:
+            problems.append("catalog backend does not answer")
+    if not public.get(UPSTREAMS):
+        problems.append("no providers configured")
+    warnings = []
+    if public[GUARD].auth_off:
+        warnings.append("player authentication is OFF (player_auth.mode: none): development only")
+    status = 503 if problems else 200
+    return web.json_response(
+        {"ready": not problems, "problems": problems, "warnings": warnings, "version": __version__},
+        status=status,
+    )
+
+
+def _metrics_registry() -> CollectorRegistry:
+    """This process's registry; under `serve --workers N`, every worker's samples merged."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return metrics.REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(metrics.BUILD_INFO)  # an Info is per process (the same in every worker)
+    return registry
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = generate_latest(_metrics_registry())
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_internal_app(public: web.Application) -> web.Application:
+    """The ops app (never exposed publicly): health, readiness, metrics, admin.
+
+    Built after the public app has started, so it shares the open catalog and rules.
+    """
+    app = web.Application(middlewares=[create_middleware(public=False)])
+    app[PUBLIC_APP] = public
+    app[RULES] = public[RULES]
+    app[ADMIN_CATALOG] = public[CATALOG]
+    admin_token = public[CONFIG].admin_token
+    if admin_token:
+        app[ADMIN_TOKEN] = admin_token
+    add_admin_routes(app)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/metrics", metrics_handler, allow_head=False)
+    return app
+
+
+@dataclass
+class RunningGateway:
+    """A started gateway: its two listeners' URLs, and how to stop it."""
+
+    public_url: str
+    internal_url: str
+    public_app: web.Application
+    _runners: tuple[web.AppRunner, web.AppRunner]
+
+    async def stop(self) -> None:
+        """Unready at once, stop accepting players, let in-flight requests finish (up to the
+        configured grace), then close the internal port last so probes see the drain."""
+        public, internal = self._runners
+        self.public_app[DRAINING].set()
+        await public.cleanup()
+        await internal.cleanup()
+
+
+async def start_gateway(config: Config, *, reuse_port: bool = False) -> RunningGateway:
+    """Open resources and bind both listeners (port 0 picks a free port).
+
+    `reuse_port` lets several worker processes share the same ports (SO_REUSEPORT).
+    """
+    metrics.BUILD_INFO.info({"version": __version__})
+    public_app = create_public_app(config)
+    grace = config.server.shutdown_grace_seconds
+    public = web.AppRunner(public_app, access_log=None, shutdown_timeout=grace)
+    await public.setup()
+    internal = web.AppRunner(create_internal_app(public_app), access_log=None)
+    try:
+        await internal.setup()
+        urls = []
+        for runner, listener in (
+            (public, config.server.public),
+            (internal, config.server.internal),
+        ):
+            site = web.TCPSite(
+                runner, listener.host, listener.port, reuse_address=True, reuse_port=reuse_port
+            )
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            urls.append(f"http://{host}:{port}")
+    except BaseException:
+        await internal.cleanup()
+        await public.cleanup()
+        raise
+    log.info("started", public=urls[0], internal=urls[1], providers=sorted(config.providers))
+    if config.player_auth.mode == "none":
+        log.warning("player_auth_off", detail="every player is admitted: development only")
+    return RunningGateway(urls[0], urls[1], public_app, (public, internal))
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop where available (measurably faster), else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+def install_signal_handlers(gateway: RunningGateway, stop: asyncio.Event) -> None:
+    """SIGINT/SIGTERM stop the gateway; SIGHUP reloads the routing rules."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.public_app[RULES].reload, "sighup")
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGINT or SIGTERM, then close every resource."""
+    gateway = await start_gateway(config)
+    stop = asyncio.Event()
+    install_signal_handlers(gateway, stop)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping", grace_seconds=config.server.shutdown_grace_seconds)
+        await gateway.stop()
+        log.info("stopped")
