@@ -3,6 +3,7 @@
     GatewayError                      500 internal_error
     ├── BadRequest                    400 bad_request
     │   ├── InvalidId                 400 invalid_id
+    │   ├── AssetMismatch             400 asset_mismatch
     │   └── BadSpc                    400 bad_spc
     ├── Unauthorized                  401 unauthorized
     ├── NotEntitled                   403 not_entitled
@@ -51,6 +52,13 @@ class BadRequest(GatewayError):
 class InvalidId(BadRequest):
     code = "invalid_id"
     message = "An id in the path is not valid."
+
+
+class AssetMismatch(BadRequest):
+    """A FairPlay body's assetId names another asset than the (entitled) one in the path."""
+
+    code = "asset_mismatch"
+    message = "The assetId in the FairPlay body does not match the asset in the path."
 
 
 class BadSpc(BadRequest):

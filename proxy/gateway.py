@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from proxy.catalog.base import Catalog, CatalogEntry
 from proxy.config import Config, UrlTemplate
-from proxy.config.providers import KEY_DRM
+from proxy.domain import AES_KEY_BYTES, KEY_DRM, AssetId, KeyId
 from proxy.errors import (
-    InvalidId,
+    AssetMismatch,
     NoProvider,
     UnknownAsset,
     UpstreamBadResponse,
@@ -38,10 +37,6 @@ from proxy.upstream.fairplay import (
 )
 from proxy.upstream.provider import Upstream, UpstreamResponse, forward_headers
 from proxy.upstream.signer import TokenContext
-
-ASSET_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-KEY_ID = re.compile(r"^[0-9a-fA-F]{32}$")
-AES_KEY_BYTES = 16
 
 log = get_logger("gateway")
 
@@ -85,16 +80,11 @@ class Call:
     key_id: str = ""
 
 
-def validate_asset_id(asset_id: str) -> str:
-    if not ASSET_ID.match(asset_id):
-        raise InvalidId("The asset id is not valid: expected 1-128 of [A-Za-z0-9._:-].")
-    return asset_id
-
-
-def validate_key_id(key_id: str) -> str:
-    if not KEY_ID.match(key_id):
-        raise InvalidId("The key id is not valid: expected 32 hexadecimal characters.")
-    return key_id.lower()
+def _check_spc_asset(spc: SpcRequest, entry: CatalogEntry) -> None:
+    """The entitled path asset decides what goes upstream: a body `assetId` (players copy it
+    from the skd:// URI) must name that asset or its drmResourceId."""
+    if spc.asset_id and spc.asset_id not in (entry.asset_id, entry.drm_resource_id):
+        raise AssetMismatch()
 
 
 # Failures worth retrying on the rule's fallback provider; a 4xx is the provider's answer.
@@ -117,8 +107,8 @@ class Gateway:
         self.rules = rules
         self._shadow_tasks: set[asyncio.Task[None]] = set()
 
-    async def resolve(self, info: RequestInfo, drm: str, asset_id: str) -> CatalogEntry:
-        info.drm, info.asset_id = drm, validate_asset_id(asset_id)
+    async def resolve(self, info: RequestInfo, drm: str, asset_id: AssetId) -> CatalogEntry:
+        info.drm, info.asset_id = drm, asset_id
         entry = await self.catalog.get(asset_id)
         if entry is None:
             raise UnknownAsset()
@@ -147,7 +137,7 @@ class Gateway:
         info: RequestInfo,
         *,
         drm: str,
-        asset_id: str,
+        asset_id: AssetId,
         challenge: bytes,
         content_type: str | None,
         client: ClientInfo,
@@ -159,14 +149,15 @@ class Gateway:
                 challenge, content_type, max_spc_bytes=self.config.server.max_body_bytes
             )
         entry = await self.resolve(info, drm, asset_id)
+        if spc is not None:
+            _check_spc_asset(spc, entry)
         call = Call(drm, entry, client, challenge, content_type, spc)
         return await self._route_and_send(info, call)
 
     async def key(
-        self, info: RequestInfo, *, asset_id: str, key_id: str, client: ClientInfo
+        self, info: RequestInfo, *, asset_id: AssetId, key_id: KeyId, client: ClientInfo
     ) -> bytes:
         """Fetch one HLS AES-128 key (16 bytes) from the chosen provider."""
-        key_id = validate_key_id(key_id)
         entry = await self.resolve(info, KEY_DRM, asset_id)
         answer = await self._route_and_send(info, Call(KEY_DRM, entry, client, key_id=key_id))
         return answer.body

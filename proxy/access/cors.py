@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from proxy.domain import HTTP_TOKEN
+
 _ORIGIN = re.compile(r"^(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 MAX_AGE_LIMIT = 86_400
 
@@ -112,4 +113,4 @@ def _origin_problem(origin: str) -> str | None:
 
 
 def _token(value: str) -> bool:
-    return bool(_HEADER_NAME.match(value))
+    return bool(HTTP_TOKEN.match(value))

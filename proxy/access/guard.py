@@ -11,8 +11,8 @@ import math
 from proxy.access.player_tokens import Player, PlayerAuthenticator, PlayerAuthSettings
 from proxy.access.ratelimit import RateLimiter
 from proxy.config.security import RateLimit, RateLimits
+from proxy.domain import AssetId, require_asset_id
 from proxy.errors import RateLimited
-from proxy.gateway import validate_asset_id
 from proxy.observability import metrics
 
 
@@ -34,10 +34,11 @@ class PlayerGuard:
         self._per_ip = _limiter(limits.per_ip, limits.max_keys)
         self._per_user = _limiter(limits.per_user, limits.max_keys)
 
-    def admit(self, *, ip: str, token: str | None, asset_id: str) -> Player:
+    def admit(self, *, ip: str, token: str | None, asset_id: AssetId | None) -> Player:
+        """The admitted player; `asset_id` is None when the path's id was not valid."""
         self._check(self._per_ip, ip, "ip")
         player = self.authenticator.authenticate(token)
-        self.authenticator.check_entitled(player, validate_asset_id(asset_id))
+        self.authenticator.check_entitled(player, require_asset_id(asset_id))
         self._check(self._per_user, player.user_id, "user")
         return player
 

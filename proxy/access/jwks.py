@@ -12,6 +12,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from proxy.domain import RSA_MIN_BITS
+
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512"})
 EC_ALGORITHMS: Mapping[str, str] = {
     "ES256": "secp256r1",
@@ -19,7 +21,6 @@ EC_ALGORITHMS: Mapping[str, str] = {
     "ES512": "secp521r1",
 }
 _MAX_JWKS_BYTES = 1_000_000
-_RSA_MIN_BITS = 2048
 Stamp = tuple[int, int, int]  # (mtime_ns, size, inode) of the JWKS file
 
 
@@ -102,8 +103,8 @@ def _parse_jwk(entry: object, where: str, allowed: frozenset[str]) -> tuple[str,
     except (jwt.PyJWTError, ValueError, TypeError):
         raise ValueError(f"{where} is not a valid {kty} public key") from None
     algs = frozenset([alg]) if alg is not None else _algorithms_for(key)
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < _RSA_MIN_BITS:
-        raise ValueError(f"{where}: RSA key is {key.key_size} bits; {_RSA_MIN_BITS} required")
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < RSA_MIN_BITS:
+        raise ValueError(f"{where}: RSA key is {key.key_size} bits; {RSA_MIN_BITS} required")
     if isinstance(key, ec.EllipticCurvePublicKey) and any(
         EC_ALGORITHMS.get(a) != key.curve.name for a in algs
     ):

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from proxy.config import Config, ConfigError, load_config
+from proxy.domain import ALL_DRMS
 from proxy.observability.logs import configure_logging
-from proxy.routing.rules import DRM_SYSTEMS as ALL_DRMS  # the license systems and aes128 keys
 
 
 def _load_or_exit(path: Path) -> Config:

@@ -16,11 +16,10 @@ from proxy.config.load import (
     load_config,
     parse_config,
 )
-from proxy.config.providers import DRM_SYSTEMS, ProviderAuth, ProviderSettings, UrlTemplate
+from proxy.config.providers import ProviderAuth, ProviderSettings, UrlTemplate
 from proxy.config.reader import ConfigError
 
 __all__ = [
-    "DRM_SYSTEMS",
     "Config",
     "ConfigError",
     "FairPlaySettings",

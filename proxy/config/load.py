@@ -18,7 +18,6 @@ from proxy.access.cors import CorsPolicy
 from proxy.access.player_tokens import PlayerAuthSettings
 from proxy.catalog.base import CatalogSettings
 from proxy.config.providers import (
-    DRM_SYSTEMS,
     ProviderAuth,
     ProviderSettings,
     UrlTemplate,
@@ -35,7 +34,6 @@ from proxy.upstream.fairplay import (
 )
 
 __all__ = [
-    "DRM_SYSTEMS",
     "Config",
     "ConfigError",
     "FairPlaySettings",

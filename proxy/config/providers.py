@@ -11,6 +11,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 from proxy.config.reader import REQUIRED, ConfigReader
+from proxy.domain import KEY_DRM, LICENSE_DRMS
 from proxy.upstream.fairplay import REQUEST_FORMATS, RESPONSE_FORMATS, FairPlayFormats
 from proxy.upstream.signer import (
     ALGORITHMS,
@@ -20,8 +21,6 @@ from proxy.upstream.signer import (
     validate_settings,
 )
 
-DRM_SYSTEMS: tuple[str, ...] = ("widevine", "playready", "fairplay", "clearkey")
-KEY_DRM = "aes128"  # the label used for HLS AES-128 key requests in logs, metrics and rules
 URL_PLACEHOLDERS = frozenset({"asset_id", "drm_resource_id", "key_id", "drm"})
 PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -113,7 +112,7 @@ def _parse_provider(reader: ConfigReader, name: str, raw: Any) -> ProviderSettin
     section = reader.mapping(raw, path, _PROVIDER_FIELDS)
     base_url = reader.value(section, "base_url", path, str, "")
     needs_id = reader.value(section, "needs_drm_resource_id", path, bool, False)
-    urls = reader.mapping(section.get("license_urls"), f"{path}.license_urls", set(DRM_SYSTEMS))
+    urls = reader.mapping(section.get("license_urls"), f"{path}.license_urls", set(LICENSE_DRMS))
     license_urls = {}
     for drm, template in urls.items():
         parsed = _parse_url(reader, base_url, template, f"{path}.license_urls.{drm}", needs_id)

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
+from proxy.domain import ALL_DRMS
 from proxy.routing.rules import (
-    DRM_SYSTEMS,
     NAME_PATTERN,
     STICKINESS,
     Providers,
@@ -232,8 +232,8 @@ def _parse_when(raw: Any, where: str, p: _Problems) -> When:
     p.unknown_fields(raw, _WHEN_FIELDS, f"{where}.")
     lists = {key: p.string_list(raw[key], f"{where}.{key}") for key in _LIST_FIELDS if key in raw}
     for drm in lists.get("drm", ()):
-        if drm not in DRM_SYSTEMS:
-            p.add(f"{where}.drm", f"{drm!r} is not one of {', '.join(DRM_SYSTEMS)}")
+        if drm not in ALL_DRMS:
+            p.add(f"{where}.drm", f"{drm!r} is not one of {', '.join(ALL_DRMS)}")
     presence = raw.get("drm_resource_id")
     if "drm_resource_id" in raw and presence not in ("present", "absent"):
         p.add(f"{where}.drm_resource_id", f"{presence!r} must be 'present' or 'absent'")

@@ -39,7 +39,6 @@ Outcome = Literal[
 Providers = Mapping[str, "ProviderTraits"]
 
 BUCKETS = 10_000
-DRM_SYSTEMS = ("widevine", "playready", "fairplay", "clearkey", "aes128")
 STICKINESS = ("asset", "user", "drm_resource_id")
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # whole name: fullmatch
 # Digit runs are capped so a hostile X-App-Version cannot make int() work hard.

@@ -12,10 +12,10 @@ from dataclasses import asdict
 from aiohttp import web
 
 from proxy.catalog import CachedCatalog
+from proxy.domain import ALL_DRMS, parse_asset_id
 from proxy.errors import BadRequest, GatewayError, NotFound, Unauthorized
-from proxy.gateway import validate_asset_id
 from proxy.observability.logs import get_logger
-from proxy.routing.rules import DRM_SYSTEMS, RequestContext
+from proxy.routing.rules import RequestContext
 from proxy.routing.watcher import RulesWatcher
 
 ADMIN_TOKEN = web.AppKey("admin_token", str)
@@ -67,10 +67,10 @@ async def reload_rules(request: web.Request) -> web.Response:
 async def explain_decision(request: web.Request) -> web.Response:
     """The decision with every rule's verdict; no provider is called."""
     query = request.query
-    asset_id = validate_asset_id(query.get("asset", ""))
+    asset_id = parse_asset_id(query.get("asset", ""))
     drm = query.get("drm", "")
-    if drm not in DRM_SYSTEMS:
-        raise BadRequest(f"drm must be one of {', '.join(DRM_SYSTEMS)}.")
+    if drm not in ALL_DRMS:
+        raise BadRequest(f"drm must be one of {', '.join(ALL_DRMS)}.")
     entry = await request.app[ADMIN_CATALOG].get(asset_id)
     if entry is None:
         raise NotFound(f"Asset '{asset_id}' is not in the catalog.")
@@ -81,7 +81,7 @@ async def explain_decision(request: web.Request) -> web.Response:
 
 
 async def catalog_entry(request: web.Request) -> web.Response:
-    asset_id = validate_asset_id(request.match_info["asset_id"])
+    asset_id = parse_asset_id(request.match_info["asset_id"])
     entry = await request.app[ADMIN_CATALOG].get(asset_id)
     if entry is None:
         raise NotFound(f"Asset '{asset_id}' is not in the catalog.")
@@ -93,7 +93,7 @@ async def catalog_entry(request: web.Request) -> web.Response:
 
 async def invalidate_cache(request: web.Request) -> web.Response:
     asset = request.query.get("asset")
-    dropped = request.app[ADMIN_CATALOG].invalidate(validate_asset_id(asset) if asset else None)
+    dropped = request.app[ADMIN_CATALOG].invalidate(parse_asset_id(asset) if asset else None)
     return web.json_response({"dropped": dropped})
 
 

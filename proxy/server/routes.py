@@ -8,10 +8,9 @@ from aiohttp import web
 
 from proxy.access.guard import PlayerGuard
 from proxy.access.player_tokens import Player, bearer_token
-from proxy.config import DRM_SYSTEMS
-from proxy.config.providers import KEY_DRM
+from proxy.domain import KEY_DRM, LICENSE_DRMS, AssetId, asset_id_or_none, parse_key_id
 from proxy.errors import BadRequest, BodyTooLarge, NotFound, UnsupportedMediaType
-from proxy.gateway import ASSET_ID, ClientInfo, Gateway
+from proxy.gateway import ClientInfo, Gateway
 from proxy.server.middleware import INFO
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -52,16 +51,19 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def admit(request: web.Request, *, query_token: bool) -> Player:
-    """Rate limits, player token and entitlement; key URIs may carry the token as ?token=."""
+def admit(request: web.Request, *, query_token: bool) -> tuple[Player, AssetId]:
+    """Rate limits, player token and entitlement; key URIs may carry the token as ?token=.
+
+    The path's asset id is parsed here, once; an invalid one is refused by the guard after the
+    cheaper checks, and a valid one names the asset in the access log even when refused."""
     guard = request.app[GUARD]
-    asset_id = request.match_info["asset_id"]
-    if ASSET_ID.match(asset_id):  # so refusals name the asset in the access log
-        request[INFO].asset_id = asset_id
+    asset_id = request[INFO].asset_id = asset_id_or_none(request.match_info["asset_id"])
     token = bearer_token(request.headers.get("Authorization"))
     if token is None and query_token:
         token = request.query.get(guard.token_query_param)
-    return guard.admit(ip=request.remote or "unknown", token=token, asset_id=asset_id)
+    player = guard.admit(ip=request.remote or "unknown", token=token, asset_id=asset_id)
+    assert asset_id is not None  # the guard refuses an invalid one
+    return player, asset_id
 
 
 def client_info(request: web.Request, player: Player) -> ClientInfo:
@@ -84,10 +86,10 @@ def _media_type(request: web.Request) -> str | None:
 
 async def license_handler(request: web.Request) -> web.Response:
     drm = request.match_info["drm"]
-    if drm not in DRM_SYSTEMS:
-        raise NotFound(f"Unknown DRM system; expected one of {', '.join(DRM_SYSTEMS)}.")
+    if drm not in LICENSE_DRMS:
+        raise NotFound(f"Unknown DRM system; expected one of {', '.join(LICENSE_DRMS)}.")
     request[INFO].drm = drm
-    player = admit(request, query_token=False)
+    player, asset_id = admit(request, query_token=False)
     if _media_type(request) not in _ACCEPTED_TYPES[drm]:
         raise UnsupportedMediaType(f"This content type is not accepted for {drm} requests.")
     challenge = await read_body(request, request.app[MAX_BODY])
@@ -96,7 +98,7 @@ async def license_handler(request: web.Request) -> web.Response:
     answer = await request.app[GATEWAY].license(
         request[INFO],
         drm=drm,
-        asset_id=request.match_info["asset_id"],
+        asset_id=asset_id,
         challenge=challenge,
         content_type=request.headers.get("Content-Type"),
         client=client_info(request, player),
@@ -109,11 +111,12 @@ async def license_handler(request: web.Request) -> web.Response:
 
 async def key_handler(request: web.Request) -> web.Response:
     request[INFO].drm = KEY_DRM
-    player = admit(request, query_token=True)
+    player, asset_id = admit(request, query_token=True)
+    key_id = parse_key_id(request.match_info["key_id"])
     key = await request.app[GATEWAY].key(
         request[INFO],
-        asset_id=request.match_info["asset_id"],
-        key_id=request.match_info["key_id"],
+        asset_id=asset_id,
+        key_id=key_id,
         client=client_info(request, player),
     )
     return web.Response(

@@ -17,7 +17,6 @@ import base64
 import binascii
 import json
 import math
-import re
 import secrets
 import string
 import time
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import get_default_algorithms
 
+from proxy.domain import HTTP_TOKEN, RSA_MIN_BITS
 from proxy.errors import MissingResourceId
 
 Algorithm = Literal["HS256", "HS512", "RS256", "ES256"]
@@ -40,8 +40,6 @@ RESERVED_CLAIMS = frozenset({"iat", "exp", "jti", "nbf"})
 
 # RFC 7518 §3.2: an HMAC key at least as long as the hash output.
 HMAC_MIN_BYTES = {"HS256": 32, "HS512": 64}
-_RSA_MIN_BITS = 2048
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
 _FORMATTER = string.Formatter()
 # One encoder instance: json.dumps with non-default options builds a new one per call.
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
@@ -115,8 +113,8 @@ def load_private_key(algorithm: Algorithm, material: bytes) -> Any:
     if algorithm == "RS256":
         if not isinstance(key, rsa.RSAPrivateKey):
             raise ValueError("RS256 needs an RSA private key")
-        if key.key_size < _RSA_MIN_BITS:
-            raise ValueError(f"RSA key is {key.key_size} bits; RS256 needs at least 2048")
+        if key.key_size < RSA_MIN_BITS:
+            raise ValueError(f"RSA key is {key.key_size} bits; RS256 needs at least {RSA_MIN_BITS}")
         return key
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError("ES256 needs an EC P-256 private key")
@@ -188,7 +186,7 @@ def _key_problems(s: TokenSettings) -> list[str]:
 def _transport_problems(s: TokenSettings) -> list[str]:
     if (s.header is None) == (s.query_param is None):
         return ["header: set exactly one of header and query_param"]
-    if s.header is not None and not _HEADER_NAME.match(s.header):
+    if s.header is not None and not HTTP_TOKEN.match(s.header):
         return [f"header: {s.header!r} is not a valid HTTP header name"]
     if s.query_param is not None and not s.query_param:
         return ["query_param: must not be empty"]

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import pytest
 
 from proxy.observability.metrics import REGISTRY
-from tests.conftest import StackFactory
+from tests.conftest import StackFactory, player_token
 
 SPC = b"\x00\x00\x00\x01" + bytes(range(200)) + b"+/=" * 5
 B64 = base64.b64encode(SPC).decode()
@@ -19,7 +19,7 @@ B64 = base64.b64encode(SPC).decode()
 CLIENT_BODIES = {
     "binary": (SPC, "application/octet-stream"),
     "form": (
-        f"spc={quote(B64, safe='')}&assetId=both-1".encode(),
+        f"spc={quote(B64, safe='')}".encode(),  # assetId: see the tests at the end
         "application/x-www-form-urlencoded",
     ),
     "base64": (B64.encode(), "text/plain"),
@@ -163,3 +163,71 @@ async def test_no_certificate_configured_is_404(make_stack: StackFactory) -> Non
     stack = await make_stack()
     async with stack.http.get(stack.url("/v1/certificate/fairplay")) as resp:
         assert resp.status == 404
+
+
+def _body_with_asset_id(client_format: str, asset_id: str) -> tuple[bytes, str]:
+    """A player body carrying `assetId`, in each format that has room for one."""
+    if client_format == "form":
+        return f"spc={quote(B64, safe='')}&assetId={quote(asset_id)}".encode(), (
+            "application/x-www-form-urlencoded"
+        )
+    return json.dumps({"spc": B64, "assetId": asset_id}).encode(), "application/json"
+
+
+@pytest.mark.parametrize("client_format", ["form", "json"])
+@pytest.mark.parametrize("body_asset", ["both-2", "res-both-2", "../both-1", "both-1 "])
+async def test_body_asset_id_naming_another_asset_is_refused_before_upstream(
+    make_stack: StackFactory, client_format: str, body_asset: str
+) -> None:
+    """A player entitled to both-1 only cannot reach another title through the body's assetId."""
+    stack = await make_stack()
+    token = player_token(["both-1"])
+    body, content_type = _body_with_asset_id(client_format, body_asset)
+    before = (await stack.stats(stack.legacy))["total"]
+    async with stack.anon.post(
+        stack.url("/v1/license/fairplay/both-1"),
+        data=body,
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {token}"},
+    ) as resp:
+        assert resp.status == 400
+        answer = await resp.json()
+    assert answer["error"] == "asset_mismatch"
+    assert answer["request_id"] == resp.headers["X-Request-Id"]
+    assert (await stack.stats(stack.legacy))["total"] == before
+
+
+@pytest.mark.parametrize("client_format", ["form", "json"])
+@pytest.mark.parametrize("body_asset", ["both-1", "res-both-1"])
+async def test_body_asset_id_naming_the_path_asset_or_its_resource_id_is_forwarded(
+    make_stack: StackFactory, client_format: str, body_asset: str
+) -> None:
+    """Players copy assetId from the skd:// URI: the asset id or its drmResourceId both pass."""
+    stack = await make_stack()
+    token = player_token(["both-1"])
+    body, content_type = _body_with_asset_id(client_format, body_asset)
+    async with stack.anon.post(
+        stack.url("/v1/license/fairplay/both-1"),
+        data=body,
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {token}"},
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        assert decode_for_client(client_format, await resp.read()) == expected_ckc("legacy")
+    seen = (await stack.stats(stack.legacy))["recent"][-1]
+    sent = f"spc={quote(B64, safe='')}&assetId={body_asset}".encode()  # legacy wants form
+    assert seen["body_sha256"] == hashlib.sha256(sent).hexdigest()
+
+
+@pytest.mark.parametrize("client_format", ["binary", "base64"])
+async def test_formats_without_asset_id_send_the_path_asset(
+    make_stack: StackFactory, client_format: str
+) -> None:
+    """Binary and base64 bodies have no assetId: the provider gets the entitled path asset."""
+    stack = await make_stack()
+    body, content_type = CLIENT_BODIES[client_format]
+    async with stack.http.post(
+        stack.url("/v1/license/fairplay/both-1"), data=body, headers={"Content-Type": content_type}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    seen = (await stack.stats(stack.legacy))["recent"][-1]
+    sent = f"spc={quote(B64, safe='')}&assetId=both-1".encode()
+    assert seen["body_sha256"] == hashlib.sha256(sent).hexdigest()
