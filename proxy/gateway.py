@@ -1,7 +1,9 @@
-"""The request flow: catalog lookup, routing rules, upstream call. No HTTP server code.
+"""The request flow: catalog lookup, routing rules, provider call. No HTTP server code.
 
-Handlers parse the player's request into these calls and turn the result into a response, so
-this module reads as the license path from top to bottom.
+Handlers parse the player's request into typed values and call `license`, `fairplay` or
+`key`; each resolves the asset, decides the route once (provider and endpoint, fallback and
+shadow), and hands a call to the chosen `ProviderClient`. This module reads as the license
+path from top to bottom.
 """
 
 from __future__ import annotations
@@ -9,75 +11,62 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from proxy.catalog.base import Catalog, CatalogEntry
 from proxy.config import Config, UrlTemplate
-from proxy.domain import AES_KEY_BYTES, KEY_DRM, AssetId, KeyId
+from proxy.domain import KEY_DRM, AssetId, KeyId
 from proxy.errors import (
     AssetMismatch,
     NoProvider,
     UnknownAsset,
-    UpstreamBadResponse,
     UpstreamError,
     UpstreamRejected,
     UpstreamTimeout,
 )
 from proxy.observability import metrics
+from proxy.observability.access import RequestInfo
 from proxy.observability.logs import get_logger
 from proxy.routing.rules import Decision, RequestContext, evaluate
 from proxy.routing.watcher import RulesWatcher
-from proxy.upstream.fairplay import (
-    SpcRequest,
-    encode_ckc,
-    encode_spc,
-    parse_ckc_response,
-    parse_spc_request,
+from proxy.upstream.base import (
+    ClientInfo,
+    FairPlayCall,
+    KeyCall,
+    LicenseCall,
+    ProviderAnswer,
+    ProviderClient,
 )
-from proxy.upstream.provider import Upstream, UpstreamResponse, forward_headers
-from proxy.upstream.signer import TokenContext
+from proxy.upstream.fairplay import SpcRequest, encode_ckc, parse_spc_request
 
 log = get_logger("gateway")
 
+T = TypeVar("T")
+# Sends one call to one provider at one endpoint.
+Send = Callable[[ProviderClient, UrlTemplate], Awaitable[T]]
 
-@dataclass(slots=True)
-class RequestInfo:
-    """What the access log and metrics say of one request, filled in as it progresses."""
-
-    request_id: str
-    drm: str = "-"
-    asset_id: str | None = None
-    provider: str = "-"
-    rule: str = "-"
-    reason: str = "-"
-    rules_version: str | None = None
-    fallback_from: str | None = None
-    upstream_ms: float | None = None
+# Failures worth retrying on the rule's fallback provider; a 4xx is the provider's answer.
+_RETRYABLE = (UpstreamError, UpstreamTimeout)
 
 
 @dataclass(frozen=True, slots=True)
-class ClientInfo:
-    """Facts about the player taken from its request (never its token)."""
+class Target:
+    """A provider and its endpoint for this request's DRM system."""
 
-    forwarded_for: str
-    traceparent: str | None = None
-    platform: str | None = None
-    app_version: str | None = None
-    user_id: str | None = None
+    client: ProviderClient
+    endpoint: UrlTemplate
 
 
 @dataclass(frozen=True, slots=True)
-class Call:
-    """One upstream request to make, independent of which provider answers it."""
+class Route:
+    """Where one request goes, resolved once: the provider, its fallback and a shadow copy."""
 
-    drm: str
-    entry: CatalogEntry
-    client: ClientInfo
-    body: bytes | None = None
-    content_type: str | None = None
-    spc: SpcRequest | None = None
-    key_id: str = ""
+    decision: Decision
+    primary: Target
+    fallback: Target | None
+    shadow: Target | None
 
 
 def _check_spc_asset(spc: SpcRequest, entry: CatalogEntry) -> None:
@@ -87,50 +76,23 @@ def _check_spc_asset(spc: SpcRequest, entry: CatalogEntry) -> None:
         raise AssetMismatch()
 
 
-# Failures worth retrying on the rule's fallback provider; a 4xx is the provider's answer.
-_RETRYABLE = (UpstreamError, UpstreamTimeout)
-
-
 class Gateway:
-    """Serves license and key requests from the catalog, routing rules and upstream clients."""
+    """Serves license and key requests from the catalog, routing rules and provider clients."""
 
     def __init__(
         self,
         config: Config,
         catalog: Catalog,
-        upstreams: Mapping[str, Upstream],
+        providers: Mapping[str, ProviderClient],
         rules: RulesWatcher,
     ) -> None:
         self.config = config
         self.catalog = catalog
-        self.upstreams = upstreams
+        self.providers = providers
         self.rules = rules
+        self._client_response = config.fairplay.client_response
+        self._max_spc_bytes = config.server.max_body_bytes
         self._shadow_tasks: set[asyncio.Task[None]] = set()
-
-    async def resolve(self, info: RequestInfo, drm: str, asset_id: AssetId) -> CatalogEntry:
-        info.drm, info.asset_id = drm, asset_id
-        entry = await self.catalog.get(asset_id)
-        if entry is None:
-            raise UnknownAsset()
-        if entry.drm_resource_id is None:
-            metrics.labelled(metrics.ASSETS_WITHOUT_RESOURCE_ID, drm).inc()
-        return entry
-
-    def decide(self, info: RequestInfo, entry: CatalogEntry, client: ClientInfo) -> Decision:
-        """Evaluate the active rules (read once: one version per request)."""
-        rules = self.rules.rules
-        info.rules_version = rules.version
-        context = RequestContext(
-            info.drm, entry.asset_id, entry, client.platform, client.app_version, client.user_id
-        )
-        decision = evaluate(rules, context, self.rules.providers)
-        if self.upstreams[decision.provider].settings.endpoint(info.drm) is None:
-            raise NoProvider(f"The chosen provider has no endpoint for {info.drm}.")
-        info.provider, info.rule, info.reason = decision.provider, decision.rule, decision.reason
-        metrics.labelled(
-            metrics.ROUTING_DECISIONS, decision.provider, decision.rule, decision.reason
-        ).inc()
-        return decision
 
     async def license(
         self,
@@ -141,136 +103,129 @@ class Gateway:
         challenge: bytes,
         content_type: str | None,
         client: ClientInfo,
-    ) -> UpstreamResponse:
-        """Forward a license challenge to the chosen provider (FairPlay in its format)."""
-        spc = None
-        if drm == "fairplay":  # parse first: a malformed SPC is refused before any lookup
-            spc = parse_spc_request(
-                challenge, content_type, max_spc_bytes=self.config.server.max_body_bytes
-            )
+    ) -> ProviderAnswer:
+        """Forward a Widevine, PlayReady or ClearKey challenge byte-exact (FairPlay bodies are
+        rewritten: see `fairplay`)."""
         entry = await self.resolve(info, drm, asset_id)
-        if spc is not None:
-            _check_spc_asset(spc, entry)
-        call = Call(drm, entry, client, challenge, content_type, spc)
-        return await self._route_and_send(info, call)
+        call = LicenseCall(info.request_id, drm, entry, client, challenge, content_type)
+        return await self._route(info, entry, client, lambda p, e: p.license(call, e))
+
+    async def fairplay(
+        self,
+        info: RequestInfo,
+        *,
+        asset_id: AssetId,
+        body: bytes,
+        content_type: str | None,
+        client: ClientInfo,
+    ) -> ProviderAnswer:
+        """Rewrite the player's FairPlay body for the chosen provider, and its CKC back."""
+        # Parsed first: a malformed SPC is refused before any lookup.
+        spc = parse_spc_request(body, content_type, max_spc_bytes=self._max_spc_bytes)
+        entry = await self.resolve(info, "fairplay", asset_id)
+        _check_spc_asset(spc, entry)
+        call = FairPlayCall(info.request_id, entry, client, spc)
+        answer = await self._route(info, entry, client, lambda p, e: p.fairplay(call, e))
+        ckc, ckc_type = encode_ckc(answer.body, self._client_response[spc.fmt])
+        return ProviderAnswer(ckc, ckc_type, answer.headers)
 
     async def key(
         self, info: RequestInfo, *, asset_id: AssetId, key_id: KeyId, client: ClientInfo
     ) -> bytes:
         """Fetch one HLS AES-128 key (16 bytes) from the chosen provider."""
         entry = await self.resolve(info, KEY_DRM, asset_id)
-        answer = await self._route_and_send(info, Call(KEY_DRM, entry, client, key_id=key_id))
-        return answer.body
+        call = KeyCall(info.request_id, entry, client, key_id)
+        return await self._route(info, entry, client, lambda p, e: p.key(call, e))
 
-    async def _route_and_send(self, info: RequestInfo, call: Call) -> UpstreamResponse:
-        decision = self.decide(info, call.entry, call.client)
-        self._maybe_shadow(info, call, decision)
-        try:
-            return await self._send(info, self.upstreams[decision.provider], call)
-        except _RETRYABLE as exc:
-            if decision.fallback is None or isinstance(exc, UpstreamRejected):
-                raise
-            metrics.FALLBACKS.labels(decision.provider, decision.fallback).inc()
-            log.warning(
-                "fallback",
-                request_id=info.request_id,
-                provider=decision.provider,
-                fallback=decision.fallback,
-                error=exc.code,
-            )
-            info.fallback_from, info.provider = decision.provider, decision.fallback
-            return await self._send(info, self.upstreams[decision.fallback], call)
+    async def resolve(self, info: RequestInfo, drm: str, asset_id: AssetId) -> CatalogEntry:
+        info.drm, info.asset_id = drm, asset_id
+        entry = await self.catalog.get(asset_id)
+        if entry is None:
+            raise UnknownAsset()
+        if entry.drm_resource_id is None:
+            metrics.labelled(metrics.ASSETS_WITHOUT_RESOURCE_ID, drm).inc()
+        return entry
 
-    async def _send(self, info: RequestInfo, upstream: Upstream, call: Call) -> UpstreamResponse:
-        """Authenticate, encode, send and time one upstream call; check what comes back."""
-        body, content_type = call.body, call.content_type
-        if call.spc is not None:
-            body, content_type = self._spc_for(upstream, call.spc, call.entry.asset_id)
-        template = upstream.settings.endpoint(call.drm)
-        assert template is not None  # decide() checked the endpoint exists
-        url, auth_headers = self._target(upstream, template, info, call)
-        headers = forward_headers(
-            request_id=info.request_id,
-            content_type=content_type,
-            forwarded_for=call.client.forwarded_for,
-            traceparent=call.client.traceparent,
-            extra=auth_headers,
+    def decide(self, info: RequestInfo, entry: CatalogEntry, client: ClientInfo) -> Route:
+        """Evaluate the active rules (read once: one version per request) into a Route."""
+        rules = self.rules.rules
+        info.rules_version = rules.version
+        context = RequestContext(
+            info.drm, entry.asset_id, entry, client.platform, client.app_version, client.user_id
         )
-        method = "GET" if call.drm == KEY_DRM else "POST"
+        decision = evaluate(rules, context, self.rules.providers)
+        primary = self._target(decision.provider, info.drm)
+        if primary is None:
+            raise NoProvider(f"The chosen provider has no endpoint for {info.drm}.")
+        info.provider, info.rule, info.reason = decision.provider, decision.rule, decision.reason
+        metrics.labelled(
+            metrics.ROUTING_DECISIONS, decision.provider, decision.rule, decision.reason
+        ).inc()
+        fallback = self._target(decision.fallback, info.drm)
+        shadow = None
+        if decision.shadow is not None and random.random() * 100 < decision.shadow.percent:
+            shadow = self._target(decision.shadow.to, info.drm)
+        return Route(decision, primary, fallback, shadow)
+
+    def _target(self, provider: str | None, drm: str) -> Target | None:
+        client = self.providers.get(provider) if provider is not None else None
+        endpoint = client.endpoint(drm) if client is not None else None
+        return Target(client, endpoint) if client is not None and endpoint is not None else None
+
+    async def _route(
+        self, info: RequestInfo, entry: CatalogEntry, client: ClientInfo, send: Send[T]
+    ) -> T:
+        """Send on the decided route: the shadow copy aside, the fallback on failure."""
+        route = self.decide(info, entry, client)
+        if route.shadow is not None:
+            self._start_shadow(info, route.shadow, send)
+        try:
+            return await self._timed(info, route.primary, send)
+        except _RETRYABLE as exc:
+            if route.fallback is None or isinstance(exc, UpstreamRejected):
+                raise
+            return await self._fall_back(info, route, exc, send)
+
+    async def _fall_back(
+        self, info: RequestInfo, route: Route, exc: UpstreamError | UpstreamTimeout, send: Send[T]
+    ) -> T:
+        assert route.fallback is not None
+        primary, fallback = route.primary.client.name, route.fallback.client.name
+        metrics.FALLBACKS.labels(primary, fallback).inc()
+        log.warning(
+            "fallback",
+            request_id=info.request_id,
+            provider=primary,
+            fallback=fallback,
+            error=exc.code,
+        )
+        info.fallback_from, info.provider = primary, fallback
+        return await self._timed(info, route.fallback, send)
+
+    @staticmethod
+    async def _timed(info: RequestInfo, target: Target, send: Send[T]) -> T:
         started = time.perf_counter()
         try:
-            answer = await upstream.send(method, url, drm=call.drm, body=body, headers=headers)
+            return await send(target.client, target.endpoint)
         finally:
             info.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
-        if call.drm == KEY_DRM and len(answer.body) != AES_KEY_BYTES:
-            metrics.UPSTREAM_BAD_RESPONSES.labels(upstream.name, "bad_key_length").inc()
-            raise UpstreamBadResponse()
-        return answer if call.spc is None else self._ckc_for(upstream, answer, call.spc)
 
-    @staticmethod
-    def _target(
-        upstream: Upstream, template: UrlTemplate, info: RequestInfo, call: Call
-    ) -> tuple[str, dict[str, str]]:
-        """The upstream URL and the auth headers (a signed token where the provider wants one)."""
-        entry = call.entry
-        auth_headers, query = upstream.credentials(
-            TokenContext(
-                drm_resource_id=entry.drm_resource_id,
-                asset_id=entry.asset_id,
-                drm=call.drm,
-                user_id=call.client.user_id,
-                request_id=info.request_id,
-            )
-        )
-        url = template.render(
-            {
-                "asset_id": entry.asset_id,
-                "drm_resource_id": entry.drm_resource_id or "",
-                "key_id": call.key_id,
-                "drm": call.drm,
-            }
-        )
-        if query:
-            url += ("&" if "?" in url else "?") + query
-        return url, auth_headers
-
-    @staticmethod
-    def _spc_for(upstream: Upstream, spc: SpcRequest, asset_id: str) -> tuple[bytes, str]:
-        wanted = upstream.settings.fairplay.request
-        metrics.labelled(metrics.FAIRPLAY_TRANSCODES, spc.fmt, wanted).inc()
-        return encode_spc(spc.spc, wanted, asset_id=spc.asset_id or asset_id)
-
-    def _ckc_for(
-        self, upstream: Upstream, answer: UpstreamResponse, spc: SpcRequest
-    ) -> UpstreamResponse:
-        try:
-            ckc = parse_ckc_response(answer.body, upstream.settings.fairplay.response)
-        except UpstreamBadResponse:
-            metrics.UPSTREAM_BAD_RESPONSES.labels(upstream.name, "bad_ckc").inc()
-            raise
-        body, content_type = encode_ckc(ckc, self.config.fairplay.client_response[spc.fmt])
-        return UpstreamResponse(body, content_type, answer.headers)
-
-    def _maybe_shadow(self, info: RequestInfo, call: Call, decision: Decision) -> None:
-        """Send a sampled copy to the shadow provider; its answer is only compared."""
-        shadow = decision.shadow
-        if shadow is None or random.random() * 100 >= shadow.percent:
-            return
-        task = asyncio.get_running_loop().create_task(
-            self._shadow(replace(info, provider=shadow.to), call, shadow.to)
-        )
+    def _start_shadow(self, info: RequestInfo, target: Target, send: Send[T]) -> None:
+        """Send a copy to the shadow provider; its answer is only compared and counted."""
+        shadow_info = replace(info, provider=target.client.name)
+        task = asyncio.get_running_loop().create_task(self._shadow(shadow_info, target, send))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _shadow(self, info: RequestInfo, call: Call, provider: str) -> None:
+    async def _shadow(self, info: RequestInfo, target: Target, send: Send[T]) -> None:
         try:
-            await self._send(info, self.upstreams[provider], call)
+            await self._timed(info, target, send)
             result = "match"
         except UpstreamRejected:
             result = "differ"
         except Exception:  # a shadow never affects the player: count and move on
             result = "error"
-        metrics.SHADOW_REQUESTS.labels(provider, result).inc()
+        metrics.SHADOW_REQUESTS.labels(target.client.name, result).inc()
 
     async def close(self) -> None:
         """Cancel shadow requests still in flight."""

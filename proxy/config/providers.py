@@ -65,6 +65,7 @@ class ProviderSettings:
     license_urls: Mapping[str, UrlTemplate]
     key_url: UrlTemplate | None
     auth: ProviderAuth
+    kind: str = "generic"
     needs_drm_resource_id: bool = False
     connect_timeout: float = 1.0
     total_timeout: float = 5.0
@@ -94,6 +95,7 @@ def parse_providers(reader: ConfigReader, raw: Any) -> dict[str, ProviderSetting
 
 
 _PROVIDER_FIELDS = {
+    "kind",
     "base_url",
     "license_urls",
     "key_url",
@@ -110,6 +112,7 @@ _PROVIDER_FIELDS = {
 def _parse_provider(reader: ConfigReader, name: str, raw: Any) -> ProviderSettings | None:
     path = f"providers.{name}"
     section = reader.mapping(raw, path, _PROVIDER_FIELDS)
+    kind = _parse_kind(reader, section, path)
     base_url = reader.value(section, "base_url", path, str, "")
     needs_id = reader.value(section, "needs_drm_resource_id", path, bool, False)
     urls = reader.mapping(section.get("license_urls"), f"{path}.license_urls", set(LICENSE_DRMS))
@@ -134,6 +137,7 @@ def _parse_provider(reader: ConfigReader, name: str, raw: Any) -> ProviderSettin
             reader.problem(f"{path}.strip_response_headers", f"{header!r} is not a header name")
     return ProviderSettings(
         name=name,
+        kind=kind,
         license_urls=license_urls,
         key_url=key_url,
         auth=_parse_auth(reader, section.get("auth"), f"{path}.auth"),
@@ -147,6 +151,17 @@ def _parse_provider(reader: ConfigReader, name: str, raw: Any) -> ProviderSettin
         max_connections=reader.positive(section, "max_connections", path, int, 256),
         fairplay=_parse_fairplay_formats(reader, section.get("fairplay"), f"{path}.fairplay"),
     )
+
+
+def _parse_kind(reader: ConfigReader, section: dict[str, Any], path: str) -> str:
+    # Imported here: the registry imports the provider clients, which import this module.
+    from proxy.upstream.registry import PROVIDER_KINDS
+
+    kind = reader.value(section, "kind", path, str, "generic")
+    if kind not in PROVIDER_KINDS:
+        known = ", ".join(sorted(PROVIDER_KINDS))
+        reader.problem(f"{path}.kind", f"unknown provider kind '{kind}' (known: {known})")
+    return str(kind)
 
 
 def _parse_url(

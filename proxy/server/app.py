@@ -27,11 +27,12 @@ from proxy.routing.watcher import RulesWatcher
 from proxy.server.admin import ADMIN_CATALOG, ADMIN_TOKEN, RULES, add_admin_routes
 from proxy.server.middleware import create_middleware
 from proxy.server.routes import CERTIFICATE, GATEWAY, GUARD, MAX_BODY, add_public_routes
-from proxy.upstream.provider import Upstream, close_upstreams, open_upstreams
+from proxy.upstream.base import ProviderClient
+from proxy.upstream.registry import close_providers, open_providers
 
 CONFIG = web.AppKey("config", Config)
 CATALOG = web.AppKey("catalog", CachedCatalog)
-UPSTREAMS: web.AppKey[Mapping[str, Upstream]] = web.AppKey("upstreams")
+PROVIDERS: web.AppKey[Mapping[str, ProviderClient]] = web.AppKey("providers")
 PUBLIC_APP = web.AppKey("public_app", web.Application)
 DRAINING = web.AppKey("draining", asyncio.Event)
 
@@ -49,11 +50,11 @@ async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[CATALOG].close()
 
 
-async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
-    upstreams = await open_upstreams(app[CONFIG].providers)
-    app[UPSTREAMS] = upstreams
+async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
+    providers = await open_providers(app[CONFIG].providers)
+    app[PROVIDERS] = providers
     yield
-    await close_upstreams(upstreams)
+    await close_providers(providers)
 
 
 async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -66,7 +67,7 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
-    gateway = Gateway(app[CONFIG], app[CATALOG], app[UPSTREAMS], app[RULES])
+    gateway = Gateway(app[CONFIG], app[CATALOG], app[PROVIDERS], app[RULES])
     app[GATEWAY] = gateway
     yield
     await gateway.close()
@@ -84,7 +85,7 @@ def create_public_app(config: Config) -> web.Application:
     app[MAX_BODY] = config.server.max_body_bytes
     if config.fairplay.certificate is not None:
         app[CERTIFICATE] = config.fairplay.certificate
-    app.cleanup_ctx.extend([_catalog_ctx, _upstreams_ctx, _rules_ctx, _gateway_ctx])
+    app.cleanup_ctx.extend([_catalog_ctx, _providers_ctx, _rules_ctx, _gateway_ctx])
     add_public_routes(app)
     return app
 
@@ -106,7 +107,7 @@ async def readyz(request: web.Request) -> web.Response:
             await public[CATALOG].ping()
         except Exception:
             problems.append("catalog backend does not answer")
-    if not public.get(UPSTREAMS):
+    if not public.get(PROVIDERS):
         problems.append("no providers configured")
     warnings = []
     if public[GUARD].auth_off:

@@ -22,8 +22,8 @@ from proxy.errors import (
     NotFound,
     RateLimited,
 )
-from proxy.gateway import RequestInfo
 from proxy.observability import metrics
+from proxy.observability.access import RequestInfo
 from proxy.observability.logs import get_logger
 
 INFO = web.RequestKey("info", RequestInfo)

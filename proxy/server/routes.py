@@ -10,8 +10,9 @@ from proxy.access.guard import PlayerGuard
 from proxy.access.player_tokens import Player, bearer_token
 from proxy.domain import KEY_DRM, LICENSE_DRMS, AssetId, asset_id_or_none, parse_key_id
 from proxy.errors import BadRequest, BodyTooLarge, NotFound, UnsupportedMediaType
-from proxy.gateway import ClientInfo, Gateway
+from proxy.gateway import Gateway
 from proxy.server.middleware import INFO
+from proxy.upstream.base import ClientInfo
 
 GATEWAY = web.AppKey("gateway", Gateway)
 GUARD = web.AppKey("guard", PlayerGuard)
@@ -95,14 +96,25 @@ async def license_handler(request: web.Request) -> web.Response:
     challenge = await read_body(request, request.app[MAX_BODY])
     if not challenge:
         raise BadRequest("The license challenge is empty.")
-    answer = await request.app[GATEWAY].license(
-        request[INFO],
-        drm=drm,
-        asset_id=asset_id,
-        challenge=challenge,
-        content_type=request.headers.get("Content-Type"),
-        client=client_info(request, player),
-    )
+    gateway, content_type = request.app[GATEWAY], request.headers.get("Content-Type")
+    client = client_info(request, player)
+    if drm == "fairplay":
+        answer = await gateway.fairplay(
+            request[INFO],
+            asset_id=asset_id,
+            body=challenge,
+            content_type=content_type,
+            client=client,
+        )
+    else:
+        answer = await gateway.license(
+            request[INFO],
+            drm=drm,
+            asset_id=asset_id,
+            challenge=challenge,
+            content_type=content_type,
+            client=client,
+        )
     response = web.Response(body=answer.body, headers=answer.headers)
     response.content_type = answer.content_type.split(";", 1)[0]
     response.headers["Cache-Control"] = "no-store"

@@ -1,0 +1,26 @@
+"""The access-log record of one request, filled in as the request goes through the gateway.
+
+The middleware creates it and writes the access line and request metrics from it; the
+gateway adds what it decided (provider, rule, reason, timings). Neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.domain import AssetId
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What the access log and metrics say of one request."""
+
+    request_id: str
+    drm: str = "-"
+    asset_id: AssetId | None = None
+    provider: str = "-"
+    rule: str = "-"
+    reason: str = "-"
+    rules_version: str | None = None
+    fallback_from: str | None = None
+    upstream_ms: float | None = None

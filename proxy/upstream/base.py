@@ -1,0 +1,106 @@
+"""The provider seam: what the gateway asks of a provider, and the calls it hands over.
+
+A `ProviderClient` turns a call plus the asset's catalog entry into the provider's own request
+(URL, auth, body format) and its answer into license bytes or a gateway error. One
+implementation per provider kind, registered in `proxy.upstream.registry`; the gateway sees
+only this Protocol, so tests can swap in their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from proxy.catalog.base import CatalogEntry
+from proxy.config.providers import ProviderSettings, UrlTemplate
+from proxy.domain import KeyId
+from proxy.upstream.fairplay import SpcRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Facts about the player taken from its request (never its token)."""
+
+    forwarded_for: str
+    traceparent: str | None = None
+    platform: str | None = None
+    app_version: str | None = None
+    user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LicenseCall:
+    """A Widevine, PlayReady or ClearKey challenge, forwarded byte-exact."""
+
+    request_id: str
+    drm: str
+    entry: CatalogEntry
+    client: ClientInfo
+    challenge: bytes
+    content_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FairPlayCall:
+    """A FairPlay request: the decoded SPC, re-encoded in the provider's format."""
+
+    request_id: str
+    entry: CatalogEntry
+    client: ClientInfo
+    spc: SpcRequest
+    drm: str = "fairplay"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCall:
+    """An HLS AES-128 key request."""
+
+    request_id: str
+    entry: CatalogEntry
+    client: ClientInfo
+    key_id: KeyId
+    drm: str = "aes128"
+
+
+Call = LicenseCall | FairPlayCall | KeyCall
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderAnswer:
+    """A provider's successful answer, headers already filtered for the player.
+
+    For FairPlay the body is the raw CKC; the gateway encodes it for the player."""
+
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...]
+
+
+class ProviderClient(Protocol):
+    """One configured provider, opened with the app and closed with it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def settings(self) -> ProviderSettings: ...
+
+    def endpoint(self, drm: str) -> UrlTemplate | None:
+        """Where this provider serves `drm` (aes128: keys), None if it does not."""
+        ...
+
+    async def license(self, call: LicenseCall, endpoint: UrlTemplate) -> ProviderAnswer:
+        """A license for a Widevine, PlayReady or ClearKey challenge."""
+        ...
+
+    async def fairplay(self, call: FairPlayCall, endpoint: UrlTemplate) -> ProviderAnswer:
+        """A FairPlay CKC (raw bytes in the answer's body)."""
+        ...
+
+    async def key(self, call: KeyCall, endpoint: UrlTemplate) -> bytes:
+        """The 16 bytes of an AES-128 key."""
+        ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
