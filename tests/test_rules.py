@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -30,7 +29,6 @@ from proxy.routing.rules import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads((ROOT / "rules" / "schema.json").read_text())
 ROUTING = ROOT / "rules" / "routing.yaml"
 PROVIDERS = {
     "legacy": ProviderTraits(needs_drm_resource_id=False),
@@ -83,11 +81,6 @@ def rule_problems(rule: dict[str, Any], *before: dict[str, Any]) -> str:
     return "\n".join(problems_of(yaml.safe_dump(doc(*before, rule))))
 
 
-def schema_valid(document: Any) -> bool:
-    validator = jsonschema.Draft202012Validator(SCHEMA)
-    return bool(validator.is_valid(document))
-
-
 # --- the rollout hash -------------------------------------------------------------------
 
 # Computed once and written down; a change of hash function or bucket count must fail here.
@@ -110,10 +103,6 @@ GOLDEN_BUCKETS = [
 @pytest.mark.parametrize(("rule", "value", "expected"), GOLDEN_BUCKETS)
 def test_bucket_golden(rule: str, value: str, expected: int) -> None:
     assert bucket(rule, value) == expected
-
-
-def test_schema_is_valid_draft_2020_12() -> None:
-    jsonschema.Draft202012Validator.check_schema(SCHEMA)
 
 
 @settings(max_examples=200, deadline=None)
@@ -583,12 +572,11 @@ def test_explain_reports_no_provider_as_an_error() -> None:
     assert "needs a drmResourceId" in result.verdicts[0].detail
 
 
-# --- the shipped file and the schema ----------------------------------------------------
+# --- the shipped file and whole documents------------------------------------------------
 
 
 def test_shipped_routing_file_is_valid() -> None:
     rules = load_rules_file(ROUTING, providers=PROVIDERS)
-    assert schema_valid(yaml.safe_load(ROUTING.read_text()))
     assert 6 <= len(rules.rules) <= 8
     assert rules.default == "legacy"
     assert summarize(rules) == (
@@ -629,9 +617,8 @@ VALID_DOCUMENTS = [
 
 
 @pytest.mark.parametrize("document", VALID_DOCUMENTS)
-def test_valid_documents_pass_validator_and_schema(document: dict[str, Any]) -> None:
+def test_valid_documents_pass(document: dict[str, Any]) -> None:
     parse_rules(yaml.safe_dump(document), source="t", providers=PROVIDERS)
-    assert schema_valid(document)
 
 
 @pytest.mark.parametrize(
@@ -654,7 +641,6 @@ def test_valid_documents_pass_validator_and_schema(document: dict[str, Any]) -> 
         doc({"name": "a", "route": "legacy", "enabled": "yes"}),
     ],
 )
-def test_bad_documents_fail_validator_and_schema(document: dict[str, Any]) -> None:
+def test_bad_documents_are_refused(document: dict[str, Any]) -> None:
     with pytest.raises(RulesError):
         parse_rules(yaml.safe_dump(document), source="t", providers=None)
-    assert not schema_valid(document)

@@ -6,25 +6,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from proxy.problems import Problems, ProblemsError
 
-class ConfigError(ValueError):
+
+class ConfigError(ProblemsError):
     """The configuration has problems; `problems` lists every one with its key path."""
 
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
-
-class ConfigReader:
+class ConfigReader(Problems):
     """Walks the raw YAML tree, collecting problems with their key paths."""
 
     def __init__(self, base_dir: Path, env: Mapping[str, str]) -> None:
-        self.problems: list[str] = []
+        super().__init__()
         self.base_dir = base_dir
         self.env = env
-
-    def problem(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
 
     def mapping(self, raw: Any, path: str, allowed: set[str]) -> dict[str, Any]:
         if raw is None:

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from proxy.domain import ALL_DRMS
+from proxy.problems import Problems
 from proxy.routing.rules import (
     NAME_PATTERN,
     STICKINESS,
@@ -55,21 +56,18 @@ def _show(value: Any) -> str:
     return f"{type(value).__name__} {repr(value)[:40]}"
 
 
-class _Problems:
-    """Collects every problem of a file, so one run shows them all."""
+class _Problems(Problems):
+    """Collects every problem of a file, with typed checks for the rules' fields."""
 
     def __init__(self, providers: Providers | None) -> None:
-        self.items: list[str] = []
+        super().__init__()
         self.providers = providers
-
-    def add(self, where: str, message: str) -> None:
-        self.items.append(f"{where}: {message}")
 
     def unknown_fields(self, raw: Mapping[Any, Any], allowed: tuple[str, ...], where: str) -> None:
         for key in raw:
             if key not in allowed:
                 hints = difflib.get_close_matches(str(key), allowed, n=1)
-                self.add(
+                self.problem(
                     f"{where}{key}",
                     "unknown field" + "".join(f" (did you mean '{h}'?)" for h in hints),
                 )
@@ -77,35 +75,35 @@ class _Problems:
     def required(self, raw: Mapping[Any, Any], keys: Iterable[str], where: str) -> None:
         for key in keys:
             if key not in raw:
-                self.add(f"{where}{key}", "is required")
+                self.problem(f"{where}{key}", "is required")
 
     def string(self, value: Any, where: str) -> str | None:
         if isinstance(value, str) and value.strip():
             return value
-        self.add(where, f"must be a non-empty string, not {_show(value)}")
+        self.problem(where, f"must be a non-empty string, not {_show(value)}")
         return None
 
     def provider(self, value: Any, where: str) -> str | None:
         name = self.string(value, where)
         if name is not None and self.providers is not None and name not in self.providers:
             known = ", ".join(sorted(self.providers)) or "none"
-            self.add(where, f"provider '{name}' is not configured (known: {known})")
+            self.problem(where, f"provider '{name}' is not configured (known: {known})")
         return name
 
     def percent(self, value: Any, where: str) -> float | None:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            self.add(where, f"must be a number 0-100, not {_show(value)}")
+            self.problem(where, f"must be a number 0-100, not {_show(value)}")
         elif not math.isfinite(value) or not 0 <= value <= 100:
-            self.add(where, f"{value} is out of range 0-100")
+            self.problem(where, f"{value} is out of range 0-100")
         elif abs(value * 100 - round(value * 100)) > 1e-6:
-            self.add(where, f"{value} has more than two decimals")
+            self.problem(where, f"{value} has more than two decimals")
         else:
             return float(value)
         return None
 
     def string_list(self, value: Any, where: str) -> list[str]:
         if not isinstance(value, list) or not value:
-            self.add(where, f"must be a non-empty list, not {_show(value)}")
+            self.problem(where, f"must be a non-empty list, not {_show(value)}")
             return []
         items = [self.string(item, f"{where}[{i}]") for i, item in enumerate(value)]
         return [item for item in items if item is not None]
@@ -128,8 +126,8 @@ def parse_rules(text: str, *, source: str, providers: Providers | None) -> RuleS
         raise RulesError([f"{source}: the rules file is empty"])
     problems = _Problems(providers)
     ruleset = _parse_document(doc, text, source, problems)
-    if problems.items or ruleset is None:
-        raise RulesError(problems.items)
+    if problems.problems or ruleset is None:
+        raise RulesError(problems.problems)
     return ruleset
 
 
@@ -146,24 +144,24 @@ def load_rules_file(path: Path, *, providers: Providers | None) -> RuleSet:
 
 def _parse_document(doc: Any, text: str, source: str, p: _Problems) -> RuleSet | None:
     if not isinstance(doc, dict):
-        p.add("top level", f"must be a mapping of version, default, rules; not {_show(doc)}")
+        p.problem("top level", f"must be a mapping of version, default, rules; not {_show(doc)}")
         return None
     p.unknown_fields(doc, _TOP_FIELDS, "")
     p.required(doc, _TOP_FIELDS, "")
     version = doc.get("version")
     if "version" in doc and not (isinstance(version, str) and version.strip()):
         hint = f' (quote it: version: "{version}")' if version is not None else ""
-        p.add("version", f"must be a non-empty string{hint}, not {_show(version)}")
+        p.problem("version", f"must be a non-empty string{hint}, not {_show(version)}")
     default = p.provider(doc["default"], "default") if "default" in doc else None
     if default and p.providers and default in p.providers:
         if p.providers[default].needs_drm_resource_id:
-            p.add(
+            p.problem(
                 "default",
                 f"provider '{default}' needs a drmResourceId, so assets "
                 "without one would have nowhere to go",
             )
     rules = _parse_rule_list(doc.get("rules", []), p)
-    if p.items or not isinstance(version, str) or default is None:
+    if p.problems or not isinstance(version, str) or default is None:
         return None
     digest = hashlib.sha256(text.encode()).hexdigest()
     return RuleSet(version, digest, default, rules, source, doc)
@@ -171,7 +169,7 @@ def _parse_document(doc: Any, text: str, source: str, p: _Problems) -> RuleSet |
 
 def _parse_rule_list(raw: Any, p: _Problems) -> tuple[Rule, ...]:
     if not isinstance(raw, list):
-        p.add("rules", f"must be a list, not {_show(raw)}")
+        p.problem("rules", f"must be a list, not {_show(raw)}")
         return ()
     rules: list[Rule] = []
     first_index: dict[str, int] = {}
@@ -179,35 +177,35 @@ def _parse_rule_list(raw: Any, p: _Problems) -> tuple[Rule, ...]:
         name = item.get("name") if isinstance(item, dict) else None
         where = f"rule '{name}' (#{index})" if isinstance(name, str) else f"rule #{index}"
         if isinstance(name, str) and name in first_index:
-            p.add(f"{where}: name", f"duplicate of rule #{first_index[name]}")
+            p.problem(f"{where}: name", f"duplicate of rule #{first_index[name]}")
         elif isinstance(name, str):
             first_index[name] = index
         if not isinstance(item, dict):
-            p.add(where, f"must be a mapping, not {_show(item)}")
+            p.problem(where, f"must be a mapping, not {_show(item)}")
         elif rule := _parse_rule(item, index, f"{where}: ", p):
             rules.append(rule)
     return tuple(rules)
 
 
 def _parse_rule(raw: dict[Any, Any], index: int, where: str, p: _Problems) -> Rule | None:
-    count = len(p.items)
+    count = len(p.problems)
     p.unknown_fields(raw, _RULE_FIELDS, where)
     p.required(raw, ("name", "route"), where)
     name = _rule_name(raw["name"], f"{where}name", p) if "name" in raw else None
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
-        p.add(f"{where}enabled", f"must be true or false, not {_show(enabled)}")
+        p.problem(f"{where}enabled", f"must be true or false, not {_show(enabled)}")
     when = _parse_when(raw.get("when"), f"{where}when", p)
     route = p.provider(raw["route"], f"{where}route") if "route" in raw else None
     percent = p.percent(raw["percent"], f"{where}percent") if "percent" in raw else 100.0
     stickiness = raw.get("stickiness", "asset")
     if stickiness not in STICKINESS:
-        p.add(f"{where}stickiness", f"{stickiness!r} is not one of {', '.join(STICKINESS)}")
+        p.problem(f"{where}stickiness", f"{stickiness!r} is not one of {', '.join(STICKINESS)}")
     fallback = p.provider(raw["fallback"], f"{where}fallback") if "fallback" in raw else None
     if fallback is not None and fallback == route:
-        p.add(f"{where}fallback", f"must differ from route ('{route}')")
+        p.problem(f"{where}fallback", f"must differ from route ('{route}')")
     shadow = _parse_shadow(raw["shadow"], route, f"{where}shadow", p) if "shadow" in raw else None
-    if len(p.items) > count or name is None or route is None or percent is None:
+    if len(p.problems) > count or name is None or route is None or percent is None:
         return None
     threshold = round(percent * 100)
     return Rule(name, index, enabled, when, route, percent, threshold, stickiness, fallback, shadow)
@@ -215,9 +213,9 @@ def _parse_rule(raw: dict[Any, Any], index: int, where: str, p: _Problems) -> Ru
 
 def _rule_name(name: Any, where: str, p: _Problems) -> str | None:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        p.add(where, f"{name!r} must match ^{NAME_PATTERN.pattern}$")
+        p.problem(where, f"{name!r} must match ^{NAME_PATTERN.pattern}$")
     elif name == "default":
-        p.add(where, "'default' is reserved for the default decision")
+        p.problem(where, "'default' is reserved for the default decision")
     else:
         return name
     return None
@@ -227,20 +225,20 @@ def _parse_when(raw: Any, where: str, p: _Problems) -> When:
     if raw is None:  # `when:` left empty matches everything, like no `when`
         return When()
     if not isinstance(raw, dict):
-        p.add(where, f"must be a mapping, not {_show(raw)}")
+        p.problem(where, f"must be a mapping, not {_show(raw)}")
         return When()
     p.unknown_fields(raw, _WHEN_FIELDS, f"{where}.")
     lists = {key: p.string_list(raw[key], f"{where}.{key}") for key in _LIST_FIELDS if key in raw}
     for drm in lists.get("drm", ()):
         if drm not in ALL_DRMS:
-            p.add(f"{where}.drm", f"{drm!r} is not one of {', '.join(ALL_DRMS)}")
+            p.problem(f"{where}.drm", f"{drm!r} is not one of {', '.join(ALL_DRMS)}")
     presence = raw.get("drm_resource_id")
     if "drm_resource_id" in raw and presence not in ("present", "absent"):
-        p.add(f"{where}.drm_resource_id", f"{presence!r} must be 'present' or 'absent'")
+        p.problem(f"{where}.drm_resource_id", f"{presence!r} must be 'present' or 'absent'")
     minimum = raw.get("min_app_version")
     min_version = parse_version(minimum) if isinstance(minimum, str) else None
     if "min_app_version" in raw and min_version is None:
-        p.add(f"{where}.min_app_version", f"{minimum!r} must be a quoted version like '5.0.0'")
+        p.problem(f"{where}.min_app_version", f"{minimum!r} must be a quoted version like '5.0.0'")
 
     def as_set(key: str) -> frozenset[str] | None:
         return frozenset(lists[key]) if key in lists else None
@@ -261,13 +259,13 @@ def _parse_when(raw: Any, where: str, p: _Problems) -> When:
 
 def _parse_shadow(raw: Any, route: str | None, where: str, p: _Problems) -> Shadow | None:
     if not isinstance(raw, dict):
-        p.add(where, f"must be a mapping of to and percent, not {_show(raw)}")
+        p.problem(where, f"must be a mapping of to and percent, not {_show(raw)}")
         return None
     p.unknown_fields(raw, _SHADOW_FIELDS, f"{where}.")
     p.required(raw, _SHADOW_FIELDS, f"{where}.")
     to = p.provider(raw["to"], f"{where}.to") if "to" in raw else None
     if to is not None and to == route:
-        p.add(f"{where}.to", f"must differ from route ('{route}')")
+        p.problem(f"{where}.to", f"must differ from route ('{route}')")
     percent = p.percent(raw["percent"], f"{where}.percent") if "percent" in raw else None
     return Shadow(to, percent) if to is not None and percent is not None else None
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, cast
 
 from proxy.catalog.base import CatalogEntry
 from proxy.errors import NoProvider
+from proxy.problems import ProblemsError
 
 Reason = Literal[
     "rule_match", "rollout_excluded", "guard_no_resource_id", "guard_key_holders", "default"
@@ -148,12 +149,8 @@ class RuleSet:
         }
 
 
-class RulesError(ValueError):
+class RulesError(ProblemsError):
     """A rules file was refused; `problems` lists every reason, `str()` one per line."""
-
-    def __init__(self, problems: Iterable[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
 
 
 @dataclass(frozen=True, slots=True)
