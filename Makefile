@@ -27,7 +27,8 @@ lint: install
 	$(BIN)/ruff format --check proxy tests scripts
 
 typecheck: install
-	$(BIN)/mypy --strict proxy tests scripts/deploy_checks.py
+	$(BIN)/mypy --strict proxy tests
+	$(BIN)/mypy --strict scripts/deploy_checks.py
 
 deploy-check: tools
 	bash scripts/check-deploy.sh
