@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from proxy import metrics
 from proxy.catalog.base import Catalog, CatalogEntry
+from proxy.clearkey import parse_clearkey_request
 from proxy.config import Config, UrlTemplate
 from proxy.config_providers import KEY_DRM
 from proxy.errors import (
@@ -152,6 +153,8 @@ class Gateway:
             spc = parse_spc_request(
                 challenge, content_type, max_spc_bytes=self.config.server.max_body_bytes
             )
+        if drm == "clearkey":  # refused here, not by the provider; still forwarded byte-exact
+            parse_clearkey_request(challenge)
         entry = await self.resolve(info, drm, asset_id)
         call = Call(drm, entry, client, challenge, content_type, spc)
         return await self._route_and_send(info, call)
