@@ -39,6 +39,7 @@ from proxy.upstream.base import (
     ProviderAnswer,
     ProviderClient,
 )
+from proxy.upstream.clearkey import parse_clearkey_request
 from proxy.upstream.fairplay import SpcRequest, encode_ckc, parse_spc_request
 
 log = get_logger("gateway")
@@ -106,6 +107,8 @@ class Gateway:
     ) -> ProviderAnswer:
         """Forward a Widevine, PlayReady or ClearKey challenge byte-exact (FairPlay bodies are
         rewritten: see `fairplay`)."""
+        if drm == "clearkey":  # refused here, not by the provider; still forwarded byte-exact
+            parse_clearkey_request(challenge)
         entry = await self.resolve(info, drm, asset_id)
         call = LicenseCall(info.request_id, drm, entry, client, challenge, content_type)
         return await self._route(info, entry, client, lambda p, e: p.license(call, e))

@@ -58,11 +58,13 @@ class CheckFailed(Exception):
 
 def render_kustomization(directory: Path) -> list[dict[str, Any]]:
     """Build a kustomization the way `kubectl kustomize` does, for the features we use:
-    resources (files, directories), namespace, labels, configMapGenerator (files, behavior
-    replace, disableNameSuffixHash), images and JSON 6902 patches with a kind/name target."""
+    resources (files, directories), namespace, labels, configMapGenerator (files as `path` or
+    `key=path`, in or below the kustomization's directory like kustomize's default load
+    restrictor; behavior create, replace or merge; disableNameSuffixHash there or in
+    generatorOptions), images and JSON 6902 patches (add, replace) with a kind/name target."""
     spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
     known = {"apiVersion", "kind", "resources", "namespace", "labels", "configMapGenerator"}
-    unknown = set(spec) - known - {"images", "patches"}
+    unknown = set(spec) - known - {"images", "patches", "generatorOptions"}
     if unknown:
         raise CheckFailed(f"{directory}: kustomization fields not supported here: {unknown}")
     objects: list[dict[str, Any]] = []
@@ -72,7 +74,7 @@ def render_kustomization(directory: Path) -> list[dict[str, Any]]:
             objects.extend(render_kustomization(path))
         else:
             objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
-    _generate_config_maps(directory, spec.get("configMapGenerator", []), objects)
+    _generate_config_maps(directory, spec, objects)
     for patch in spec.get("patches", []):
         _apply_patch(patch, objects)
     for image in spec.get("images", []):
@@ -88,27 +90,44 @@ def render_kustomization(directory: Path) -> list[dict[str, Any]]:
 
 
 def _generate_config_maps(
-    directory: Path, generators: list[dict[str, Any]], objects: list[dict[str, Any]]
+    directory: Path, spec: dict[str, Any], objects: list[dict[str, Any]]
 ) -> None:
-    for gen in generators:
-        data = {Path(f).name: (directory / f).read_text() for f in gen.get("files", [])}
+    for gen in spec.get("configMapGenerator", []):
+        options = {**spec.get("generatorOptions", {}), **gen.get("options", {})}
+        data = dict(_generator_file(directory, entry) for entry in gen.get("files", []))
+        behavior = gen.get("behavior", "create")
+        old = [o for o in objects if _is_generated(o, gen["name"])]
+        if behavior != "create" and not old:
+            raise CheckFailed(f"configMapGenerator {gen['name']}: nothing to {behavior}")
+        if behavior == "merge":
+            data = {**old[0]["data"], **data}
         name = gen["name"]
-        if not gen.get("options", {}).get("disableNameSuffixHash", False):
+        if not options.get("disableNameSuffixHash", False):
             digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
             name = f"{name}-{digest[:10]}"
         config_map: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap"}
         config_map["metadata"] = {"name": name}
         config_map["data"] = data
-        if gen.get("behavior") == "replace":
-            old = [o for o in objects if _is_generated(o, gen["name"])]
-            if not old:
-                raise CheckFailed(f"configMapGenerator {gen['name']}: nothing to replace")
-            # Like kustomize: the replacement keeps the base's labels and its place.
+        if behavior == "create":
+            objects.append(config_map)
+        else:
+            # Like kustomize: the new one keeps the base's labels and its place.
             config_map["metadata"]["labels"] = dict(old[0]["metadata"].get("labels", {}))
             objects[objects.index(old[0])] = config_map
-        else:
-            objects.append(config_map)
         _rename_config_map_refs(objects, gen["name"], name)
+
+
+def _generator_file(directory: Path, entry: str) -> tuple[str, str]:
+    """(data key, file text) of a `files:` entry, `path` or `key=path`."""
+    key, _, relative = entry.rpartition("=")
+    path = directory / relative
+    if not path.resolve().is_relative_to(directory.resolve()):
+        # kustomize's default load restrictor: symlinks are followed before this check.
+        raise CheckFailed(
+            f"{directory}: {relative} is not in or below the kustomization directory; "
+            "kustomize refuses it (list a kustomization directory that holds it instead)"
+        )
+    return key or path.name, path.read_text()
 
 
 def _is_generated(obj: dict[str, Any], base: str) -> bool:
@@ -153,8 +172,11 @@ def _apply_patch(patch: dict[str, Any], objects: list[dict[str, Any]]) -> None:
         node: Any = matches[0]
         for part in parents:
             node = node[int(part)] if isinstance(node, list) else node[part]
-        if isinstance(node, list):
-            node[int(last)] = op["value"]
+        if isinstance(node, list):  # RFC 6902: add inserts (`-` appends), replace overwrites
+            if op["op"] == "replace":
+                node[int(last)] = op["value"]
+            else:
+                node.insert(len(node) if last == "-" else int(last), op["value"])
         else:
             if op["op"] == "replace" and last not in node:
                 raise CheckFailed(f"patch path {op['path']} does not exist")

@@ -45,6 +45,18 @@ def test_config_check_ok_and_problems(tmp_path: Path) -> None:
     assert "server.public.port: must be between 0 and 65535" in result.stderr
 
 
+def test_config_check_layers_files_in_order(tmp_path: Path) -> None:
+    good = tmp_path / "base.yaml"
+    good.write_text(yaml.safe_dump(gateway_raw_config(tmp_path / "c.db", "http://a", "http://b")))
+    layer = tmp_path / "layer.yaml"
+    layer.write_text("routing: {default_provider: nobody}\n")
+    result = run("config", "check", str(good), str(layer), env=ENV)
+    assert result.returncode == 2
+    assert "routing.default_provider: unknown provider 'nobody'" in result.stderr
+    layer.write_text("log: {level: debug}\n")
+    assert run("config", "check", str(good), str(layer), env=ENV).returncode == 0
+
+
 def test_serve_with_bad_config_exits_before_binding(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

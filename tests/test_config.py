@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import ConfigError, UrlTemplate, load_config, parse_config
+from proxy.config import ConfigError, UrlTemplate, load_config, merge_layer, parse_config
 from tests.conftest import ENV, gateway_raw_config
 
 DEMO = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "gateway.yaml"
@@ -145,6 +145,38 @@ def test_overrides_apply_dotted_paths(tmp_path: Path, monkeypatch: pytest.Monkey
     path.write_text(yaml.safe_dump(copy.deepcopy(base())))
     config = load_config(path, overrides={"server.public.port": 1234})
     assert config.server.public.port == 1234
+
+
+def test_layers_merge_mappings_key_by_key_and_replace_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    layer = tmp_path / "staging.yaml"
+    layer.write_text(
+        "log: {level: debug}\n"
+        "providers: {legacy: {base_url: 'https://staging.example'}}\n"
+        "cors: {allowed_origins: ['https://staging-player.example']}\n"
+    )
+    config = load_config(path, layers=[layer])
+    assert config.log.level == "debug" and config.log.format == "json"  # format kept
+    legacy = config.providers["legacy"]
+    assert (
+        legacy.license_urls["widevine"].template
+        == "https://staging.example/license/widevine/{asset_id}"
+    )
+    assert legacy.auth.header == "X-Api-Key"  # the rest of the provider comes from the base
+    assert config.cors is not None
+    assert config.cors.allowed_origins == frozenset({"https://staging-player.example"})
+    assert merge_layer({"a": [1, 2], "b": {"c": 1}}, {"a": [3], "b": {"d": 2}}) == {
+        "a": [3],
+        "b": {"c": 1, "d": 2},
+    }
+    layer.write_text("- not a mapping\n")
+    with pytest.raises(ConfigError, match=r"staging\.yaml: must be a mapping of config sections"):
+        load_config(path, layers=[layer])
 
 
 def test_demo_config_is_valid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

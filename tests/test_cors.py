@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.access.cors import CorsPolicy, validate_cors
+from proxy.access.cors import CorsPolicy, merge_vary, validate_cors
 
 APP = "https://player.example.com"
 
@@ -121,3 +121,22 @@ def test_wildcard_echoes_the_origin_never_a_star() -> None:
         "https://any.example"
     )
     assert policy.response_headers(None) == {"Vary": "Origin"}
+
+
+@pytest.mark.parametrize(
+    ("values", "merged"),
+    [
+        (["Origin"], "Origin"),
+        (["Origin", "Origin"], "Origin"),
+        (["Accept-Encoding", "Origin"], "Accept-Encoding, Origin"),
+        (["origin, Accept-Encoding", "Origin"], "origin, Accept-Encoding"),
+        (
+            ["Origin, Access-Control-Request-Method, Access-Control-Request-Headers", "Origin"],
+            "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+        ),
+        ([" , Origin ,", "Origin"], "Origin"),
+        (["*", "Origin"], "*"),
+    ],
+)
+def test_merge_vary_lists_each_field_once(values: list[str], merged: str) -> None:
+    assert merge_vary(values) == merged

@@ -89,7 +89,7 @@ rules:
     route: incoming
     fallback: legacy
   - name: shadowed
-    when: {asset_ids: [both-2], drm: [clearkey]}
+    when: {asset_ids: [both-2], drm: [playready]}
     route: legacy
     shadow: {to: incoming, percent: 100}
   - name: incoming-no-fallback
@@ -186,13 +186,13 @@ async def test_shadow_copy_does_not_delay_or_change_the_answer(flow: Flow) -> No
     flow.incoming.fail_with = UpstreamUnavailable()
     answer = await flow.gateway.license(
         info(),
-        drm="clearkey",
+        drm="playready",
         asset_id=AssetId("both-2"),
-        challenge=b"{}",
-        content_type="application/json",
+        challenge=b"<challenge/>",
+        content_type="text/xml",
         client=CLIENT,
     )
-    assert answer.body == b"legacy:clearkey"
+    assert answer.body == b"legacy:playready"
     await asyncio.sleep(0)
     assert len(flow.incoming.calls) == 1  # sent, still waiting
     flow.incoming.gate.set()

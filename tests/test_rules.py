@@ -501,8 +501,38 @@ def test_guarded_default_goes_to_a_provider_that_can_serve() -> None:
     decision = evaluate(rules, ctx("widevine", rid="res-1", holders={"incoming"}), PROVIDERS)
     assert (decision.provider, decision.rule, decision.reason) == (
         "incoming",
-        "default",
+        "guard:key_holders",
         "guard_key_holders",
+    )
+
+
+def test_guard_overriding_the_default_is_named_not_the_rule_passed_over() -> None:
+    # A ramp excludes the asset, then the default lacks its keys: the key-holder guard chose.
+    rules = make({"name": "ramp", "route": "incoming", "percent": 0})
+    new_title = ctx(rid="res-1", holders={"incoming"})
+    assert evaluate(rules, new_title, PROVIDERS) == Decision(
+        "incoming", "guard:key_holders", "guard_key_holders"
+    )
+    result = explain(rules, new_title, PROVIDERS)
+    assert [(v.rule, v.outcome) for v in result.verdicts] == [("ramp", "rollout_excluded")]
+    assert result.override == (
+        "'legacy' is unconfigured or lacks the keys (key holders: incoming); 'incoming' serves"
+    )
+    # The default serving after a ramp excluded the asset still says so, with no override.
+    served = explain(rules, ctx(), PROVIDERS)
+    assert served.decision == Decision("legacy", "default", "rollout_excluded")
+    assert served.override is None
+
+
+def test_resource_id_guard_overriding_the_default_is_named() -> None:
+    # Only possible without the providers at parse time (rules check without --config).
+    rules = make(
+        {"name": "ramp", "route": "legacy", "percent": 0}, default="incoming", providers=None
+    )
+    decision = evaluate(rules, ctx(rid=None), PROVIDERS)
+    assert decision == Decision("legacy", "guard:no_resource_id", "guard_no_resource_id")
+    assert "'incoming' needs a drmResourceId" in str(
+        explain(rules, ctx(rid=None), PROVIDERS).override
     )
 
 

@@ -8,6 +8,7 @@ with `Vary: Origin` so a shared cache never hands one origin's answer to another
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from proxy.domain import HTTP_TOKEN
@@ -76,6 +77,16 @@ class CorsPolicy:
         if self.allow_credentials:
             headers["Access-Control-Allow-Credentials"] = "true"
         return headers
+
+
+def merge_vary(values: Iterable[str]) -> str:
+    """One Vary value from several: each field once (case-insensitive, first spelling kept)."""
+    fields: dict[str, str] = {}
+    for name in (part.strip() for value in values for part in value.split(",")):
+        if name:
+            fields.setdefault(name.lower(), name)
+    # `*` already varies on everything; listing fields beside it says nothing more.
+    return "*" if "*" in fields else ", ".join(fields.values())
 
 
 def validate_cors(policy: CorsPolicy) -> list[str]:

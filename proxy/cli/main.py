@@ -14,9 +14,9 @@ from proxy.domain import ALL_DRMS
 from proxy.observability.logs import configure_logging
 
 
-def _load_or_exit(path: Path) -> Config:
+def _load_or_exit(path: Path, layers: Sequence[Path] = ()) -> Config:
     try:
-        return load_config(path)
+        return load_config(path, layers=layers)
     except ConfigError as exc:
         print(f"{path}: {len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in exc.problems:
@@ -25,7 +25,7 @@ def _load_or_exit(path: Path) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _load_or_exit(args.config)
+    config = _load_or_exit(args.config[0], args.config[1:])
     configure_logging(level=config.log.level, fmt=config.log.format, cache=True)
     if args.workers > 1:
         from proxy.server.workers import WorkersFailed, run_workers
@@ -50,7 +50,7 @@ def _workers(text: str) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    config = _load_or_exit(args.file)
+    config = _load_or_exit(args.file[0], args.file[1:])
     providers = ", ".join(sorted(config.providers))
     rules = config.routing.rules_file or "none (default provider only)"
     print(f"ok: providers {providers}; rules {rules}")
@@ -262,6 +262,12 @@ def _add_catalog_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="take the catalog file from this config")
 
 
+_LAYERS_HELP = (
+    "config file; give more to layer them (each merged over the ones before: mappings key by "
+    "key, anything else replaced), e.g. a shared base then an environment's differences"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from proxy.dev.emulator.cli import register as register_emulate
 
@@ -269,7 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", type=Path, required=True)
+    serve.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        action="append",
+        help=_LAYERS_HELP,
+    )
     serve.add_argument(
         "--workers",
         type=_workers,
@@ -281,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="configuration tools")
     config_cmds = config.add_subparsers(dest="config_command", required=True)
     check = config_cmds.add_parser("check", help="validate a config file without serving")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, nargs="+", help=_LAYERS_HELP)
     check.set_defaults(func=cmd_config_check)
 
     catalog = commands.add_parser("catalog", help="catalog tools")

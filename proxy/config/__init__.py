@@ -14,6 +14,7 @@ from proxy.config.load import (
     RoutingSettings,
     ServerSettings,
     load_config,
+    merge_layer,
     parse_config,
 )
 from proxy.config.providers import ProviderAuth, ProviderSettings, UrlTemplate
@@ -31,5 +32,6 @@ __all__ = [
     "ServerSettings",
     "UrlTemplate",
     "load_config",
+    "merge_layer",
     "parse_config",
 ]

@@ -1,4 +1,5 @@
-"""Gateway configuration: one YAML file loaded into frozen dataclasses.
+"""Gateway configuration: one YAML file (optionally with layers over it) loaded into frozen
+dataclasses.
 
 Every problem is collected with its key path and reported at once, before any port is bound.
 Secrets never live in the YAML: it names an environment variable or a file that holds them.
@@ -7,7 +8,7 @@ Secrets never live in the YAML: it names an environment variable or a file that 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -42,6 +43,7 @@ __all__ = [
     "RoutingSettings",
     "UrlTemplate",
     "load_config",
+    "merge_layer",
     "parse_config",
 ]
 
@@ -101,8 +103,33 @@ class Config:
 # --- loading -------------------------------------------------------------------------------
 
 
-def load_config(path: Path, *, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Read, validate and build the config; raise ConfigError listing every problem."""
+def load_config(
+    path: Path, *, layers: Sequence[Path] = (), overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Read, validate and build the config; raise ConfigError listing every problem.
+
+    Each of `layers` (e.g. an environment's differences from a shared base) is merged over
+    the file in order by `merge_layer`; relative paths resolve against `path`'s directory.
+    """
+    raw = _read_yaml(path)
+    for layer in layers:
+        raw = merge_layer(raw, _read_yaml(layer))
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return parse_config(raw, base_dir=path.parent, source=path)
+
+
+def merge_layer(base: Any, layer: Any) -> Any:
+    """`layer` over `base`: mappings merge key by key, anything else (lists too) replaces."""
+    if not isinstance(base, dict) or not isinstance(layer, dict):
+        return layer
+    merged = dict(base)
+    for key, value in layer.items():
+        merged[key] = merge_layer(base[key], value) if key in base else value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -112,9 +139,9 @@ def load_config(path: Path, *, overrides: Mapping[str, Any] | None = None) -> Co
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
         raise ConfigError([f"{path}: YAML syntax error at line {line}: {exc.problem}"]) from None
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
-    return parse_config(raw, base_dir=path.parent, source=path)
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: must be a mapping of config sections"])
+    return raw
 
 
 def _set_dotted(raw: Any, dotted: str, value: Any) -> None:

@@ -15,7 +15,10 @@ Guards no rule can override: a provider that needs a drmResourceId is never chos
 asset without one, and where the catalog lists `key_holders` only those providers are chosen.
 A guarded or rollout-excluded rule passes the request on to the next rule; if the default
 then serves it, the reason says why the first matching rule did not (its guard or
-`rollout_excluded`). A later rule that serves it reports plain `rule_match`.
+`rollout_excluded`). A later rule that serves it reports plain `rule_match`. When a guard
+forbids the default provider itself and another provider serves, that guard decided: the
+rule is named after it (`guard:key_holders`, `guard:no_resource_id`; no rule file can use a
+colon) and the reason is the guard's, whatever earlier rules did.
 """
 
 from __future__ import annotations
@@ -38,10 +41,16 @@ Outcome = Literal[
     "matched", "not_matched", "disabled", "rollout_excluded", "guarded", "not_reached"
 ]
 Providers = Mapping[str, "ProviderTraits"]
+GuardReason = Literal["guard_no_resource_id", "guard_key_holders"]
 
 BUCKETS = 10_000
 STICKINESS = ("asset", "user", "drm_resource_id")
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # whole name: fullmatch
+# The `rule` of a decision a guard made by overriding the default provider.
+GUARD_RULES: Mapping[GuardReason, str] = {
+    "guard_no_resource_id": "guard:no_resource_id",
+    "guard_key_holders": "guard:key_holders",
+}
 # Digit runs are capped so a hostile X-App-Version cannot make int() work hard.
 _VERSION_PATTERN = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}")
 
@@ -75,7 +84,8 @@ class Shadow:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Where a request goes and why. `rule` is "default" when no rule decided."""
+    """Where a request goes and why. `rule` is "default" when no rule decided, or one of
+    GUARD_RULES when a guard overrode the default provider."""
 
     provider: str
     rule: str
@@ -165,11 +175,13 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class Explanation:
-    """A decision (or the error that stopped it) with every rule's verdict in order."""
+    """A decision (or the error that stopped it) with every rule's verdict in order;
+    `override` says why, when a guard overrode the default provider."""
 
     decision: Decision | None
     verdicts: list[Verdict]
     error: str | None = None
+    override: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
@@ -177,6 +189,7 @@ class Explanation:
         return {
             "decision": decision,
             "verdicts": [asdict(v) for v in self.verdicts],
+            "override": self.override,
             "error": self.error,
         }
 
@@ -224,7 +237,7 @@ def _mismatch(when: When, ctx: RequestContext) -> str | None:
     return None
 
 
-def _guard(provider: str, entry: CatalogEntry, providers: Providers) -> Reason | None:
+def _guard(provider: str, entry: CatalogEntry, providers: Providers) -> GuardReason | None:
     """None if `provider` may serve `entry`, else the guard that forbids it."""
     traits = providers.get(provider)
     if traits is None:  # not configured; parsing with the same providers rules this out
@@ -293,10 +306,11 @@ def _decide(
     if guard is None:
         return Decision(rules.default, "default", passed_on or "default")
     # The default cannot serve this asset: any provider the guards allow may (e.g. a new
-    # title whose keys exist only at the incoming provider), in configuration order.
+    # title whose keys exist only at the incoming provider), in configuration order. The
+    # guard chose, so it is named, not the earlier rule that merely passed the request on.
     for name in providers:
         if _guard(name, ctx.entry, providers) is None:
-            return Decision(name, "default", passed_on or guard)
+            return Decision(name, GUARD_RULES[guard], guard)
     if guard == "guard_no_resource_id":
         raise NoProvider("No DRM provider can serve this asset: it has no drmResourceId yet.")
     raise NoProvider("No DRM provider can serve this asset: no routable provider holds its keys.")
@@ -314,7 +328,10 @@ def explain(rules: RuleSet, ctx: RequestContext, providers: Providers) -> Explan
         decision = _decide(rules, ctx, providers, verdicts)
     except NoProvider as exc:
         return Explanation(None, verdicts, exc.message)
-    return Explanation(decision, verdicts)
+    if decision.rule not in GUARD_RULES.values():
+        return Explanation(decision, verdicts)
+    detail = _guard_detail(cast(GuardReason, decision.reason), rules.default, ctx.entry)
+    return Explanation(decision, verdicts, override=f"{detail}; '{decision.provider}' serves")
 
 
 def _verdict(
@@ -335,11 +352,8 @@ def _verdict(
         detail = _describe_mismatch(rule.when, ctx, str(why))
     elif outcome == "rollout_excluded":
         detail = rollout
-    elif why == "guard_no_resource_id":
-        detail = f"'{rule.route}' needs a drmResourceId and the asset has none"
-    elif why == "guard_key_holders":
-        holders = ", ".join(sorted(ctx.entry.key_holders or ())) or "none"
-        detail = f"'{rule.route}' is unconfigured or lacks the keys (key holders: {holders})"
+    elif outcome == "guarded":
+        detail = _guard_detail(cast(GuardReason, why), rule.route, ctx.entry)
     else:
         detail = f"route {rule.route}" + (f"; {rollout}" if slot is not None else "")
     if winner is not None and outcome != "disabled":  # reported for ops, not evaluated
@@ -350,6 +364,14 @@ def _verdict(
             slot,
         )
     return Verdict(rule.name, outcome, detail, slot)
+
+
+def _guard_detail(guard: GuardReason, provider: str, entry: CatalogEntry) -> str:
+    """Why `guard` forbids `provider` for this asset, for ops."""
+    if guard == "guard_no_resource_id":
+        return f"'{provider}' needs a drmResourceId and the asset has none"
+    holders = ", ".join(sorted(entry.key_holders or ())) or "none"
+    return f"'{provider}' is unconfigured or lacks the keys (key holders: {holders})"
 
 
 _WANTS = {

@@ -98,8 +98,8 @@ async def invalidate_cache(request: web.Request) -> web.Response:
 
 
 def add_admin_routes(app: web.Application) -> None:
-    app.router.add_get("/admin/rules", require_admin(get_rules), allow_head=False)
+    app.router.add_get("/admin/rules", require_admin(get_rules))
     app.router.add_post("/admin/rules/reload", require_admin(reload_rules))
-    app.router.add_get("/admin/explain", require_admin(explain_decision), allow_head=False)
-    app.router.add_get("/admin/catalog/{asset_id}", require_admin(catalog_entry), allow_head=False)
+    app.router.add_get("/admin/explain", require_admin(explain_decision))
+    app.router.add_get("/admin/catalog/{asset_id}", require_admin(catalog_entry))
     app.router.add_post("/admin/cache/invalidate", require_admin(invalidate_cache))

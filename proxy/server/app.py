@@ -147,9 +147,9 @@ def create_internal_app(public: web.Application) -> web.Application:
     if admin_token:
         app[ADMIN_TOKEN] = admin_token
     add_admin_routes(app)
-    app.router.add_get("/healthz", healthz, allow_head=False)
-    app.router.add_get("/readyz", readyz, allow_head=False)
-    app.router.add_get("/metrics", metrics_handler, allow_head=False)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
     return app
 
 

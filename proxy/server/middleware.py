@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from proxy.access.cors import CorsPolicy
+from proxy.access.cors import CorsPolicy, merge_vary
 from proxy.errors import (
     BodyTooLarge,
     CorsRefused,
@@ -107,8 +107,8 @@ def _preflight(request: web.Request, cors: CorsPolicy | None, info: RequestInfo)
 
 def _add_cors(response: web.StreamResponse, headers: dict[str, str]) -> None:
     for name, value in headers.items():
-        if name == "Vary" and "Vary" in response.headers:
-            response.headers["Vary"] = f"{response.headers['Vary']}, {value}"
+        if name == "Vary":  # one Vary, each field once, whoever set it before
+            response.headers["Vary"] = merge_vary([*response.headers.getall("Vary", ()), value])
         elif name not in response.headers:
             response.headers[name] = value
 
@@ -125,7 +125,10 @@ async def _call(request: web.Request, handler: Handler, info: RequestInfo) -> we
             return error_response(InternalError(), info.request_id)
         return error_response(exc, info.request_id)
     except web.HTTPException as exc:
-        return error_response(_from_http_exception(exc), info.request_id)
+        response = error_response(_from_http_exception(exc), info.request_id)
+        if "Allow" in exc.headers:  # a 405 names the methods the route takes (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         _errors.exception("unhandled_error", request_id=info.request_id, path=request.path)
         return error_response(InternalError(), info.request_id)

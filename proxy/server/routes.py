@@ -18,6 +18,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 GUARD = web.AppKey("guard", PlayerGuard)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 CERTIFICATE = web.AppKey("fairplay_certificate", bytes)
+CERTIFICATE_FORMATS = ("der", "base64")  # ?format= on the certificate route; der by default
 
 # Content types each DRM system's challenge may come with (None: header absent).
 _ACCEPTED_TYPES: dict[str, frozenset[str | None]] = {
@@ -85,6 +86,14 @@ def _media_type(request: web.Request) -> str | None:
     return raw.split(";", 1)[0].strip().lower() if raw else None
 
 
+def _unaccepted_type_message(drm: str) -> str:
+    """The 415 message: which content types this DRM system's challenge may come with."""
+    accepted = _ACCEPTED_TYPES[drm]
+    listed = ", ".join(sorted(t for t in accepted if t is not None))
+    absent = " (or no Content-Type)" if None in accepted else ""
+    return f"This content type is not accepted for {drm} requests; send {listed}{absent}."
+
+
 async def license_handler(request: web.Request) -> web.Response:
     drm = request.match_info["drm"]
     if drm not in LICENSE_DRMS:
@@ -92,7 +101,7 @@ async def license_handler(request: web.Request) -> web.Response:
     request[INFO].drm = drm
     player, asset_id = admit(request, query_token=False)
     if _media_type(request) not in _ACCEPTED_TYPES[drm]:
-        raise UnsupportedMediaType(f"This content type is not accepted for {drm} requests.")
+        raise UnsupportedMediaType(_unaccepted_type_message(drm))
     challenge = await read_body(request, request.app[MAX_BODY])
     if not challenge:
         raise BadRequest("The license challenge is empty.")
@@ -142,12 +151,17 @@ async def certificate_handler(request: web.Request) -> web.Response:
     certificate = request.app.get(CERTIFICATE)
     if certificate is None:
         raise NotFound("No FairPlay certificate is configured.")
-    if request.query.get("format") == "base64":
+    fmt = request.query.get("format", "der")
+    if fmt not in CERTIFICATE_FORMATS:
+        raise BadRequest(f"format must be one of {', '.join(CERTIFICATE_FORMATS)}.")
+    if fmt == "base64":
         return web.Response(text=base64.b64encode(certificate).decode(), content_type="text/plain")
     return web.Response(body=certificate, content_type="application/x-x509-ca-cert")
 
 
 def add_public_routes(app: web.Application) -> None:
+    """License, key and certificate routes. HEAD runs the GET handler, so a HEAD on a key
+    is authenticated and fetched like a GET; aiohttp sends the headers without the body."""
     app.router.add_post("/v1/license/{drm}/{asset_id}", license_handler)
-    app.router.add_get("/v1/keys/{asset_id}/{key_id}", key_handler, allow_head=False)
-    app.router.add_get("/v1/certificate/fairplay", certificate_handler, allow_head=False)
+    app.router.add_get("/v1/keys/{asset_id}/{key_id}", key_handler)
+    app.router.add_get("/v1/certificate/fairplay", certificate_handler)

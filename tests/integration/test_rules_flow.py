@@ -233,6 +233,42 @@ async def test_explain_catalog_and_invalidate(make_stack: StackFactory, tmp_path
     assert "admin_call" in stack.logs.getvalue()
 
 
+async def test_explain_and_access_line_name_the_guard_that_overrode_the_default(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    # The ramp leaves the title out, then the key-holder guard sends it to incoming anyway.
+    rules = tmp_path / "routing.yaml"
+    rules.write_text(ramp_rules("v-guard", 0))
+    stack = await make_stack(routing={"rules_file": str(rules)})
+    async with stack.anon.get(
+        stack.internal("/admin/explain?asset=incoming-only&drm=widevine"),
+        headers=stack.admin_headers(),
+    ) as resp:
+        explained = await resp.json()
+    assert explained["decision"]["provider"] == "incoming"
+    assert (explained["decision"]["rule"], explained["decision"]["reason"]) == (
+        "guard:key_holders",
+        "guard_key_holders",
+    )
+    assert explained["override"] == (
+        "'legacy' is unconfigured or lacks the keys (key holders: incoming); 'incoming' serves"
+    )
+    assert [v["outcome"] for v in explained["verdicts"]] == ["rollout_excluded"]
+    async with stack.http.post(
+        stack.url("/v1/license/widevine/incoming-only"),
+        data=b"\x08\x04",
+        headers={"X-Request-Id": "req-guard-override"},
+    ) as resp:
+        assert resp.status == 200
+    lines = [json.loads(line) for line in stack.logs.getvalue().splitlines()]
+    (access,) = [ln for ln in lines if ln.get("request_id") == "req-guard-override"]
+    assert (access["provider"], access["rule"], access["reason"]) == (
+        "incoming",
+        "guard:key_holders",
+        "guard_key_holders",
+    )
+
+
 async def test_decisions_are_counted(make_stack: StackFactory, tmp_path: Path) -> None:
     stack = await ramp_stack(make_stack, tmp_path, 100)
     labels = {"provider": "incoming", "rule": "ramp", "reason": "rule_match"}
