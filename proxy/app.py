@@ -22,6 +22,7 @@ from proxy.catalog import CachedCatalog, build_catalog
 from proxy.config import Config
 from proxy.gateway import Gateway
 from proxy.guard import PlayerGuard
+from proxy.httpserver import GatewayRunner
 from proxy.logs import get_logger
 from proxy.middlewares import create_middleware
 from proxy.providers import Upstream, close_upstreams, open_upstreams
@@ -158,7 +159,7 @@ class RunningGateway:
     public_url: str
     internal_url: str
     public_app: web.Application
-    _runners: tuple[web.AppRunner, web.AppRunner]
+    _runners: tuple[GatewayRunner, GatewayRunner]
 
     async def stop(self) -> None:
         """Unready at once, stop accepting players, let in-flight requests finish (up to the
@@ -177,9 +178,9 @@ async def start_gateway(config: Config, *, reuse_port: bool = False) -> RunningG
     metrics.BUILD_INFO.info({"version": __version__})
     public_app = create_public_app(config)
     grace = config.server.shutdown_grace_seconds
-    public = web.AppRunner(public_app, access_log=None, shutdown_timeout=grace)
+    public = GatewayRunner(public_app, shutdown_timeout=grace)
     await public.setup()
-    internal = web.AppRunner(create_internal_app(public_app), access_log=None)
+    internal = GatewayRunner(create_internal_app(public_app))
     try:
         await internal.setup()
         urls = []
