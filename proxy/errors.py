@@ -11,8 +11,10 @@
     ├── NotFound                      404 not_found
     │   └── UnknownAsset              404 unknown_asset
     ├── BodyTooLarge                  413 body_too_large
+    ├── UriTooLong                    414 uri_too_long
     ├── UnsupportedMediaType          415 unsupported_media_type
     ├── RateLimited                   429 rate_limited
+    ├── HeadersTooLarge               431 headers_too_large
     ├── InternalError                 500 internal_error
     │   └── MissingResourceId         500 internal_error
     ├── UpstreamError                 502 upstream_error
@@ -101,6 +103,12 @@ class BodyTooLarge(GatewayError):
     message = "The request body is too large."
 
 
+class UriTooLong(GatewayError):
+    status = 414
+    code = "uri_too_long"
+    message = "The request target is too long."
+
+
 class UnsupportedMediaType(GatewayError):
     status = 415
     code = "unsupported_media_type"
@@ -115,6 +123,12 @@ class RateLimited(GatewayError):
     def __init__(self, retry_after: int, message: str | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    code = "headers_too_large"
+    message = "The request header fields are too large."
 
 
 class InternalError(GatewayError):

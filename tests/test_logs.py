@@ -1,11 +1,14 @@
-"""The redaction processor: secret-looking fields never reach a log line."""
+"""Log hygiene: secret-looking fields, exception messages and third-party records' arguments
+never reach a log line, and every line is one JSON object."""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pytest
+from aiohttp.http_exceptions import BadHttpMessage
 
 from proxy.observability.logs import REDACTED, configure_logging, get_logger, redact_secrets
 
@@ -61,3 +64,70 @@ def test_level_filter() -> None:
     finally:
         configure_logging(level="info", fmt="json")
     assert "hidden" not in buffer.getvalue() and "shown" in buffer.getvalue()
+
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
+
+
+def _raise_parse_error() -> None:
+    try:
+        raise ValueError(f"inner quoting {JWT}")
+    except ValueError as inner:
+        raise BadHttpMessage(
+            f"Invalid header value char:\n\n  b'Authorization: Bearer {JWT}\\x01'"
+        ) from inner
+
+
+def _log_lines(buffer: io.StringIO) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert all(isinstance(line, dict) for line in lines)
+    return lines
+
+
+def test_stdlib_records_are_our_json_lines_without_request_bytes() -> None:
+    buffer = io.StringIO()
+    configure_logging(level="info", fmt="json", stream=buffer)
+    configure_logging(level="info", fmt="json", stream=buffer)  # reconfiguring replaces, not adds
+    try:
+        try:
+            _raise_parse_error()
+        except BadHttpMessage as exc:
+            logging.getLogger("aiohttp.server").exception("Error handling request from %s", JWT)
+            logging.getLogger("aiohttp.web").error("x", exc_info=exc)
+        logging.getLogger("asyncio").error(
+            f"Exception in callback RequestHandler.data_received(b'{JWT}')\nhandle: <Handle {JWT}>"
+        )
+        logging.getLogger("aiohttp.access").warning(f"'{JWT}'")
+        logging.getLogger("aiohttp.client").info(ValueError(JWT))
+    finally:
+        configure_logging(level="info", fmt="json")
+    assert "eyJ" not in buffer.getvalue()  # no part of the token
+    server, web, loop, access, client = _log_lines(buffer)
+    assert server["event"] == "Error handling request from %s"
+    assert server["component"] == "aiohttp.server" and server["level"] == "error"
+    trace = str(server["exception"])
+    assert "aiohttp.http_exceptions.BadHttpMessage" in trace and "builtins.ValueError" in trace
+    assert "direct cause" in trace and "_raise_parse_error" in trace
+    assert web["exception"] == server["exception"]
+    assert loop["event"] == "Exception in callback RequestHandler.data_received"
+    assert access["event"] == "(message withheld)" and client["event"] == "ValueError"
+
+
+def test_our_tracebacks_name_types_not_messages() -> None:
+    buffer = io.StringIO()
+    configure_logging(level="info", fmt="json", stream=buffer)
+    try:
+        try:
+            try:
+                raise KeyError(JWT)
+            except KeyError:
+                raise RuntimeError(JWT)  # noqa: B904 - an implicit context is what is tested
+        except RuntimeError:
+            get_logger("test").exception("unhandled_error")
+    finally:
+        configure_logging(level="info", fmt="json")
+    (line,) = _log_lines(buffer)
+    trace = str(line["exception"])
+    assert "builtins.KeyError" in trace and trace.endswith("builtins.RuntimeError")
+    assert "During handling of the above exception" in trace
+    assert "eyJ" not in buffer.getvalue()

@@ -1,7 +1,14 @@
 """Structured logging: JSON lines in production, readable lines on a terminal.
 
 A redaction processor drops any field named like a token, secret, key, authorization or body,
-so a careless `log.info(..., token=t)` can never write one.
+so a careless `log.info(..., token=t)` can never write one. Tracebacks name each exception's
+type and frames but never its message: a library's message may quote request bytes (aiohttp's
+parse errors quote the offending header line, an Authorization header among them).
+
+Records of the standard `logging` module (aiohttp, asyncio, ...) go through the same
+processors and renderer on the same stream, reduced to their constant text: a record's
+arguments, and anything from the first quote or bracket of its message on, are dropped,
+since that is where libraries interpolate values.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import functools
 import logging
 import re
 import sys
+import traceback
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -22,6 +30,13 @@ _SECRET_FIELD = re.compile(
     re.IGNORECASE,
 )
 REDACTED = "[redacted]"
+# A third-party message is kept up to its first line break, quote or bracket: what follows is
+# an interpolated repr (asyncio's "Exception in callback Handle(<...>, (b'...'))").
+_CONSTANT_TEXT = re.compile(r"[^\n'\"<(\[{]*")
+_MAX_FOREIGN_EVENT = 200
+_HANDLER_NAME = "drm-gateway"
+_CAUSE = "\n\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\n\nDuring handling of the above exception, another exception occurred:\n\n"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -39,10 +54,104 @@ def redact_secrets(
     return event
 
 
+def describe_exception(exc: BaseException) -> str:
+    """A traceback of `exc` and its causes with frames and type names only, no messages."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        kind = type(current)
+        frames = "".join(traceback.format_list(traceback.extract_tb(current.__traceback__)))
+        parts.append(
+            f"Traceback (most recent call last):\n{frames}{kind.__module__}.{kind.__qualname__}"
+        )
+        if current.__cause__ is not None:
+            parts.append(_CAUSE)
+            current = current.__cause__
+        elif current.__context__ is not None and not current.__suppress_context__:
+            parts.append(_CONTEXT)
+            current = current.__context__
+        else:
+            current = None
+    return "".join(reversed(parts))
+
+
+def format_exc_info(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: `exc_info` becomes `exception`, a traceback without messages."""
+    exc_info = event.pop("exc_info", None)
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    if isinstance(exc_info, tuple):
+        exc_info = exc_info[1]
+    if isinstance(exc_info, BaseException):
+        event["exception"] = describe_exception(exc_info)
+    return event
+
+
+def _constant_text(record: logging.LogRecord) -> str:
+    if not isinstance(record.msg, str):
+        return type(record.msg).__name__
+    match = _CONSTANT_TEXT.match(record.msg)
+    text = match.group(0) if match else ""
+    return text.rstrip(" :=")[:_MAX_FOREIGN_EVENT] or "(message withheld)"
+
+
+def reduce_foreign_record(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """ProcessorFormatter pre-chain step: a stdlib record keeps only its constant text."""
+    record: logging.LogRecord = event["_record"]
+    event["event"] = _constant_text(record)
+    event["component"] = record.name
+    return event
+
+
+class _ForeignHandler(logging.StreamHandler[TextIO]):
+    """Writes stdlib records as our log lines; a record that cannot be rendered is dropped
+    with a fixed line, since logging's own fallback prints the record's arguments to stderr."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.stream.write('{"event": "log_record_unrenderable", "level": "error"}\n')
+
+
+def _common_processors() -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,  # e.g. worker / worker_pid under --workers
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+
+
+def _route_stdlib_logging(out: TextIO, level: int, renderer: Any) -> None:
+    """Send every stdlib logger (aiohttp, asyncio, ...) to `out` through our processors."""
+    handler = _ForeignHandler(out)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                *_common_processors(),
+                reduce_foreign_record,
+                redact_secrets,
+                format_exc_info,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            use_get_message=False,  # the template, never the record's arguments
+        )
+    )
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(previous)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
 def configure_logging(
     *, level: str = "info", fmt: str = "auto", stream: TextIO | None = None, cache: bool = False
 ) -> None:
-    """Set up structlog for the process (also used by tests to capture output).
+    """Set up structlog and stdlib logging for the process (tests use it to capture output).
 
     `cache=True` (serving processes) binds each logger once, which saves a rebind per line;
     tests leave it off so that they can reconfigure the output between cases.
@@ -54,21 +163,14 @@ def configure_logging(
         if use_json
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,  # e.g. worker / worker_pid under --workers
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        processors=[*_common_processors(), redact_secrets, format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=cache,
     )
+    _route_stdlib_logging(out, threshold, renderer)
 
 
 def get_logger(name: str) -> Any:

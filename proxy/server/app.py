@@ -26,6 +26,7 @@ from proxy.observability.logs import get_logger
 from proxy.routing.watcher import RulesWatcher
 from proxy.server.admin import ADMIN_CATALOG, ADMIN_TOKEN, RULES, add_admin_routes
 from proxy.server.middleware import create_middleware
+from proxy.server.protocol import GatewayRunner
 from proxy.server.routes import CERTIFICATE, GATEWAY, GUARD, MAX_BODY, add_public_routes
 from proxy.upstream.base import ProviderClient
 from proxy.upstream.registry import close_providers, open_providers
@@ -160,7 +161,7 @@ class RunningGateway:
     public_url: str
     internal_url: str
     public_app: web.Application
-    _runners: tuple[web.AppRunner, web.AppRunner]
+    _runners: tuple[GatewayRunner, GatewayRunner]
 
     async def stop(self) -> None:
         """Unready at once, stop accepting players, let in-flight requests finish (up to the
@@ -179,9 +180,9 @@ async def start_gateway(config: Config, *, reuse_port: bool = False) -> RunningG
     metrics.BUILD_INFO.info({"version": __version__})
     public_app = create_public_app(config)
     grace = config.server.shutdown_grace_seconds
-    public = web.AppRunner(public_app, access_log=None, shutdown_timeout=grace)
+    public = GatewayRunner(public_app, shutdown_timeout=grace)
     await public.setup()
-    internal = web.AppRunner(create_internal_app(public_app), access_log=None)
+    internal = GatewayRunner(create_internal_app(public_app))
     try:
         await internal.setup()
         urls = []

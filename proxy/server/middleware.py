@@ -15,6 +15,7 @@ from aiohttp.typedefs import Middleware
 
 from proxy.access.cors import CorsPolicy, merge_vary
 from proxy.errors import (
+    BadRequest,
     BodyTooLarge,
     CorsRefused,
     GatewayError,
@@ -60,6 +61,10 @@ def _from_http_exception(exc: web.HTTPException) -> GatewayError:
     return error if exc.status != 404 else NotFound()
 
 
+async def _refuse_target(request: web.Request) -> web.StreamResponse:
+    raise BadRequest("The request target must be a path.")
+
+
 def create_middleware(*, public: bool, cors: CorsPolicy | None = None) -> Middleware:
     """The gateway middleware; `public` adds CORS, access logging and player metrics."""
 
@@ -68,13 +73,17 @@ def create_middleware(*, public: bool, cors: CorsPolicy | None = None) -> Middle
         started = time.perf_counter()
         info = RequestInfo(request_id_from(request.headers.get("X-Request-Id")))
         request[INFO] = info
+        # Only origin-form ("/path") is ours: an absolute-form target ("http://evil.example/…")
+        # is a proxy request, and aiohttp would route its path and report its foreign host.
+        if not request.raw_path.startswith("/"):
+            handler = _refuse_target
         if not public:
             response = await _call(request, handler, info)
             response.headers["X-Request-Id"] = info.request_id
             return response
         metrics.IN_FLIGHT.inc()
         try:
-            if request.method == "OPTIONS":
+            if request.method == "OPTIONS" and handler is not _refuse_target:
                 response = _preflight(request, cors, info)
             else:
                 response = await _call(request, handler, info)
