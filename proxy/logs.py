@@ -6,6 +6,7 @@ so a careless `log.info(..., token=t)` can never write one.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import re
@@ -69,6 +70,17 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=cache,
     )
+
+
+def _structlog_context_var(name: str) -> contextvars.ContextVar[Any]:
+    """The context variable `bind_contextvars(name=...)` sets, fetched once (in a throwaway
+    context): setting it directly costs a tenth of a bind_contextvars/reset_contextvars pair."""
+    tokens = contextvars.Context().run(structlog.contextvars.bind_contextvars, **{name: None})
+    return tokens[name].var
+
+
+# Set per request by the middleware: every line logged while serving it carries its id.
+REQUEST_ID = _structlog_context_var("request_id")
 
 
 def get_logger(name: str) -> Any:

@@ -53,23 +53,28 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 def admit(request: web.Request, *, query_token: bool) -> Player:
-    """Rate limits, player token and entitlement; key URIs may carry the token as ?token=."""
+    """Rate limits, player token and entitlement; key URIs may carry the token as ?token=.
+
+    The per-IP limit keys on the client address the middleware resolved behind trusted
+    proxies, never on an address the player wrote."""
     guard = request.app[GUARD]
+    info = request[INFO]
     asset_id = request.match_info["asset_id"]
     if ASSET_ID.match(asset_id):  # so refusals name the asset in the access log
-        request[INFO].asset_id = asset_id
+        info.asset_id = asset_id
     token = bearer_token(request.headers.get("Authorization"))
     if token is None and query_token:
         token = request.query.get(guard.token_query_param)
-    return guard.admit(ip=request.remote or "unknown", token=token, asset_id=asset_id)
+    return guard.admit(ip=info.client, token=token, asset_id=asset_id)
 
 
 def client_info(request: web.Request, player: Player) -> ClientInfo:
-    """What the gateway passes on about the player: its address chain and client headers."""
-    peer = request.remote or "unknown"
-    prior = request.headers.get("X-Forwarded-For")
+    """What the gateway passes on about the player: its address chain and client headers.
+
+    The chain is the client, the trusted proxies and the peer: what a player wrote in
+    X-Forwarded-For before its own address never travels upstream."""
     return ClientInfo(
-        forwarded_for=f"{prior}, {peer}" if prior else peer,
+        forwarded_for=request[INFO].forwarded_for,
         traceparent=request.headers.get("traceparent"),
         platform=request.headers.get("X-Client-Platform"),
         app_version=request.headers.get("X-App-Version"),
