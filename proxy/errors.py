@@ -27,6 +27,8 @@
     └── UpstreamTimeout               504 upstream_timeout
 
 Messages are shown to players: they never hold tokens, keys, bodies or upstream URLs.
+`detail` says which refusal of its kind an error is (why a token was refused, which rate
+limit): a bounded value for a metric label and the access line, "-" where there is none.
 """
 
 from __future__ import annotations
@@ -38,10 +40,13 @@ class GatewayError(Exception):
     status: int = 500
     code: str = "internal_error"
     message: str = "The gateway could not handle this request."
+    detail: str = "-"
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, detail: str | None = None) -> None:
         if message is not None:
             self.message = message
+        if detail is not None:
+            self.detail = detail
         super().__init__(self.message)
 
 
@@ -120,8 +125,10 @@ class RateLimited(GatewayError):
     code = "rate_limited"
     message = "Too many requests; retry later."
 
-    def __init__(self, retry_after: int, message: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, retry_after: int, message: str | None = None, *, detail: str | None = None
+    ) -> None:
+        super().__init__(message, detail=detail)
         self.retry_after = retry_after
 
 

@@ -150,8 +150,10 @@ def signed(key: PrivateKey, alg: str, kid: str, **extra: Any) -> str:
 
 
 def refused(authenticator: PlayerAuthenticator, token: str | None) -> str:
+    """The refusal's message; its detail is always the bounded one that message maps to."""
     with pytest.raises(Unauthorized) as info:
         authenticator.authenticate(token)
+    assert info.value.detail == auth.TOKEN_REFUSALS[info.value.message]
     return info.value.message
 
 
@@ -180,6 +182,7 @@ def test_valid_settings_have_no_problems(jwks_path: Path) -> None:
         ({"user_claim": ""}, "user_claim: must not be empty"),
         ({"audience": ""}, "audience: must not be empty"),
         ({"cache_size": -1}, "cache_size"),
+        ({"max_lifetime_seconds": 0.0}, "max_lifetime_seconds: must be > 0"),
         ({"mode": "off"}, "mode: must be 'jwt' or 'none'"),
     ],
 )
@@ -433,6 +436,38 @@ def test_malformed_entitlements_claim_is_refused(
     hs_auth: PlayerAuthenticator, entitlements: Any
 ) -> None:
     assert refused(hs_auth, hs_token(entitlements=entitlements)) == auth.BAD_ENTITLEMENTS
+
+
+YEAR_9999 = 253_402_300_799
+
+
+def test_token_living_longer_than_the_maximum_is_refused(hs_auth: PlayerAuthenticator) -> None:
+    assert refused(hs_auth, hs_token(exp=YEAR_9999)) == auth.LIFETIME_TOO_LONG
+    # The default maximum is a day, measured from iat (not from now).
+    assert hs_auth.authenticate(hs_token(exp=int(T0 + 86_400))).expires_at == T0 + 86_400
+    assert refused(hs_auth, hs_token(exp=int(T0 + 86_401))) == auth.LIFETIME_TOO_LONG
+    assert refused(hs_auth, hs_token(iat=int(T0 - 86_000), exp=int(T0 + 600))) == (
+        auth.LIFETIME_TOO_LONG
+    )
+
+
+def test_maximum_lifetime_is_configurable_and_needs_iat(clock: FakeClock) -> None:
+    hour = PlayerAuthenticator(hs_settings(max_lifetime_seconds=3600.0), clock=clock)
+    assert hour.authenticate(hs_token(exp=int(T0 + 3600))).user_id == "user-1"
+    assert refused(hour, hs_token(exp=int(T0 + 3601))) == auth.LIFETIME_TOO_LONG
+    assert refused(hour, hs_token(iat=None)) == auth.MISSING_IAT
+
+
+def test_maximum_lifetime_can_be_turned_off_explicitly(clock: FakeClock) -> None:
+    unbounded = PlayerAuthenticator(hs_settings(max_lifetime_seconds=None), clock=clock)
+    assert unbounded.authenticate(hs_token(exp=YEAR_9999)).expires_at == YEAR_9999
+    assert unbounded.authenticate(hs_token(iat=None)).user_id == "user-1"
+
+
+def test_every_refusal_has_a_distinct_bounded_detail() -> None:
+    details = list(auth.TOKEN_REFUSALS.values())
+    assert len(details) == len(set(details))
+    assert all(d.replace("_", "").isalpha() and d.islower() for d in details)
 
 
 def test_refusal_messages_never_hold_the_token(hs_auth: PlayerAuthenticator) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,55 @@ def test_url_template_encodes_every_value(hostile: str) -> None:
     assert parts.path.startswith("/license/") and parts.path.count("/") == 2
     assert unquote(parts.path.removeprefix("/license/")) == hostile
     assert parts.query == "kid=k" and parts.fragment == ""
+
+
+def test_trusted_proxies_are_parsed_once_into_networks() -> None:
+    raw = base()
+    assert parse_config(raw, base_dir=Path("/srv"), env=ENV).server.trusted_proxies == ()
+    raw["server"]["trusted_proxies"] = ["10.244.0.0/16", "fd00:10:244::/56", "127.0.0.1"]
+    config = parse_config(raw, base_dir=Path("/srv"), env=ENV)
+    assert config.server.trusted_proxies == (
+        ipaddress.ip_network("10.244.0.0/16"),
+        ipaddress.ip_network("fd00:10:244::/56"),
+        ipaddress.ip_network("127.0.0.1/32"),
+    )
+
+
+def test_trusted_proxies_problems_name_each_entry() -> None:
+    raw = base()
+    raw["server"]["trusted_proxies"] = ["10.0.0.0/8", "10.0.0.1/8", "ingress", 7, "fd00::/200"]
+    assert problems_of(raw) == [
+        "server.trusted_proxies[1]: '10.0.0.1/8' has host bits set (did you mean 10.0.0.0/8?)",
+        "server.trusted_proxies[2]: 'ingress' is not an IPv4 or IPv6 address or CIDR",
+        "server.trusted_proxies[3]: must be a string (a CIDR such as 10.0.0.0/8)",
+        "server.trusted_proxies[4]: 'fd00::/200' is not an IPv4 or IPv6 address or CIDR",
+    ]
+    raw["server"]["trusted_proxies"] = "10.0.0.0/8"
+    assert problems_of(raw) == ["server.trusted_proxies: must be a list"]
+
+
+def test_player_token_lifetime_is_bounded_by_default() -> None:
+    raw = base()
+    config = parse_config(raw, base_dir=Path("/srv"), env=ENV)
+    assert config.player_auth.max_lifetime_seconds == 86_400
+    raw["player_auth"]["max_lifetime_seconds"] = 3600
+    assert parse_config(raw, base_dir=Path("/srv"), env=ENV).player_auth.max_lifetime_seconds == (
+        3600.0
+    )
+    raw["player_auth"]["max_lifetime_seconds"] = None  # explicit: any lifetime
+    config = parse_config(raw, base_dir=Path("/srv"), env=ENV)
+    assert config.player_auth.max_lifetime_seconds is None
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (0, "player_auth.max_lifetime_seconds: must be greater than 0"),
+        (-60, "player_auth.max_lifetime_seconds: must be greater than 0"),
+        ("a day", "player_auth.max_lifetime_seconds: must be a number"),
+    ],
+)
+def test_player_token_lifetime_problems(value: Any, problem: str) -> None:
+    raw = base()
+    raw["player_auth"]["max_lifetime_seconds"] = value
+    assert problems_of(raw) == [problem]

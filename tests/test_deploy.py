@@ -448,6 +448,10 @@ def test_shipped_gateway_configs_load(
     assert (config.server.public.host, config.server.public.port) == ("0.0.0.0", 8080)
     assert (config.server.internal.host, config.server.internal.port) == ("0.0.0.0", 9090)
     assert str(config.catalog.path) == "/var/lib/drm-gateway/catalog.db"
+    # Kubernetes trusts its ingress (the pod CIDR); compose has no proxy in front to trust.
+    trusted = [str(n) for n in config.server.trusted_proxies]
+    assert trusted == ([] if which == "compose" else ["10.244.0.0/16"])
+    assert not any(n.is_global for n in config.server.trusted_proxies)  # never the internet
     traits = {n: ProviderTraits(p.needs_drm_resource_id) for n, p in config.providers.items()}
     load_rules_file(rules, providers=traits)  # raises RulesError on a bad file
 

@@ -49,4 +49,4 @@ class PlayerGuard:
         wait = limiter.check(key)
         if wait is not None:
             metrics.RATE_LIMITED.labels(label).inc()
-            raise RateLimited(max(1, math.ceil(wait)))
+            raise RateLimited(max(1, math.ceil(wait)), detail=label)

@@ -8,7 +8,9 @@ public key can never be used as an HMAC secret (algorithm confusion). `alg: none
 Verified tokens are cached by the sha256 of the token, each until min(exp + leeway, cached
 time + cache TTL); the cache is cleared when the JWKS keys change. `exp`, `nbf` and `iat` are
 checked against the injected clock (not pyjwt's own), so cache hits and full verifications
-agree on time. No message built here holds a token or key material.
+agree on time. A token's lifetime (`exp - iat`) is bounded by `max_lifetime_seconds` (a day
+by default), so a leaked token signed to last for years is refused. No message built here
+holds a token or key material.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ HMAC_ALGORITHMS: Mapping[str, int] = {"HS256": 32, "HS384": 48, "HS512": 64}
 KNOWN_ALGORITHMS = frozenset(HMAC_ALGORITHMS) | RSA_ALGORITHMS | frozenset(EC_ALGORITHMS)
 MAX_TOKEN_CHARS = 8192
 MAX_LEEWAY_SECONDS = 300.0
+# A day: the longest lifetime the tokens this project issues have (demo, benchmark), long
+# enough for a player session, yet a leaked token is worthless by tomorrow (not in year 9999).
+DEFAULT_MAX_LIFETIME_SECONDS = 86_400.0
 _MAX_USER_ID_CHARS = 256
 
 MISSING = "A player token is required."
@@ -56,10 +61,41 @@ UNKNOWN_KID = "The player token's signing key (kid) is not known."
 KEY_MISMATCH = "The player token's algorithm (alg) does not match its signing key."
 BAD_SIGNATURE = "The player token's signature is not valid."
 MISSING_EXP = "The player token has no expiry time (exp)."
+MISSING_IAT = "The player token has no issue time (iat), which bounds its lifetime."
+LIFETIME_TOO_LONG = "The player token's lifetime (exp - iat) is longer than allowed."
 BAD_TIME = "The player token's exp, nbf or iat claim is not a finite number."
 MISSING_USER = "The player token carries no usable user id."
 BAD_ENTITLEMENTS = "The player token's entitlements claim must be a list of strings."
 INVALID = "The player token is not valid."
+
+# Every way a token is refused -> its `detail`: the one list of values the refused-requests
+# metric label and the access line's `detail` field can take for `unauthorized`.
+TOKEN_REFUSALS: Mapping[str, str] = {
+    MISSING: "missing_token",
+    MALFORMED: "malformed",
+    EXPIRED: "expired",
+    NOT_YET_VALID: "not_yet_valid",
+    WRONG_AUDIENCE: "wrong_audience",
+    WRONG_ISSUER: "wrong_issuer",
+    ALG_NOT_ALLOWED: "alg_not_allowed",
+    NO_KID: "missing_kid",
+    UNKNOWN_KID: "unknown_kid",
+    KEY_MISMATCH: "key_mismatch",
+    BAD_SIGNATURE: "bad_signature",
+    MISSING_EXP: "missing_exp",
+    MISSING_IAT: "missing_iat",
+    LIFETIME_TOO_LONG: "lifetime_too_long",
+    BAD_TIME: "bad_time",
+    MISSING_USER: "missing_user",
+    BAD_ENTITLEMENTS: "bad_entitlements",
+    INVALID: "invalid",
+}
+
+
+def _refused(message: str) -> Unauthorized:
+    """The Unauthorized error for one of the refusals above, its detail attached."""
+    return Unauthorized(message, detail=TOKEN_REFUSALS[message])
+
 
 # Time claims are checked in _check_times against the injected clock, not by pyjwt.
 _DECODE_OPTIONS: jwt.types.Options = {
@@ -83,6 +119,8 @@ class PlayerAuthSettings:
     issuer: str | None = None
     audience: str | None = None
     leeway_seconds: float = 30.0
+    # exp - iat may be at most this (iat then required); None accepts any lifetime.
+    max_lifetime_seconds: float | None = DEFAULT_MAX_LIFETIME_SECONDS
     user_claim: str = "sub"
     entitlements_claim: str = "entitlements"
     token_query_param: str = "token"
@@ -169,6 +207,10 @@ def _value_problems(s: PlayerAuthSettings) -> list[str]:
             not 0 <= s.leeway_seconds <= MAX_LEEWAY_SECONDS,
             f"leeway_seconds: must be 0..{MAX_LEEWAY_SECONDS:g}",
         ),
+        (
+            s.max_lifetime_seconds is not None and not s.max_lifetime_seconds > 0,
+            "max_lifetime_seconds: must be > 0 (null accepts any lifetime)",
+        ),
         (s.cache_size < 0, "cache_size: must be >= 0 (0 turns the cache off)"),
         (s.cache_ttl_seconds < 0, "cache_ttl_seconds: must be >= 0"),
         (s.jwks_check_seconds <= 0, "jwks_check_seconds: must be > 0"),
@@ -226,9 +268,9 @@ class PlayerAuthenticator:
         if self._s.mode == "none":
             return ANONYMOUS
         if not token:
-            raise Unauthorized(MISSING)
+            raise _refused(MISSING)
         if len(token) > MAX_TOKEN_CHARS or not token.isascii():
-            raise Unauthorized(MALFORMED)
+            raise _refused(MALFORMED)
         now = self._clock()
         if now >= self._next_check:
             self.reload_if_changed()
@@ -287,14 +329,14 @@ class PlayerAuthenticator:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise Unauthorized(MALFORMED) from None
+            raise _refused(MALFORMED) from None
         alg = header.get("alg")
         if not isinstance(alg, str):
-            raise Unauthorized(MALFORMED)
+            raise _refused(MALFORMED)
         if alg not in self._allowed:
-            raise Unauthorized(ALG_NOT_ALLOWED)
+            raise _refused(ALG_NOT_ALLOWED)
         claims = self._decode(token, alg, self._key_for(alg, header.get("kid")))
-        _check_times(claims, now, self._s.leeway_seconds)
+        _check_times(claims, now, self._s.leeway_seconds, self._s.max_lifetime_seconds)
         return Player(
             user_id=_user_id(claims.get(self._s.user_claim)),
             entitlements=_entitlements(claims.get(self._s.entitlements_claim)),
@@ -306,12 +348,12 @@ class PlayerAuthenticator:
         if alg in HMAC_ALGORITHMS:
             return self._s.hmac_secret
         if not isinstance(kid, str) or not kid:
-            raise Unauthorized(NO_KID)
+            raise _refused(NO_KID)
         key = self._keys.get(kid)
         if key is None:
-            raise Unauthorized(UNKNOWN_KID)
+            raise _refused(UNKNOWN_KID)
         if alg not in key.algorithms:
-            raise Unauthorized(KEY_MISMATCH)
+            raise _refused(KEY_MISMATCH)
         return key.key
 
     def _decode(self, token: str, alg: str, key: Any) -> dict[str, Any]:
@@ -325,42 +367,52 @@ class PlayerAuthenticator:
                 options=_DECODE_OPTIONS,
             )
         except jwt.InvalidSignatureError:
-            raise Unauthorized(BAD_SIGNATURE) from None
+            raise _refused(BAD_SIGNATURE) from None
         except jwt.MissingRequiredClaimError as exc:
             missing = {"exp": MISSING_EXP, "aud": WRONG_AUDIENCE, "iss": WRONG_ISSUER}
-            raise Unauthorized(missing.get(exc.claim, INVALID)) from None
+            raise _refused(missing.get(exc.claim, INVALID)) from None
         except jwt.InvalidAudienceError:
-            raise Unauthorized(WRONG_AUDIENCE) from None
+            raise _refused(WRONG_AUDIENCE) from None
         except jwt.InvalidIssuerError:
-            raise Unauthorized(WRONG_ISSUER) from None
+            raise _refused(WRONG_ISSUER) from None
         except jwt.DecodeError:
-            raise Unauthorized(MALFORMED) from None
+            raise _refused(MALFORMED) from None
         except jwt.PyJWTError:
-            raise Unauthorized(INVALID) from None
+            raise _refused(INVALID) from None
 
 
 def _number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise Unauthorized(BAD_TIME)
+        raise _refused(BAD_TIME)
     number = float(value)
     if not math.isfinite(number):  # json.loads accepts Infinity: an everlasting token
-        raise Unauthorized(BAD_TIME)
+        raise _refused(BAD_TIME)
     return number
 
 
-def _check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
-    if now >= _number(claims["exp"]) + leeway:
-        raise Unauthorized(EXPIRED)
+def _check_times(
+    claims: Mapping[str, Any], now: float, leeway: float, max_lifetime: float | None
+) -> None:
+    exp = _number(claims["exp"])
+    if now >= exp + leeway:
+        raise _refused(EXPIRED)
     for name in ("nbf", "iat"):
         if name in claims and _number(claims[name]) > now + leeway:
-            raise Unauthorized(NOT_YET_VALID)
+            raise _refused(NOT_YET_VALID)
+    if max_lifetime is None:
+        return
+    # The lifetime the issuer gave the token; without iat it could not be bounded at all.
+    if "iat" not in claims:
+        raise _refused(MISSING_IAT)
+    if exp - _number(claims["iat"]) > max_lifetime:
+        raise _refused(LIFETIME_TOO_LONG)
 
 
 def _user_id(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value or len(value) > _MAX_USER_ID_CHARS:
-        raise Unauthorized(MISSING_USER)
+        raise _refused(MISSING_USER)
     return value
 
 
@@ -371,7 +423,7 @@ def _entitlements(value: object) -> tuple[str, ...]:
         return (value,)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise Unauthorized(BAD_ENTITLEMENTS)
+    raise _refused(BAD_ENTITLEMENTS)
 
 
 def issue_token(

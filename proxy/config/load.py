@@ -15,6 +15,7 @@ from typing import Any, Literal, cast
 
 import yaml
 
+from proxy.access.client_address import Network, parse_network
 from proxy.access.cors import CorsPolicy
 from proxy.access.player_tokens import PlayerAuthSettings
 from proxy.catalog.base import CatalogSettings
@@ -60,6 +61,8 @@ class ServerSettings:
     internal: Listener = Listener("127.0.0.1", 9090)
     max_body_bytes: int = 65_536
     shutdown_grace_seconds: float = 10.0
+    # Proxies (an ingress, a load balancer) whose X-Forwarded-For entries are believed.
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +218,9 @@ def _parse_listener(reader: ConfigReader, raw: Any, path: str, default: Listener
 def _parse_server(reader: ConfigReader, raw: Any) -> ServerSettings:
     path = "server"
     section = reader.mapping(
-        raw, path, {"public", "internal", "max_body_bytes", "shutdown_grace_seconds"}
+        raw,
+        path,
+        {"public", "internal", "max_body_bytes", "shutdown_grace_seconds", "trusted_proxies"},
     )
     defaults = ServerSettings()
     return ServerSettings(
@@ -229,7 +234,24 @@ def _parse_server(reader: ConfigReader, raw: Any) -> ServerSettings:
         shutdown_grace_seconds=reader.positive(
             section, "shutdown_grace_seconds", path, float, defaults.shutdown_grace_seconds
         ),
+        trusted_proxies=_parse_trusted_proxies(reader, section),
     )
+
+
+def _parse_trusted_proxies(reader: ConfigReader, section: dict[str, Any]) -> tuple[Network, ...]:
+    """`server.trusted_proxies`: CIDRs, parsed once here so that no request parses one."""
+    values = reader.value(section, "trusted_proxies", "server", list, [])
+    networks: list[Network] = []
+    for index, value in enumerate(values or ()):
+        where = f"server.trusted_proxies[{index}]"
+        if not isinstance(value, str):
+            reader.problem(where, "must be a string (a CIDR such as 10.0.0.0/8)")
+            continue
+        try:
+            networks.append(parse_network(value))
+        except ValueError as exc:
+            reader.problem(where, str(exc))
+    return tuple(networks)
 
 
 def _parse_log(reader: ConfigReader, raw: Any) -> LogSettings:

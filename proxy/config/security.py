@@ -6,7 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.access.cors import CorsPolicy, validate_cors
-from proxy.access.player_tokens import PlayerAuthSettings, validate_player_auth
+from proxy.access.player_tokens import (
+    DEFAULT_MAX_LIFETIME_SECONDS,
+    PlayerAuthSettings,
+    validate_player_auth,
+)
 from proxy.config.reader import ConfigReader
 from proxy.upstream.signer import decode_hmac_secret
 
@@ -19,6 +23,7 @@ _AUTH_FIELDS = {
     "issuer",
     "audience",
     "leeway_seconds",
+    "max_lifetime_seconds",
     "user_claim",
     "entitlements_claim",
     "token_query_param",
@@ -78,6 +83,7 @@ def parse_player_auth(reader: ConfigReader, raw: Any) -> PlayerAuthSettings:
         issuer=reader.value(section, "issuer", path, str, None),
         audience=reader.value(section, "audience", path, str, None),
         leeway_seconds=reader.value(section, "leeway_seconds", path, float, 30.0),
+        max_lifetime_seconds=_max_lifetime(reader, section, path),
         user_claim=reader.value(section, "user_claim", path, str, "sub"),
         entitlements_claim=reader.value(section, "entitlements_claim", path, str, "entitlements"),
         token_query_param=reader.value(section, "token_query_param", path, str, "token"),
@@ -89,6 +95,16 @@ def parse_player_auth(reader: ConfigReader, raw: Any) -> PlayerAuthSettings:
     for problem in validate_player_auth(settings):
         reader.problem(path, problem)
     return settings
+
+
+def _max_lifetime(reader: ConfigReader, section: dict[str, Any], path: str) -> float | None:
+    """`max_lifetime_seconds`: a day when absent; an explicit `null` accepts any lifetime."""
+    if "max_lifetime_seconds" in section and section["max_lifetime_seconds"] is None:
+        return None
+    value: float | None = reader.positive(
+        section, "max_lifetime_seconds", path, float, DEFAULT_MAX_LIFETIME_SECONDS
+    )
+    return value
 
 
 def parse_cors(reader: ConfigReader, raw: Any) -> CorsPolicy | None:

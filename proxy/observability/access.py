@@ -16,6 +16,8 @@ class RequestInfo:
     """What the access log and metrics say of one request."""
 
     request_id: str
+    client: str = "-"  # the player's address, after trusted proxies
+    forwarded_for: str = "-"  # the X-Forwarded-For chain passed upstream
     drm: str = "-"
     asset_id: AssetId | None = None
     provider: str = "-"
@@ -24,3 +26,5 @@ class RequestInfo:
     rules_version: str | None = None
     fallback_from: str | None = None
     upstream_ms: float | None = None
+    error: str | None = None  # the error code answered, if any
+    detail: str | None = None  # which refusal of that code (GatewayError.detail)

@@ -104,8 +104,10 @@ RULES_LOADED_TIMESTAMP = Gauge(
 )
 REFUSED = Counter(
     "drm_gateway_refused_requests_total",
-    "Player requests refused before reaching a provider, by reason.",
-    ["reason"],
+    "Player requests refused before reaching a provider, by reason (the error code) and "
+    "detail (why a player token was refused, e.g. expired; admin_token; which rate limit: "
+    "ip, user; else -).",
+    ["reason", "detail"],
     registry=REGISTRY,
 )
 RATE_LIMITED = Counter(

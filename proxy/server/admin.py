@@ -39,7 +39,7 @@ def require_admin(handler: Handler) -> Handler:
         who = request.remote or "unknown"
         if not ok:
             log.warning("admin_refused", who=who, path=request.path, method=request.method)
-            raise Unauthorized("A valid admin token is required.")
+            raise Unauthorized("A valid admin token is required.", detail="admin_token")
         try:
             response = await handler(request)
         except GatewayError as exc:

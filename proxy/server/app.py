@@ -77,7 +77,11 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_public_app(config: Config) -> web.Application:
     """The player-facing app: license, key and certificate routes."""
     app = web.Application(
-        middlewares=[create_middleware(public=True, cors=config.cors)],
+        middlewares=[
+            create_middleware(
+                public=True, cors=config.cors, trusted_proxies=config.server.trusted_proxies
+            )
+        ],
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config

@@ -1,18 +1,23 @@
 """The one middleware: request id, error mapping, access log and request metrics.
 
-One layer instead of four keeps the per-request overhead to a single coroutine frame.
+One layer instead of four keeps the per-request overhead to a single coroutine frame. The
+request id is bound to the logging context for the whole request, so every line logged
+while serving it (upstream errors, fallbacks) carries it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from proxy.access.client_address import Network, TrustedProxies
 from proxy.access.cors import CorsPolicy, merge_vary
 from proxy.errors import (
     BadRequest,
@@ -25,10 +30,12 @@ from proxy.errors import (
 )
 from proxy.observability import metrics
 from proxy.observability.access import RequestInfo
-from proxy.observability.logs import get_logger
+from proxy.observability.logs import REQUEST_ID, get_logger
 
 INFO = web.RequestKey("info", RequestInfo)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+# Free-form player headers are clipped in the access line so a player cannot bloat it.
+_MAX_CLIENT_HEADER_CHARS = 64
 _access = get_logger("access")
 _errors = get_logger("errors")
 
@@ -40,6 +47,12 @@ def request_id_from(header: str | None) -> str:
     if header and _REQUEST_ID.match(header):
         return header
     return secrets.token_hex(16)
+
+
+def replica_name() -> str:
+    """This replica's name for the access line: $HOSTNAME (the pod or container name under
+    Kubernetes and compose), else the host name."""
+    return os.environ.get("HOSTNAME") or socket.gethostname()
 
 
 def error_response(error: GatewayError, request_id: str) -> web.Response:
@@ -65,23 +78,22 @@ async def _refuse_target(request: web.Request) -> web.StreamResponse:
     raise BadRequest("The request target must be a path.")
 
 
-def create_middleware(*, public: bool, cors: CorsPolicy | None = None) -> Middleware:
-    """The gateway middleware; `public` adds CORS, access logging and player metrics."""
+def create_middleware(
+    *, public: bool, cors: CorsPolicy | None = None, trusted_proxies: Sequence[Network] = ()
+) -> Middleware:
+    """The gateway middleware; `public` adds CORS, the client address behind
+    `trusted_proxies`, access logging and player metrics."""
+    proxies = TrustedProxies(trusted_proxies)
+    behind_proxies = bool(proxies)
+    replica = replica_name()  # once: it does not change while the process runs
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        info = RequestInfo(request_id_from(request.headers.get("X-Request-Id")))
-        request[INFO] = info
-        # Only origin-form ("/path") is ours: an absolute-form target ("http://evil.example/…")
-        # is a proxy request, and aiohttp would route its path and report its foreign host.
-        if not request.raw_path.startswith("/"):
-            handler = _refuse_target
-        if not public:
-            response = await _call(request, handler, info)
-            response.headers["X-Request-Id"] = info.request_id
-            return response
+    async def serve_public(
+        request: web.Request, handler: Handler, info: RequestInfo, started: float
+    ) -> web.StreamResponse:
+        forwarded = request.headers.getall("X-Forwarded-For", ()) if behind_proxies else ()
+        info.client, info.forwarded_for = proxies.resolve(request.remote, forwarded)
         metrics.IN_FLIGHT.inc()
+        response: web.StreamResponse
         try:
             if request.method == "OPTIONS" and handler is not _refuse_target:
                 response = _preflight(request, cors, info)
@@ -93,8 +105,28 @@ def create_middleware(*, public: bool, cors: CorsPolicy | None = None) -> Middle
         origin = request.headers.get("Origin")
         if cors is not None and origin is not None:
             _add_cors(response, cors.response_headers(origin))
-        _observe(request, response, info, time.perf_counter() - started)
+        _observe(request, response, info, time.perf_counter() - started, replica)
         return response
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        info = RequestInfo(request_id_from(request.headers.get("X-Request-Id")))
+        request[INFO] = info
+        # Only origin-form ("/path") is ours: an absolute-form target ("http://evil.example/…")
+        # is a proxy request, and aiohttp would route its path and report its foreign host.
+        if not request.raw_path.startswith("/"):
+            handler = _refuse_target
+        # aiohttp runs each request in its own task, so this binding is the request's alone.
+        bound = REQUEST_ID.set(info.request_id)
+        try:
+            if public:
+                return await serve_public(request, handler, info, started)
+            response = await _call(request, handler, info)
+            response.headers["X-Request-Id"] = info.request_id
+            return response
+        finally:
+            REQUEST_ID.reset(bound)
 
     return middleware
 
@@ -110,7 +142,7 @@ def _preflight(request: web.Request, cors: CorsPolicy | None, info: RequestInfo)
         )
     if headers is None:
         info.reason = "cors_refused"
-        return error_response(CorsRefused(), info.request_id)
+        return _answer(info, CorsRefused())
     return web.Response(status=204, headers=headers)
 
 
@@ -122,29 +154,45 @@ def _add_cors(response: web.StreamResponse, headers: dict[str, str]) -> None:
             response.headers[name] = value
 
 
+def _answer(info: RequestInfo, error: GatewayError) -> web.Response:
+    """The error's JSON answer; its code and detail are noted for the access line."""
+    info.error, info.detail = error.code, error.detail
+    return error_response(error, info.request_id)
+
+
 async def _call(request: web.Request, handler: Handler, info: RequestInfo) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
         if info.provider == "-" and exc.status < 500:
-            metrics.REFUSED.labels(exc.code).inc()  # refused before reaching a provider
+            # Refused before reaching a provider.
+            metrics.labelled(metrics.REFUSED, exc.code, exc.detail).inc()
         if isinstance(exc, InternalError):
             # The detail is for ops; the player gets the generic message.
             _errors.error("internal_error", request_id=info.request_id, error=exc.message)
-            return error_response(InternalError(), info.request_id)
-        return error_response(exc, info.request_id)
+            return _answer(info, InternalError())
+        return _answer(info, exc)
     except web.HTTPException as exc:
-        response = error_response(_from_http_exception(exc), info.request_id)
+        response = _answer(info, _from_http_exception(exc))
         if "Allow" in exc.headers:  # a 405 names the methods the route takes (RFC 9110)
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception:
         _errors.exception("unhandled_error", request_id=info.request_id, path=request.path)
-        return error_response(InternalError(), info.request_id)
+        return _answer(info, InternalError())
+
+
+def _client_header(request: web.Request, name: str) -> str | None:
+    value = request.headers.get(name)
+    return value[:_MAX_CLIENT_HEADER_CHARS] if value is not None else None
 
 
 def _observe(
-    request: web.Request, response: web.StreamResponse, info: RequestInfo, seconds: float
+    request: web.Request,
+    response: web.StreamResponse,
+    info: RequestInfo,
+    seconds: float,
+    replica: str,
 ) -> None:
     status = response.status
     outcome = "ok" if status < 400 else "client_error" if status < 500 else "error"
@@ -157,6 +205,10 @@ def _observe(
         request_id=info.request_id,
         method=request.method,
         route=route.canonical if route is not None else "-",
+        client=info.client,
+        platform=_client_header(request, "X-Client-Platform"),
+        app_version=_client_header(request, "X-App-Version"),
+        replica=replica,
         drm=info.drm,
         asset_id=info.asset_id,
         provider=info.provider,
@@ -165,6 +217,8 @@ def _observe(
         rules_version=info.rules_version,
         fallback_from=info.fallback_from,
         status=status,
+        error=info.error,
+        detail=info.detail,
         bytes_in=request.content_length or 0,
         bytes_out=response.content_length or 0,
         duration_ms=round(seconds * 1000, 3),

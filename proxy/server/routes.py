@@ -57,23 +57,27 @@ def admit(request: web.Request, *, query_token: bool) -> tuple[Player, AssetId]:
     """Rate limits, player token and entitlement; key URIs may carry the token as ?token=.
 
     The path's asset id is parsed here, once; an invalid one is refused by the guard after the
-    cheaper checks, and a valid one names the asset in the access log even when refused."""
+    cheaper checks, and a valid one names the asset in the access log even when refused. The
+    per-IP limit keys on the client address the middleware resolved behind trusted proxies,
+    never on an address the player wrote."""
     guard = request.app[GUARD]
-    asset_id = request[INFO].asset_id = asset_id_or_none(request.match_info["asset_id"])
+    info = request[INFO]
+    asset_id = info.asset_id = asset_id_or_none(request.match_info["asset_id"])
     token = bearer_token(request.headers.get("Authorization"))
     if token is None and query_token:
         token = request.query.get(guard.token_query_param)
-    player = guard.admit(ip=request.remote or "unknown", token=token, asset_id=asset_id)
+    player = guard.admit(ip=info.client, token=token, asset_id=asset_id)
     assert asset_id is not None  # the guard refuses an invalid one
     return player, asset_id
 
 
 def client_info(request: web.Request, player: Player) -> ClientInfo:
-    """What the gateway passes on about the player: its address chain and client headers."""
-    peer = request.remote or "unknown"
-    prior = request.headers.get("X-Forwarded-For")
+    """What the gateway passes on about the player: its address chain and client headers.
+
+    The chain is the client, the trusted proxies and the peer: what a player wrote in
+    X-Forwarded-For before its own address never travels upstream."""
     return ClientInfo(
-        forwarded_for=f"{prior}, {peer}" if prior else peer,
+        forwarded_for=request[INFO].forwarded_for,
         traceparent=request.headers.get("traceparent"),
         platform=request.headers.get("X-Client-Platform"),
         app_version=request.headers.get("X-App-Version"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +114,24 @@ async def test_upstream_failures_map_to_gateway_errors(
 ) -> None:
     stack = await make_stack()
     await stack.faults(stack.legacy, **faults)
-    got_status, body = await error_of(stack, "POST", WIDEVINE, data=b"\x08\x04")
+    got_status, body = await error_of(
+        stack, "POST", WIDEVINE, data=b"\x08\x04", headers={"X-Request-Id": "upstream-fail-1"}
+    )
     assert (got_status, body["error"]) == (status, code)
     # Never the provider's own body or URL.
     assert "EMULATED" not in body["message"] and "127.0.0.1" not in body["message"]
+    # Every line logged while serving the request names it: the provider's error lines too.
+    lines = [json.loads(line) for line in stack.logs.getvalue().splitlines()]
+    upstream = [ln for ln in lines if ln["component"] == "providers"]
+    assert upstream and {ln["event"] for ln in upstream} <= {
+        "upstream_error",
+        "upstream_unreachable",
+    }
+    assert {ln.get("request_id") for ln in upstream} == {"upstream-fail-1"}
+    access = [ln for ln in lines if ln["component"] == "access"]
+    assert [(ln["request_id"], ln["error"], ln["detail"]) for ln in access] == [
+        ("upstream-fail-1", code, "-")
+    ]
 
 
 async def test_upstream_connection_refused_is_502(make_stack: StackFactory) -> None:

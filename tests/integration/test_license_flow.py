@@ -6,11 +6,13 @@ import asyncio
 import base64
 import hashlib
 import json
+from typing import Any
 
 import pytest
 
 from proxy.dev.emulator import derive_key
 from proxy.observability.metrics import REGISTRY
+from proxy.server.middleware import replica_name
 from tests.conftest import SEED, StackFactory, player_token
 
 LICENSE_DRMS = ("widevine", "playready")
@@ -96,11 +98,23 @@ async def test_aes128_key_bytes(make_stack: StackFactory, asset: str, resource: 
         assert await resp.read() == derive_key(SEED, resource, KID)
 
 
-async def test_forwarded_headers_reach_the_provider(make_stack: StackFactory) -> None:
-    stack = await make_stack()
+@pytest.mark.parametrize(
+    ("trusted", "upstream_xff"),
+    [
+        # Direct players: what a player writes in X-Forwarded-For never travels upstream.
+        ([], "127.0.0.1"),
+        # Behind a trusted ingress (this peer): the client it saw, then the ingress; the
+        # entry the player wrote before its own address is dropped.
+        (["127.0.0.0/8"], "203.0.113.7, 127.0.0.1"),
+    ],
+)
+async def test_forwarded_headers_reach_the_provider(
+    make_stack: StackFactory, trusted: list[str], upstream_xff: str
+) -> None:
+    stack = await make_stack(configure=lambda raw: raw["server"].update(trusted_proxies=trusted))
     headers = {
         "X-Request-Id": "player-req-0001",
-        "X-Forwarded-For": "203.0.113.7",
+        "X-Forwarded-For": "198.51.100.66, 203.0.113.7",
         "Content-Type": "text/xml; charset=utf-8",
         "Authorization": f"Bearer {player_token(user='forwarding-test')}",
         "Cookie": "session=abc",
@@ -113,7 +127,7 @@ async def test_forwarded_headers_reach_the_provider(make_stack: StackFactory) ->
         assert "X-Emulator" not in resp.headers
     seen = (await stack.stats(stack.legacy))["recent"][-1]
     assert seen["headers"]["X-Request-Id"] == "player-req-0001"
-    assert seen["headers"]["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
+    assert seen["headers"]["X-Forwarded-For"] == upstream_xff
     assert seen["headers"]["Content-Type"] == "text/xml; charset=utf-8"
     # The player's credentials and cookies never travel to a provider.
     names = {n.lower() for n in seen["header_names"]}
@@ -146,19 +160,32 @@ async def test_guards_route_and_refuse(make_stack: StackFactory) -> None:
     assert (await stack.stats(stack.incoming))["total"] == incoming_before
 
 
+CLIENT_HEADERS = {
+    "X-Forwarded-For": "203.0.113.7",
+    "X-Client-Platform": "android-tv",
+    "X-App-Version": "5.12.0",
+}
+
+
+def access_line(logs: str, request_id: str) -> dict[str, Any]:
+    lines: list[dict[str, Any]] = [json.loads(line) for line in logs.splitlines()]
+    access = [ln for ln in lines if ln.get("request_id") == request_id]
+    assert len(access) == 1
+    assert access[0]["component"] == "access"
+    return access[0]
+
+
 async def test_access_log_line(make_stack: StackFactory) -> None:
-    stack = await make_stack()
+    stack = await make_stack(
+        configure=lambda raw: raw["server"].update(trusted_proxies=["127.0.0.1"])
+    )
     async with stack.http.post(
         stack.url("/v1/license/widevine/incoming-only"),
         data=b"\x08\x04",
-        headers={"X-Request-Id": "req-access-log-1"},
+        headers={"X-Request-Id": "req-access-log-1", **CLIENT_HEADERS},
     ) as resp:
         assert resp.status == 200
-    lines = [json.loads(line) for line in stack.logs.getvalue().splitlines()]
-    access = [ln for ln in lines if ln.get("request_id") == "req-access-log-1"]
-    assert len(access) == 1
-    line = access[0]
-    assert line["component"] == "access"
+    line = access_line(stack.logs.getvalue(), "req-access-log-1")
     assert (line["drm"], line["asset_id"], line["provider"], line["status"]) == (
         "widevine",
         "incoming-only",
@@ -167,6 +194,46 @@ async def test_access_log_line(make_stack: StackFactory) -> None:
     )
     assert line["reason"] == "guard_key_holders"
     assert line["duration_ms"] > 0 and line["upstream_ms"] > 0
+    # Who asked: the client behind the trusted proxy, its platform and app, which replica.
+    assert (line["client"], line["platform"], line["app_version"]) == (
+        "203.0.113.7",
+        "android-tv",
+        "5.12.0",
+    )
+    assert line["replica"] == replica_name() and line["replica"]
+    assert (line["error"], line["detail"]) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("path", "entitled", "status", "error", "detail"),
+    [
+        ("/v1/license/widevine/both-1", None, 401, "unauthorized", "missing_token"),
+        ("/v1/license/widevine/both-1", ["other"], 403, "not_entitled", "-"),
+        ("/v1/license/widevine/unknown-asset", ["*"], 404, "unknown_asset", "-"),
+    ],
+)
+async def test_access_line_of_a_refusal_names_its_error_and_detail(
+    make_stack: StackFactory,
+    path: str,
+    entitled: list[str] | None,
+    status: int,
+    error: str,
+    detail: str,
+) -> None:
+    stack = await make_stack()
+    headers = {"X-Request-Id": "req-refused-0001", **CLIENT_HEADERS}
+    if entitled is not None:  # a valid token with these entitlements; else no token
+        headers["Authorization"] = f"Bearer {player_token(entitled)}"
+    async with stack.anon.post(stack.url(path), data=b"\x08\x04", headers=headers) as resp:
+        assert resp.status == status
+    line = access_line(stack.logs.getvalue(), "req-refused-0001")
+    assert (line["status"], line["error"], line["detail"]) == (status, error, detail)
+    # No trusted proxies: the peer is the client, and the platform headers are still named.
+    assert (line["client"], line["platform"], line["app_version"]) == (
+        "127.0.0.1",
+        "android-tv",
+        "5.12.0",
+    )
 
 
 async def test_fifty_concurrent_misses_make_one_backend_call(make_stack: StackFactory) -> None:

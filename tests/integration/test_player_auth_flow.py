@@ -1,7 +1,9 @@
-"""No request without a valid, entitled player token reaches a provider."""
+"""No request without a valid, entitled player token reaches a provider; refusals say why;
+rate limits key on the client behind trusted proxies."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -10,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from proxy.access.player_tokens import issue_token
+from proxy.access.player_tokens import TOKEN_REFUSALS, issue_token
+from proxy.observability.metrics import REGISTRY
 from tests.conftest import PLAYER_SECRET, Stack, StackFactory, player_token
 
 LICENSE = "/v1/license/widevine/both-1"
@@ -63,18 +66,28 @@ def rs_token() -> str:
     )
 
 
-REFUSALS: dict[str, Callable[[], str | None]] = {
-    "no_token": lambda: None,
-    "malformed": lambda: "not.a.jwt",
-    "garbage": lambda: "x" * 50,
-    "expired": lambda: player_token(ttl=-120),
-    "not_yet_valid": lambda: player_token(clock=lambda: time.time() + 3600),
-    "wrong_audience": lambda: hs_token(PLAYER_SECRET.encode(), audience="someone-else"),
-    "wrong_issuer": lambda: hs_token(PLAYER_SECRET.encode(), issuer="evil-idp"),
-    "alg_none": alg_none_token,
-    "rs256_not_allowed": rs_token,
-    "bad_signature": lambda: hs_token(b"a-different-secret-of-32-bytes-xx"),
+# case -> (the token, the refusal's detail in the access line and the metric)
+REFUSALS: dict[str, tuple[Callable[[], str | None], str]] = {
+    "no_token": (lambda: None, "missing_token"),
+    "malformed": (lambda: "not.a.jwt", "malformed"),
+    "garbage": (lambda: "x" * 50, "malformed"),
+    "expired": (lambda: player_token(ttl=-120), "expired"),
+    "not_yet_valid": (lambda: player_token(clock=lambda: time.time() + 3600), "not_yet_valid"),
+    "wrong_audience": (
+        lambda: hs_token(PLAYER_SECRET.encode(), audience="someone-else"),
+        "wrong_audience",
+    ),
+    "wrong_issuer": (lambda: hs_token(PLAYER_SECRET.encode(), issuer="evil-idp"), "wrong_issuer"),
+    "alg_none": (alg_none_token, "alg_not_allowed"),
+    "rs256_not_allowed": (rs_token, "alg_not_allowed"),
+    "bad_signature": (lambda: hs_token(b"a-different-secret-of-32-bytes-xx"), "bad_signature"),
+    "lifetime_too_long": (lambda: player_token(ttl=400 * 86_400), "lifetime_too_long"),
 }
+
+
+def refused_count(detail: str) -> float:
+    labels = {"reason": "unauthorized", "detail": detail}
+    return REGISTRY.get_sample_value("drm_gateway_refused_requests_total", labels) or 0.0
 
 
 async def emulator_total(stack: Stack) -> int:
@@ -86,7 +99,9 @@ async def emulator_total(stack: Stack) -> int:
 @pytest.mark.parametrize("case", list(REFUSALS))
 async def test_refused_tokens_never_reach_a_provider(make_stack: StackFactory, case: str) -> None:
     stack = await make_stack()
-    token = REFUSALS[case]()
+    factory, detail = REFUSALS[case]
+    token = factory()
+    before = refused_count(detail)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with stack.anon.post(stack.url(LICENSE), data=b"\x08\x04", headers=headers) as resp:
         assert resp.status == 401, case
@@ -98,10 +113,18 @@ async def test_refused_tokens_never_reach_a_provider(make_stack: StackFactory, c
         assert resp.status == 401
     assert await emulator_total(stack) == 0
     refused = [json.loads(x) for x in stack.logs.getvalue().splitlines() if '"access"' in x]
-    assert [(x["drm"], x["asset_id"], x["status"]) for x in refused] == [
-        ("widevine", "both-1", 401),
-        ("aes128", "both-1", 401),
+    assert [(x["drm"], x["asset_id"], x["status"], x["error"], x["detail"]) for x in refused] == [
+        ("widevine", "both-1", 401, "unauthorized", detail),
+        ("aes128", "both-1", 401, "unauthorized", detail),
     ]
+    # drm_gateway_refused_requests_total{reason="unauthorized", detail=...} says which refusal.
+    assert refused_count(detail) - before == 2
+    async with stack.anon.get(stack.internal("/metrics")) as resp:
+        assert f'detail="{detail}",reason="unauthorized"' in await resp.text()
+
+
+def test_every_token_refusal_detail_is_bounded() -> None:
+    assert {detail for _, detail in REFUSALS.values()} <= set(TOKEN_REFUSALS.values())
 
 
 async def test_not_entitled_is_403(make_stack: StackFactory) -> None:
@@ -168,6 +191,86 @@ async def test_rate_limit_per_ip_before_authentication(make_stack: StackFactory)
     assert statuses == [401, 401, 429, 429]
 
 
+def trusting(*cidrs: str) -> Callable[[dict[str, Any]], None]:
+    """A make_stack `configure` that sets server.trusted_proxies."""
+
+    def configure(raw: dict[str, Any]) -> None:
+        raw["server"]["trusted_proxies"] = list(cidrs)
+
+    return configure
+
+
+# Each user sends 3 requests: within every bucket's burst, so under every limit.
+SMALL_LIMITS = {
+    "per_user": {"rate_per_second": 1, "burst": 5},
+    "per_ip": {"rate_per_second": 1, "burst": 5},
+}
+
+
+async def hundred_users_behind_one_ingress(stack: Stack) -> list[int]:
+    """100 players, each with its own token and address, all connecting from this loopback
+    peer (as through an ingress that appends the player's address to X-Forwarded-For)."""
+
+    async def user(i: int) -> list[int]:
+        headers = {
+            "Authorization": f"Bearer {player_token(user=f'viewer-{i}')}",
+            "X-Forwarded-For": f"203.0.113.{i}",
+        }
+        statuses = []
+        for _ in range(3):
+            async with stack.anon.post(
+                stack.url(LICENSE), data=b"\x08\x04", headers=headers
+            ) as resp:
+                statuses.append(resp.status)
+        return statuses
+
+    return [status for each in await asyncio.gather(*map(user, range(100))) for status in each]
+
+
+async def test_users_behind_a_trusted_ingress_get_a_bucket_each(make_stack: StackFactory) -> None:
+    stack = await make_stack(rate_limit=SMALL_LIMITS, configure=trusting("127.0.0.0/8", "::1"))
+    statuses = await hundred_users_behind_one_ingress(stack)
+    assert statuses.count(429) == 0 and set(statuses) == {200}
+    clients = {x["client"] for x in access_lines(stack)}
+    assert clients == {f"203.0.113.{i}" for i in range(100)}
+
+
+async def test_without_trusted_proxies_users_share_the_peers_bucket(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(rate_limit=SMALL_LIMITS)
+    statuses = await hundred_users_behind_one_ingress(stack)
+    assert statuses.count(429) > 0
+    assert {x["client"] for x in access_lines(stack)} == {"127.0.0.1"}
+
+
+async def test_spoofed_forwarded_for_from_an_untrusted_peer_keeps_its_bucket(
+    make_stack: StackFactory,
+) -> None:
+    # Only 10.0.0.0/8 is trusted: this loopback peer is a player, whatever it writes.
+    limits = {"per_ip": {"rate_per_second": 0.5, "burst": 2}}
+    stack = await make_stack(rate_limit=limits, configure=trusting("10.0.0.0/8"))
+    statuses = []
+    for i in range(4):
+        spoofed = {"X-Forwarded-For": f"198.51.100.{i}, 10.0.0.{i}"}
+        async with stack.anon.post(stack.url(LICENSE), data=b"\x08\x04", headers=spoofed) as resp:
+            statuses.append(resp.status)
+    assert statuses == [401, 401, 429, 429]
+    assert [(x["client"], x["error"], x["detail"]) for x in access_lines(stack)][-1] == (
+        "127.0.0.1",
+        "rate_limited",
+        "ip",
+    )
+
+
+def access_lines(stack: Stack) -> list[dict[str, Any]]:
+    return [
+        line
+        for line in map(json.loads, stack.logs.getvalue().splitlines())
+        if line["component"] == "access"
+    ]
+
+
 async def test_cors_preflight_and_response_headers(make_stack: StackFactory) -> None:
     stack = await make_stack(cors={"allowed_origins": ["http://127.0.0.1:8000"]})
     preflight = {
@@ -218,8 +321,8 @@ async def test_missing_player_auth_section_is_a_config_error() -> None:
 
 async def test_no_secret_in_logs_of_an_auth_run(make_stack: StackFactory) -> None:
     stack = await make_stack()
-    for case in REFUSALS.values():
-        token = case()
+    for factory, _ in REFUSALS.values():
+        token = factory()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with stack.anon.post(stack.url(LICENSE), data=b"\x08\x04", headers=headers):
             pass
