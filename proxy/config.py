@@ -33,6 +33,7 @@ from proxy.fairplay import (
     RequestFormat,
     ResponseFormat,
 )
+from proxy.rules import ProviderTraits
 
 __all__ = [
     "DRM_SYSTEMS",
@@ -42,8 +43,10 @@ __all__ = [
     "ProviderAuth",
     "ProviderSettings",
     "RoutingSettings",
+    "RulesView",
     "UrlTemplate",
     "load_config",
+    "load_rules_view",
     "parse_config",
 ]
 
@@ -105,18 +108,22 @@ class Config:
 
 def load_config(path: Path, *, overrides: Mapping[str, Any] | None = None) -> Config:
     """Read, validate and build the config; raise ConfigError listing every problem."""
+    raw = _read_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return parse_config(raw, base_dir=path.parent, source=path)
+
+
+def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
     try:
-        raw = yaml.safe_load(text) or {}
+        return yaml.safe_load(text) or {}
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
         raise ConfigError([f"{path}: YAML syntax error at line {line}: {exc.problem}"]) from None
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
-    return parse_config(raw, base_dir=path.parent, source=path)
 
 
 def _set_dotted(raw: Any, dotted: str, value: Any) -> None:
@@ -162,6 +169,33 @@ def parse_config(
         rate_limits,
         source,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RulesView:
+    """The part of a config the rules tooling reads: provider names and traits, and (for
+    `rules explain`) the routing and catalog sections. Built without resolving a secret or
+    opening a key file, so CI can check a rules change without production secrets."""
+
+    providers: Mapping[str, ProviderTraits]
+    routing: RoutingSettings | None = None
+    catalog: CatalogSettings | None = None
+
+
+def load_rules_view(path: Path, *, routing: bool = False) -> RulesView:
+    """The providers of the config at `path` (and with `routing`, its routing and catalog
+    sections), parsed by the same code as `load_config`; other sections are not read.
+    Raises ConfigError listing every problem of the sections read."""
+    raw = _read_yaml(path)
+    # An empty environment: were a secret ever resolved here, it would fail loudly.
+    reader = ConfigReader(path.parent, {})
+    top = reader.mapping(raw, "", _TOP_SECTIONS)
+    providers = parse_providers(reader, top.get("providers"), auth=False)
+    routing_settings = _parse_routing(reader, top.get("routing"), providers) if routing else None
+    catalog = _parse_catalog(reader, top.get("catalog")) if routing else None
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return RulesView({name: p.traits for name, p in providers.items()}, routing_settings, catalog)
 
 
 _TOP_SECTIONS = {

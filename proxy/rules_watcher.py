@@ -42,10 +42,7 @@ class ReloadResult:
 
 def provider_traits(providers: Mapping[str, ProviderSettings]) -> dict[str, ProviderTraits]:
     """What the rules engine needs to know of each configured provider."""
-    return {
-        name: ProviderTraits(needs_drm_resource_id=p.needs_drm_resource_id)
-        for name, p in providers.items()
-    }
+    return {name: p.traits for name, p in providers.items()}
 
 
 def rules_without_file(default: str, providers: Mapping[str, ProviderTraits]) -> RuleSet:
@@ -55,6 +52,24 @@ def rules_without_file(default: str, providers: Mapping[str, ProviderTraits]) ->
         source="config",
         providers=providers,
     )
+
+
+def load_rules(
+    path: Path | None, *, default: str, providers: Mapping[str, ProviderTraits]
+) -> RuleSet:
+    """The rules file at `path`, or without one the default provider's; raise RulesError."""
+    if path is None:
+        return rules_without_file(default, providers)
+    return load_rules_file(path, providers=providers)
+
+
+def explain_answer(
+    rules: RuleSet, context: RequestContext, providers: Mapping[str, ProviderTraits]
+) -> dict[str, object]:
+    """The decision for `context` with every rule's verdict, and the rules version."""
+    result = explain(rules, context, providers).to_dict()
+    result["rules_version"] = rules.version
+    return result
 
 
 class RulesWatcher:
@@ -72,11 +87,7 @@ class RulesWatcher:
         self.providers = providers
         self.poll_seconds = poll_seconds
         # Raises RulesError at start-up: the gateway refuses to start on invalid rules.
-        self.rules = (
-            rules_without_file(default, providers)
-            if path is None
-            else load_rules_file(path, providers=providers)
-        )
+        self.rules = load_rules(path, default=default, providers=providers)
         self.loaded_at = time.time()
         self._stamp = self._file_stamp()
         self._publish(None, self.rules)
@@ -93,10 +104,7 @@ class RulesWatcher:
 
     def explain(self, context: RequestContext) -> dict[str, object]:
         """The decision for `context` with every rule's verdict, and the rules version."""
-        rules = self.rules  # read once: one version for the whole answer
-        result = explain(rules, context, self.providers).to_dict()
-        result["rules_version"] = rules.version
-        return result
+        return explain_answer(self.rules, context, self.providers)
 
     def _file_stamp(self) -> tuple[int, int] | None:
         if self.path is None:

@@ -21,8 +21,8 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import metrics
 from proxy.config import load_config
-from proxy.rules import ProviderTraits
 from proxy.rules_file import load_rules_file
+from proxy.rules_watcher import provider_traits
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -373,7 +373,7 @@ def test_shipped_gateway_configs_load(
     assert (config.server.public.host, config.server.public.port) == ("0.0.0.0", 8080)
     assert (config.server.internal.host, config.server.internal.port) == ("0.0.0.0", 9090)
     assert str(config.catalog.path) == "/var/lib/drm-gateway/catalog.db"
-    traits = {n: ProviderTraits(p.needs_drm_resource_id) for n, p in config.providers.items()}
+    traits = provider_traits(config.providers)
     load_rules_file(rules, providers=traits)  # raises RulesError on a bad file
 
 
