@@ -93,7 +93,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready once the catalog backend answers and providers are configured."""
+    """Ready once the catalog backend answers, providers are configured and rules are active."""
     public = request.app[PUBLIC_APP]
     problems = []
     if public[DRAINING].is_set():
@@ -107,7 +107,8 @@ async def readyz(request: web.Request) -> web.Response:
             problems.append("catalog backend does not answer")
     if not public.get(UPSTREAMS):
         problems.append("no providers configured")
-    warnings = []
+    rules_problems, warnings = public[RULES].readiness()
+    problems += rules_problems
     if public[GUARD].auth_off:
         warnings.append("player authentication is OFF (player_auth.mode: none): development only")
     status = 503 if problems else 200

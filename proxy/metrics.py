@@ -96,6 +96,12 @@ RULES_INFO = Gauge(
     registry=REGISTRY,
     multiprocess_mode="max",
 )
+RULES_FILE_VALID = Gauge(
+    "drm_gateway_rules_file_valid",
+    "1 if the rules file validated at the last load attempt, 0 if it was refused.",
+    registry=REGISTRY,
+    multiprocess_mode="livemin",  # under --workers: 0 if any live worker refused it
+)
 RULES_LOADED_TIMESTAMP = Gauge(
     "drm_gateway_rules_loaded_timestamp_seconds",
     "When the active routing rules were loaded (Unix time).",

@@ -226,6 +226,7 @@ REQUIRED_ALERTS = {
     "DrmGatewayHighLatencyP99",
     "DrmGatewayAssetsWithoutResourceIdSpike",
     "DrmGatewayRulesReloadFailed",
+    "DrmGatewayRulesFileInvalid",
     "DrmGatewayRulesVersionMismatch",
 }
 

@@ -85,7 +85,8 @@ class Replica:
         return await asyncio.wait_for(self.process.wait(), TIMEOUT)
 
 
-async def _emulators() -> tuple[RunningEmulator, RunningEmulator]:
+async def start_emulators() -> tuple[RunningEmulator, RunningEmulator]:
+    """Both emulated providers on loopback, knowing the test catalog's assets."""
     legacy = await start_emulator(
         EmulatorSettings(
             kind="legacy", seed=SEED, api_key=LEGACY_API_KEY, resources=LEGACY_RESOURCES
@@ -106,7 +107,7 @@ async def _emulators() -> tuple[RunningEmulator, RunningEmulator]:
 @asynccontextmanager
 async def replica(tmp_path: Path, workers: int = 2) -> AsyncIterator[Replica]:
     """The gateway under `run_workers` in a subprocess; killed if the test leaves it running."""
-    legacy, incoming = await _emulators()
+    legacy, incoming = await start_emulators()
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     raw = gateway_raw_config(write_catalog(tmp_path / "catalog.db"), legacy.url, incoming.url)
