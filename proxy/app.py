@@ -7,14 +7,13 @@ public app; the internal app reads the same state for /readyz and /metrics.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import __version__, metrics
 from proxy.admin import ADMIN_CATALOG, ADMIN_TOKEN, RULES, add_admin_routes
@@ -62,6 +61,7 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     poller.cancel()
     await asyncio.gather(poller, return_exceptions=True)
+    watcher.close()
 
 
 async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -118,18 +118,8 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
-def _metrics_registry() -> CollectorRegistry:
-    """This process's registry; under `serve --workers N`, every worker's samples merged."""
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        return metrics.REGISTRY
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    registry.register(metrics.BUILD_INFO)  # an Info is per process (the same in every worker)
-    return registry
-
-
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = generate_latest(_metrics_registry())
+    body = generate_latest(metrics.scrape_registry())
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -176,6 +166,7 @@ async def start_gateway(config: Config, *, reuse_port: bool = False) -> RunningG
     `reuse_port` lets several worker processes share the same ports (SO_REUSEPORT).
     """
     metrics.BUILD_INFO.info({"version": __version__})
+    metrics.initialise(config.providers)  # every known series at 0: alerts see the first event
     public_app = create_public_app(config)
     grace = config.server.shutdown_grace_seconds
     public = web.AppRunner(public_app, access_log=None, shutdown_timeout=grace)

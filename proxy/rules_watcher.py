@@ -198,10 +198,15 @@ class RulesWatcher:
     def _activate(self, new: RuleSet) -> None:
         old, self.rules, self.loaded_at = self.rules, new, time.time()
         if old is not None:
-            # Set to 0 rather than removed: multiprocess mode cannot remove a series.
-            metrics.RULES_INFO.labels(old.version, old.sha256).set(0)
+            metrics.forget(metrics.RULES_INFO, old.version, old.sha256)
         metrics.RULES_INFO.labels(new.version, new.sha256).set(1)
         metrics.RULES_LOADED_TIMESTAMP.set(self.loaded_at)
+        metrics.initialise_decisions(new)
+
+    def close(self) -> None:
+        """Withdraw the active rules from the metrics: a stopped gateway runs none."""
+        if self.rules is not None:
+            metrics.forget(metrics.RULES_INFO, self.rules.version, self.rules.sha256)
 
     def readiness(self) -> tuple[list[str], list[str]]:
         """(problems, warnings) for /readyz: no rules active makes the gateway unready; a

@@ -1,4 +1,8 @@
-"""A new pod: `drm-gateway serve` in a fresh process, in front of both emulated providers."""
+"""A new pod: `drm-gateway serve` in a fresh process, in front of both emulated providers.
+
+A fresh process has a metrics registry no other test has touched, so what its first scrape
+shows is what Prometheus sees from a pod that has had no traffic yet.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import aiohttp
 import yaml
 
 from tests.conftest import ENV, gateway_raw_config, player_token, write_catalog
+from tests.test_deploy import missing_series, parse_scrape
 from tests.test_workers import start_emulators
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +96,28 @@ async def scrape(http: aiohttp.ClientSession, internal: str) -> str:
     async with http.get(internal + "/metrics") as resp:
         assert resp.status == 200
         return await resp.text()
+
+
+async def test_a_fresh_gateway_has_every_series_the_dashboard_and_alerts_query(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path, RULES) as gateway, aiohttp.ClientSession() as http:
+        text = await scrape(http, gateway.internal)
+    samples = parse_scrape(text)
+    assert not missing_series(samples), "\n".join(missing_series(samples))
+    assert not [name for name in samples if name.endswith("_created")]
+    zero = [
+        'drm_gateway_rules_reloads_total{result="refused"} 0.0',
+        'drm_gateway_refused_requests_total{reason="unauthorized"} 0.0',
+        'drm_gateway_requests_total{drm="aes128",outcome="error",provider="incoming",'
+        'status_class="5xx"} 0.0',
+        'drm_gateway_upstream_responses_total{provider="legacy",status_class="timeout"} 0.0',
+        'drm_gateway_routing_decisions_total{provider="incoming",reason="rule_match",'
+        'rule="ramp-playready"} 0.0',
+        'drm_gateway_fallbacks_total{from_provider="incoming",to_provider="legacy"} 0.0',
+    ]
+    assert [line for line in zero if line not in text] == []
+    assert "drm_gateway_rules_file_valid 1.0" in text
 
 
 async def test_serve_with_a_broken_rules_file_starts_unready_then_recovers(

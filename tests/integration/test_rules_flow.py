@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,18 @@ async def wait_for(condition: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.05)
+
+
+async def test_a_replaced_rules_version_leaves_the_scrape(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    stack = await ramp_stack(make_stack, tmp_path, 0)
+    (tmp_path / "routing.yaml").write_text(ramp_rules("v-next", 10))
+    await wait_for_version(stack, "v-next")
+    async with stack.anon.get(stack.internal("/metrics")) as resp:
+        text = await resp.text()
+    versions = re.findall(
+        r'^drm_gateway_rules_info\{sha256="\w+",version="([^"]+)"\} (\S+)$', text, re.M
+    )
+    assert ("v-next", "1.0") in versions
+    assert "v0" not in {version for version, _ in versions}
