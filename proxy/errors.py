@@ -23,6 +23,7 @@
     │   ├── UpstreamAuthFailed        502 upstream_auth_failed  (provider refused our credentials)
     │   └── UpstreamRejected          4xx upstream_rejected     (provider said 4xx)
     ├── NoProvider                    503 no_provider
+    ├── RulesUnavailable              503 rules_unavailable     (no valid rules file loaded yet)
     ├── CatalogUnavailable            503 catalog_unavailable
     └── UpstreamTimeout               504 upstream_timeout
 
@@ -184,6 +185,14 @@ class NoProvider(GatewayError):
     status = 503
     code = "no_provider"
     message = "No DRM provider can serve this asset."
+
+
+class RulesUnavailable(GatewayError):
+    """No routing rules are active: the rules file has not validated since start-up."""
+
+    status = 503
+    code = "rules_unavailable"
+    message = "The gateway has no routing rules yet; retry on another replica."
 
 
 class CatalogUnavailable(GatewayError):

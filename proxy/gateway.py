@@ -151,7 +151,7 @@ class Gateway:
 
     def decide(self, info: RequestInfo, entry: CatalogEntry, client: ClientInfo) -> Route:
         """Evaluate the active rules (read once: one version per request) into a Route."""
-        rules = self.rules.rules
+        rules = self.rules.active()  # RulesUnavailable (503) while no file has validated
         info.rules_version = rules.version
         context = RequestContext(
             info.drm, entry.asset_id, entry, client.platform, client.app_version, client.user_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,14 +16,17 @@ from tests.conftest import ENV, gateway_raw_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """The command in a subprocess, with `env` added to ours and `unset` removed from it."""
     return subprocess.run(
         [sys.executable, "-m", "proxy.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset},
     )
 
 
@@ -145,3 +149,74 @@ def test_rules_check_and_explain(tmp_path: Path) -> None:
     body = json.loads(explained.stdout)
     assert body["decision"]["provider"] == "incoming" and body["decision"]["rule"] == "new"
     assert body["rules_version"] == "cli-1"
+
+
+SECRETS = tuple(ENV)  # every secret the test configs name, unset for the rules tooling
+DEMO_CONFIG = "deploy/demo/gateway.yaml"
+
+
+def rules_file(tmp_path: Path, name: str, *, default: str = "legacy", route: str) -> Path:
+    path = tmp_path / name
+    path.write_text(
+        f'version: "{name}"\ndefault: {default}\nrules:\n'
+        f"  - name: new\n    when: {{tags_any: [new-release]}}\n    route: {route}\n"
+    )
+    return path
+
+
+def config_without_key_material(tmp_path: Path, **routing: str) -> Path:
+    """A config whose secrets are unset and whose provider key file does not exist."""
+    raw = gateway_raw_config(tmp_path / "catalog.db", "http://a", "http://b")
+    raw["providers"]["incoming"]["auth"].update(
+        algorithm="RS256", keys=[{"kid": "k1", "private_key_file": str(tmp_path / "no.pem")}]
+    )
+    raw["routing"] = {"default_provider": "legacy", **routing}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_rules_check_against_a_config_needs_no_secret(tmp_path: Path) -> None:
+    ok = run("rules", "check", "rules/routing.yaml", "--config", DEMO_CONFIG, unset=SECRETS)
+    assert ok.returncode == 0, ok.stderr
+    assert f"checked against the providers of {DEMO_CONFIG}: incoming, legacy" in ok.stdout
+
+    unknown = rules_file(tmp_path, "unknown.yaml", route="nowhere")
+    refused = run("rules", "check", str(unknown), "--config", DEMO_CONFIG, unset=SECRETS)
+    assert refused.returncode == 1
+    assert (
+        "rule 'new' (#1): route: provider 'nowhere' is not configured (known: incoming, legacy)"
+        in refused.stderr
+    )
+    config = config_without_key_material(tmp_path)
+    guarded = rules_file(tmp_path, "guarded.yaml", default="incoming", route="legacy")
+    refused = run("rules", "check", str(guarded), "--config", str(config), unset=SECRETS)
+    assert refused.returncode == 1, refused.stdout
+    assert "default: provider 'incoming' needs a drmResourceId" in refused.stderr
+    assert "not set" not in refused.stderr and "no.pem" not in refused.stderr
+
+
+def test_rules_check_without_config_names_the_skipped_checks(tmp_path: Path) -> None:
+    result = run("rules", "check", str(rules_file(tmp_path, "r.yaml", route="nowhere")))
+    assert result.returncode == 0, result.stderr
+    skipped = result.stdout.split("skipped without --config", 1)[1]
+    assert "provider names (default, route, fallback, shadow.to)" in skipped
+    assert "the default provider does not need a drmResourceId" in skipped
+
+
+def test_rules_explain_needs_no_secret(tmp_path: Path) -> None:
+    from tests.conftest import write_catalog
+
+    write_catalog(tmp_path / "catalog.db")
+    rules = rules_file(tmp_path, "routing.yaml", route="incoming")
+    config = config_without_key_material(tmp_path, rules_file=str(rules))
+    args = ("rules", "explain", "--config", str(config), "--asset", "incoming-only")
+    explained = run(*args, "--drm", "widevine", unset=SECRETS)
+    assert explained.returncode == 0, explained.stderr
+    body = json.loads(explained.stdout)
+    assert body["decision"]["provider"] == "incoming" and body["rules_version"] == "routing.yaml"
+
+    rules.write_text(rules.read_text().replace("route: incoming", "route: nowhere"))
+    refused = run(*args, "--drm", "widevine", unset=SECRETS)
+    assert refused.returncode == 1
+    assert f"{rules}: 1 problem(s)" in refused.stderr and "'nowhere'" in refused.stderr

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import ConfigError, UrlTemplate, load_config, merge_layer, parse_config
+from proxy.config import (
+    ConfigError,
+    UrlTemplate,
+    load_config,
+    load_rules_view,
+    merge_layer,
+    parse_config,
+)
 from tests.conftest import ENV, gateway_raw_config
 
 DEMO = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "gateway.yaml"
@@ -260,3 +267,25 @@ def test_player_token_lifetime_problems(value: Any, problem: str) -> None:
     raw = base()
     raw["player_auth"]["max_lifetime_seconds"] = value
     assert problems_of(raw) == [problem]
+
+
+def test_rules_view_reads_provider_traits_without_any_secret(tmp_path: Path) -> None:
+    raw = base()
+    raw["providers"]["incoming"]["auth"]["keys"] = [{"kid": "k1", "private_key_file": "no.pem"}]
+    raw["routing"] = {"rules_file": "/not/mounted/routing.yaml"}  # not read without routing
+    raw["player_auth"]["hmac_secret"] = {"env": "UNSET_SECRET"}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    view = load_rules_view(path)  # the environment holds none of the test secrets
+    assert {name: t.needs_drm_resource_id for name, t in view.providers.items()} == {
+        "legacy": False,
+        "incoming": True,
+    }
+    assert view.routing is None and view.catalog is None
+    with pytest.raises(ConfigError) as info:
+        load_rules_view(path, routing=True)
+    assert info.value.problems == ["routing.rules_file: /not/mounted/routing.yaml does not exist"]
+    raw["providers"]["legacy"]["license_urls"]["widevine"] = "not a url"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"providers\.legacy\.license_urls\.widevine: not a URL"):
+        load_rules_view(path)

@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import load_config
 from proxy.observability import metrics
 from proxy.routing.file import load_rules_file
-from proxy.routing.rules import ProviderTraits
+from proxy.routing.watcher import provider_traits
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -37,6 +38,7 @@ BUILTIN_SERIES = {"up"}
 IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}")
 MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*"')
+EQUALS = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 
 
 def _load_helper() -> ModuleType:
@@ -108,6 +110,53 @@ def all_expressions() -> list[tuple[str, str]]:
     found = [(f"panel {t!r}", e) for t, e in deploy_checks.dashboard_expressions(dashboard())]
     found += [(f"alert {r['alert']}", r["expr"]) for r in alert_rules()]
     return found
+
+
+Samples = dict[str, list[dict[str, str]]]
+
+
+def parse_scrape(text: str) -> Samples:
+    """Sample name -> the label sets it has, from a /metrics answer."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(dict(sample.labels))
+    return samples
+
+
+def missing_series(samples: Samples) -> list[str]:
+    """Every drm_gateway_* series the dashboard and alerts query, and every exact label
+    matcher they use, that a scrape lacks (a histogram needs its _bucket, _sum and _count).
+    The gateway tests run this on a fresh gateway's first scrape: "No data" means missing."""
+    missing = []
+    for where, expr in all_expressions():
+        for name in sorted(n for n in series_used(expr) if n.startswith("drm_gateway_")):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            family = [f"{base}_{s}" for s in ("bucket", "sum", "count")] if base != name else []
+            missing += [f"{where}: {n}" for n in [name, *family] if n not in samples]
+        for name, body in SELECTOR.findall(expr):
+            wanted = {
+                label: value
+                for label, op, value in EQUALS.findall(body)
+                if op == "=" and label not in TARGET_LABELS
+            }
+            if wanted and not any(wanted.items() <= x.items() for x in samples.get(name, [])):
+                missing.append(f"{where}: {name} with {wanted}")
+    return sorted(set(missing))
+
+
+def test_missing_series_sees_names_histogram_parts_and_exact_matchers() -> None:
+    scrape = parse_scrape(
+        "# TYPE drm_gateway_rules_reloads_total counter\n"
+        'drm_gateway_rules_reloads_total{result="ok"} 0\n'
+    )
+    missing = missing_series(scrape)
+    assert "alert DrmGatewayRulesReloadFailed: drm_gateway_rules_reloads_total" not in missing
+    assert (
+        "alert DrmGatewayRulesReloadFailed: drm_gateway_rules_reloads_total with "
+        "{'result': 'refused'}" in missing
+    )
+    assert "alert DrmGatewayHighLatencyP99: drm_gateway_request_duration_seconds_count" in missing
 
 
 def test_series_extraction_sees_selectors_ranges_and_bare_names() -> None:
@@ -228,6 +277,7 @@ REQUIRED_ALERTS = {
     "DrmGatewayHighLatencyP99",
     "DrmGatewayAssetsWithoutResourceIdSpike",
     "DrmGatewayRulesReloadFailed",
+    "DrmGatewayRulesFileInvalid",
     "DrmGatewayRulesVersionMismatch",
 }
 
@@ -452,7 +502,7 @@ def test_shipped_gateway_configs_load(
     trusted = [str(n) for n in config.server.trusted_proxies]
     assert trusted == ([] if which == "compose" else ["10.244.0.0/16"])
     assert not any(n.is_global for n in config.server.trusted_proxies)  # never the internet
-    traits = {n: ProviderTraits(p.needs_drm_resource_id) for n, p in config.providers.items()}
+    traits = provider_traits(config.providers)
     load_rules_file(rules, providers=traits)  # raises RulesError on a bad file
 
 

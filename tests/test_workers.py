@@ -33,6 +33,7 @@ from tests.conftest import (
     player_token,
     write_catalog,
 )
+from tests.test_deploy import missing_series, parse_scrape
 
 LAUNCH = """
 import sys
@@ -85,7 +86,8 @@ class Replica:
         return await asyncio.wait_for(self.process.wait(), TIMEOUT)
 
 
-async def _emulators() -> tuple[RunningEmulator, RunningEmulator]:
+async def start_emulators() -> tuple[RunningEmulator, RunningEmulator]:
+    """Both emulated providers on loopback, knowing the test catalog's assets."""
     legacy = await start_emulator(
         EmulatorSettings(
             kind="legacy", seed=SEED, api_key=LEGACY_API_KEY, resources=LEGACY_RESOURCES
@@ -106,7 +108,7 @@ async def _emulators() -> tuple[RunningEmulator, RunningEmulator]:
 @asynccontextmanager
 async def replica(tmp_path: Path, workers: int = 2) -> AsyncIterator[Replica]:
     """The gateway under `run_workers` in a subprocess; killed if the test leaves it running."""
-    legacy, incoming = await _emulators()
+    legacy, incoming = await start_emulators()
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     raw = gateway_raw_config(write_catalog(tmp_path / "catalog.db"), legacy.url, incoming.url)
@@ -155,7 +157,7 @@ def metric_sum(exposition: str, name: str, **labels: str) -> float:
     total = 0.0
     wanted = [f'{key}="{value}"' for key, value in labels.items()]
     for line in exposition.splitlines():
-        if line.startswith(name + "{") and all(label in line for label in wanted):
+        if line.startswith((name + "{", name + " ")) and all(label in line for label in wanted):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -231,3 +233,50 @@ def test_a_port_taken_by_another_program_fails_before_any_worker_starts(tmp_path
             run_workers(config, 2)
         with pytest.raises(ValueError, match="at least 1"):
             run_workers(config, 0)
+
+
+async def wait_for_sample(
+    http: aiohttp.ClientSession, internal: str, name: str, value: float, **labels: str
+) -> str:
+    """Scrape until the workers' merged `name{labels}` adds up to `value`; the last scrape."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        async with http.get(internal + "/metrics") as resp:
+            text = await resp.text()
+        if metric_sum(text, name, **labels) == value or time.monotonic() > deadline:
+            assert metric_sum(text, name, **labels) == value, text
+            return text
+        await asyncio.sleep(0.1)
+
+
+async def test_merged_scrape_is_complete_has_no_created_series_and_drops_replaced_versions(
+    tmp_path: Path,
+) -> None:
+    async with replica(tmp_path) as gateway, fresh_connections() as http:
+        internal = gateway.ready["internal"]
+        async with http.get(internal + "/metrics") as resp:
+            text = await resp.text()
+        assert missing_series(parse_scrape(text)) == []
+        assert "_created" not in text
+        assert 'drm_gateway_rules_info{sha256="' in text and 'version="w-1"} 1.0' in text
+
+        (tmp_path / "rules.yaml").write_text(RULES.replace("w-1", "w-2"))
+        assert gateway.process.pid is not None
+        os.kill(gateway.process.pid, signal.SIGHUP)
+        await wait_for_sample(http, internal, "drm_gateway_rules_reloads_total", 2, result="ok")
+        for _ in range(4):  # whichever worker answers, the replaced version is gone
+            async with http.get(internal + "/metrics") as resp:
+                text = await resp.text()
+            assert 'version="w-1"' not in text
+            assert metric_sum(text, "drm_gateway_rules_info", version="w-2") == 1
+
+        (tmp_path / "rules.yaml").write_text("version: broken\nrules: [\n")
+        os.kill(gateway.process.pid, signal.SIGHUP)
+        assert metric_sum(text, "drm_gateway_rules_file_valid") == 1
+        await wait_for_sample(
+            http, internal, "drm_gateway_rules_reloads_total", 2, result="refused"
+        )
+        await wait_for_sample(http, internal, "drm_gateway_rules_file_valid", 0)
+        async with http.get(internal + "/readyz") as resp:
+            assert resp.status == 200  # both workers still serve w-2
+        assert await gateway.stop() == 0

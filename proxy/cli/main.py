@@ -9,18 +9,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from proxy.config import Config, ConfigError, load_config
+from proxy.catalog import CatalogSettings
+from proxy.config import Config, ConfigError, RulesView, load_config, load_rules_view
 from proxy.domain import ALL_DRMS
 from proxy.observability.logs import configure_logging
+
+
+def _print_problems(source: Path, problems: list[str]) -> None:
+    print(f"{source}: {len(problems)} problem(s):", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
 
 
 def _load_or_exit(path: Path, layers: Sequence[Path] = ()) -> Config:
     try:
         return load_config(path, layers=layers)
     except ConfigError as exc:
-        print(f"{path}: {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
+        _print_problems(path, exc.problems)
+        raise SystemExit(2) from None
+
+
+def _rules_view_or_exit(path: Path, *, routing: bool = False) -> RulesView:
+    """Provider names and traits (and routing, catalog) of a config; no secret is needed."""
+    try:
+        return load_rules_view(path, routing=routing)
+    except ConfigError as exc:
+        _print_problems(path, exc.problems)
         raise SystemExit(2) from None
 
 
@@ -105,12 +119,12 @@ def _token_settings(config: Config, provider: str) -> Any:
     return settings.auth.token
 
 
-def _catalog_entry(config: Config, asset_id: str) -> Any:
+def _catalog_entry(settings: CatalogSettings, asset_id: str) -> Any:
     """The asset's catalog entry straight from the backend (no cache); exits if unknown."""
     from proxy.catalog import build_catalog
 
     async def lookup() -> Any:
-        catalog = build_catalog(config.catalog)
+        catalog = build_catalog(settings)
         try:
             return await catalog.get(asset_id)
         finally:
@@ -124,7 +138,7 @@ def _catalog_entry(config: Config, asset_id: str) -> Any:
 
 def _resource_id(config: Config, asset_id: str) -> str | None:
     """The asset's drmResourceId from the catalog."""
-    resource_id: str | None = _catalog_entry(config, asset_id).drm_resource_id
+    resource_id: str | None = _catalog_entry(config.catalog, asset_id).drm_resource_id
     return resource_id
 
 
@@ -169,37 +183,48 @@ def cmd_token_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
-    from proxy.routing.file import load_rules_file, summarize
+    from proxy.routing.file import PROVIDER_CHECKS, load_rules_file, summarize
     from proxy.routing.rules import RulesError
-    from proxy.routing.watcher import provider_traits
 
-    providers = provider_traits(_load_or_exit(args.config).providers) if args.config else None
+    providers = _rules_view_or_exit(args.config).providers if args.config else None
     try:
         rules = load_rules_file(args.file, providers=providers)
     except RulesError as exc:
-        print(f"{args.file}: {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
+        _print_problems(args.file, exc.problems)
         return 1
     print(summarize(rules))
     if providers is None:
-        print("(providers not checked: give --config to check them)")
+        print("skipped without --config (give the gateway config to run them):")
+        for check in PROVIDER_CHECKS:
+            print(f"  - {check}")
+    else:
+        print(f"checked against the providers of {args.config}: {', '.join(sorted(providers))}")
     return 0
 
 
 def cmd_rules_explain(args: argparse.Namespace) -> int:
     import json
 
-    from proxy.routing.rules import RequestContext
-    from proxy.routing.watcher import RulesWatcher
+    from proxy.routing.rules import RequestContext, RulesError
+    from proxy.routing.watcher import explain_answer, load_rules
 
-    config = _load_or_exit(args.config)
-    watcher = RulesWatcher.from_config(config)
-    entry = _catalog_entry(config, args.asset)
+    view = _rules_view_or_exit(args.config, routing=True)
+    assert view.routing is not None and view.catalog is not None  # asked for with routing=True
+    source = view.routing.rules_file or args.config
+    try:
+        rules = load_rules(
+            view.routing.rules_file,
+            default=view.routing.default_provider,
+            providers=view.providers,
+        )
+    except RulesError as exc:
+        _print_problems(source, exc.problems)
+        return 1
+    entry = _catalog_entry(view.catalog, args.asset)
     context = RequestContext(
         args.drm, args.asset, entry, args.platform, args.app_version, args.user
     )
-    print(json.dumps(watcher.explain(context), indent=2))
+    print(json.dumps(explain_answer(rules, context, view.providers), indent=2))
     return 0
 
 

@@ -12,8 +12,10 @@ from proxy.config.load import (
     Listener,
     LogSettings,
     RoutingSettings,
+    RulesView,
     ServerSettings,
     load_config,
+    load_rules_view,
     merge_layer,
     parse_config,
 )
@@ -29,9 +31,11 @@ __all__ = [
     "ProviderAuth",
     "ProviderSettings",
     "RoutingSettings",
+    "RulesView",
     "ServerSettings",
     "UrlTemplate",
     "load_config",
+    "load_rules_view",
     "merge_layer",
     "parse_config",
 ]

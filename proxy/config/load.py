@@ -27,6 +27,7 @@ from proxy.config.providers import (
 )
 from proxy.config.reader import REQUIRED, ConfigError, ConfigReader
 from proxy.config.security import RateLimits, parse_cors, parse_player_auth, parse_rate_limits
+from proxy.routing.rules import ProviderTraits
 from proxy.upstream.fairplay import (
     DEFAULT_CLIENT_RESPONSE,
     REQUEST_FORMATS,
@@ -42,8 +43,10 @@ __all__ = [
     "ProviderAuth",
     "ProviderSettings",
     "RoutingSettings",
+    "RulesView",
     "UrlTemplate",
     "load_config",
+    "load_rules_view",
     "merge_layer",
     "parse_config",
 ]
@@ -190,6 +193,33 @@ def parse_config(
         rate_limits,
         source,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RulesView:
+    """The part of a config the rules tooling reads: provider names and traits, and (for
+    `rules explain`) the routing and catalog sections. Built without resolving a secret or
+    opening a key file, so CI can check a rules change without production secrets."""
+
+    providers: Mapping[str, ProviderTraits]
+    routing: RoutingSettings | None = None
+    catalog: CatalogSettings | None = None
+
+
+def load_rules_view(path: Path, *, routing: bool = False) -> RulesView:
+    """The providers of the config at `path` (and with `routing`, its routing and catalog
+    sections), parsed by the same code as `load_config`; other sections are not read.
+    Raises ConfigError listing every problem of the sections read."""
+    raw = _read_yaml(path)
+    # An empty environment: were a secret ever resolved here, it would fail loudly.
+    reader = ConfigReader(path.parent, {})
+    top = reader.mapping(raw, "", _TOP_SECTIONS)
+    providers = parse_providers(reader, top.get("providers"), auth=False)
+    routing_settings = _parse_routing(reader, top.get("routing"), providers) if routing else None
+    catalog = _parse_catalog(reader, top.get("catalog")) if routing else None
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return RulesView({name: p.traits for name, p in providers.items()}, routing_settings, catalog)
 
 
 _TOP_SECTIONS = {

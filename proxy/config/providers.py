@@ -12,6 +12,7 @@ from urllib.parse import quote, urlsplit
 
 from proxy.config.reader import REQUIRED, ConfigReader
 from proxy.domain import KEY_DRM, LICENSE_DRMS
+from proxy.routing.rules import ProviderTraits
 from proxy.upstream.fairplay import REQUEST_FORMATS, RESPONSE_FORMATS, FairPlayFormats
 from proxy.upstream.signer import (
     ALGORITHMS,
@@ -78,8 +79,18 @@ class ProviderSettings:
         """The URL template serving `drm` (the key URL for aes128), None if there is none."""
         return self.key_url if drm == KEY_DRM else self.license_urls.get(drm)
 
+    @property
+    def traits(self) -> ProviderTraits:
+        """What the routing rules need to know of this provider (the one place it is derived)."""
+        return ProviderTraits(needs_drm_resource_id=self.needs_drm_resource_id)
 
-def parse_providers(reader: ConfigReader, raw: Any) -> dict[str, ProviderSettings]:
+
+def parse_providers(
+    reader: ConfigReader, raw: Any, *, auth: bool = True
+) -> dict[str, ProviderSettings]:
+    """The `providers` section. With `auth` False the `auth` sections are not read at all (no
+    secret resolved, no key file opened) and every provider gets `ProviderAuth()`: settings fit
+    for the rules tooling, never for serving."""
     if not isinstance(raw, dict) or not raw:
         reader.problem("providers", "must name at least one provider")
         return {}
@@ -88,7 +99,7 @@ def parse_providers(reader: ConfigReader, raw: Any) -> dict[str, ProviderSetting
         if not isinstance(name, str) or not PROVIDER_NAME.match(name):
             reader.problem(f"providers.{name}", "name must match ^[a-z][a-z0-9_-]{0,31}$")
             continue
-        provider = _parse_provider(reader, name, section)
+        provider = _parse_provider(reader, name, section, auth=auth)
         if provider is not None:
             providers[name] = provider
     return providers
@@ -109,7 +120,9 @@ _PROVIDER_FIELDS = {
 }
 
 
-def _parse_provider(reader: ConfigReader, name: str, raw: Any) -> ProviderSettings | None:
+def _parse_provider(
+    reader: ConfigReader, name: str, raw: Any, *, auth: bool
+) -> ProviderSettings | None:
     path = f"providers.{name}"
     section = reader.mapping(raw, path, _PROVIDER_FIELDS)
     kind = _parse_kind(reader, section, path)
@@ -140,7 +153,7 @@ def _parse_provider(reader: ConfigReader, name: str, raw: Any) -> ProviderSettin
         kind=kind,
         license_urls=license_urls,
         key_url=key_url,
-        auth=_parse_auth(reader, section.get("auth"), f"{path}.auth"),
+        auth=_parse_auth(reader, section.get("auth"), f"{path}.auth") if auth else ProviderAuth(),
         needs_drm_resource_id=bool(needs_id),
         connect_timeout=reader.positive(
             timeouts, "connect_seconds", f"{path}.timeouts", float, 1.0

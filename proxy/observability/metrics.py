@@ -6,10 +6,34 @@ asset id or a user id.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    multiprocess,
+)
+from prometheus_client.metrics_core import Metric
 
+from proxy.domain import ALL_DRMS as DRM_SYSTEMS
+from proxy.errors import GatewayError, UpstreamError
+from proxy.upstream.fairplay import REQUEST_FORMATS
+
+if TYPE_CHECKING:
+    from proxy.config.providers import ProviderSettings
+    from proxy.routing.rules import RuleSet
+
+# A `_created` series per label set doubles the series count and no panel or alert reads it.
+# Workers import this module too, so it holds under `serve --workers N`.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 # Latency buckets for 1 ms .. 5 s.
@@ -91,10 +115,16 @@ RULES_RELOADS = Counter(
 )
 RULES_INFO = Gauge(
     "drm_gateway_rules_info",
-    "The active routing rules: 1, labelled with their version and sha256 (0 once replaced).",
+    "The active routing rules: 1, labelled with their version and sha256 (gone once replaced).",
     ["version", "sha256"],
     registry=REGISTRY,
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",  # a dead worker's version leaves with it
+)
+RULES_FILE_VALID = Gauge(
+    "drm_gateway_rules_file_valid",
+    "1 if the rules file validated at the last load attempt, 0 if it was refused.",
+    registry=REGISTRY,
+    multiprocess_mode="livemin",  # under --workers: 0 if any live worker refused it
 )
 RULES_LOADED_TIMESTAMP = Gauge(
     "drm_gateway_rules_loaded_timestamp_seconds",
@@ -131,6 +161,25 @@ FALLBACKS = Counter(
 BUILD_INFO = Info("drm_gateway_build", "Gateway version.", registry=REGISTRY)
 
 
+# Label values known before any traffic (keep in step with the code that counts them).
+REQUEST_OUTCOMES = (("2xx", "ok"), ("4xx", "client_error"), ("5xx", "error"))
+UPSTREAM_OUTCOMES = ("2xx", "3xx", "4xx", "5xx", "timeout", "connect", "too_large")
+BAD_RESPONSE_KINDS = (
+    "empty_body",
+    "error_json_in_2xx",
+    "redirect_not_followed",
+    "too_large",
+    "bad_key_length",
+    "bad_ckc",
+)
+CATALOG_RESULTS = ("hit", "negative_hit", "miss", "coalesced", "stale", "error")
+RELOAD_RESULTS = ("ok", "unchanged", "refused")
+RATE_LIMITS = ("user", "ip")
+SHADOW_RESULTS = ("match", "differ", "error")
+NO_PROVIDER = "-"  # the provider label of a request refused before one was chosen
+# Gauges whose label sets `forget` withdraws; multiprocess mode shows them only while not 0.
+_WITHDRAWN_AT_ZERO = frozenset({"drm_gateway_rules_info"})
+
 _CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 
@@ -147,3 +196,114 @@ def labelled(metric: Any, *values: str) -> Any:
 def status_class(status: int) -> str:
     """'2xx', '4xx', '5xx' ... for a label."""
     return f"{status // 100}xx"
+
+
+def _refusal_codes() -> list[str]:
+    """Codes of the errors counted as refusals: client errors, none of them a provider's."""
+    codes, pending = set(), [GatewayError]
+    while pending:
+        error = pending.pop()
+        pending.extend(error.__subclasses__())
+        if error.status < 500 and not issubclass(error, UpstreamError):
+            codes.add(error.code)
+    return sorted(codes)
+
+
+def _zero_requests(drm: str, provider: str) -> None:
+    labelled(REQUEST_DURATION, drm, provider)
+    for status, outcome in REQUEST_OUTCOMES:
+        labelled(REQUESTS, drm, provider, status, outcome)
+
+
+def initialise(
+    providers: Mapping[str, ProviderSettings], refusal_details: Mapping[str, Iterable[str]]
+) -> None:
+    """Create at 0 every series whose label values are known at start.
+
+    `refusal_details` names the bounded details of the refusal codes that have some (the
+    others are counted with detail "-").
+
+    A counter series that first appears at 1 shows no increase, so an alert on
+    `increase(...) > 0` would miss the first event, and a panel over no series says
+    "No data". Rule names are known per rules version: see `initialise_decisions`.
+    """
+    for name, settings in providers.items():
+        for drm in DRM_SYSTEMS:
+            if settings.endpoint(drm) is not None:
+                _zero_requests(drm, name)
+                labelled(UPSTREAM_DURATION, drm, name)
+        for outcome in UPSTREAM_OUTCOMES:
+            labelled(UPSTREAM_RESPONSES, name, outcome)
+        for kind in BAD_RESPONSE_KINDS:
+            labelled(UPSTREAM_BAD_RESPONSES, name, kind)
+        for result in SHADOW_RESULTS:
+            labelled(SHADOW_REQUESTS, name, result)
+        for other in providers:
+            if other != name:
+                labelled(FALLBACKS, name, other)
+        if settings.auth.token is not None:
+            labelled(TOKENS_SIGNED, name)
+        if settings.endpoint("fairplay") is not None:
+            for client_format in REQUEST_FORMATS:
+                labelled(FAIRPLAY_TRANSCODES, client_format, settings.fairplay.request)
+    for drm in DRM_SYSTEMS:
+        _zero_requests(drm, NO_PROVIDER)
+        labelled(ASSETS_WITHOUT_RESOURCE_ID, drm)
+    for values, metric in (
+        (CATALOG_RESULTS, CATALOG_LOOKUPS),
+        (RELOAD_RESULTS, RULES_RELOADS),
+        (RATE_LIMITS, RATE_LIMITED),
+    ):
+        for value in values:
+            labelled(metric, value)
+    for code in _refusal_codes():
+        for detail in refusal_details.get(code, ("-",)):
+            labelled(REFUSED, code, detail)
+
+
+def initialise_decisions(rules: RuleSet) -> None:
+    """Create at 0 the decision series a rules version makes by name (a rule's match and the
+    default), so a panel by rule lists every rule before its first request."""
+    for rule in rules.rules:
+        labelled(ROUTING_DECISIONS, rule.route, rule.name, "rule_match")
+    labelled(ROUTING_DECISIONS, rules.default, "default", "default")
+
+
+def _multiprocess() -> bool:
+    return MULTIPROC_ENV in os.environ
+
+
+def forget(gauge: Gauge, *values: str) -> None:
+    """Withdraw one label set of an info-style gauge from the scrape (a replaced version).
+
+    Multiprocess mode cannot delete a sample from a worker's file (prometheus-client warns
+    and keeps it), so there the sample is set to 0 and `scrape_registry` leaves it out.
+    """
+    if _multiprocess():
+        gauge.labels(*values).set(0)
+    else:
+        gauge.remove(*values)
+
+
+class _LiveWorkers:
+    """Every worker's samples merged, less the label sets `forget` withdrew (set to 0)."""
+
+    def __init__(self) -> None:
+        self._merged = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._merged.collect():  # type: ignore[no-untyped-call]
+            if family.name in _WITHDRAWN_AT_ZERO:
+                family.samples = [s for s in family.samples if s.value != 0]
+            yield family
+
+
+def scrape_registry() -> CollectorRegistry:
+    """What /metrics exposes: this process's registry, or under `serve --workers N` every
+    live worker's samples merged."""
+    if not _multiprocess():
+        return REGISTRY
+    registry = CollectorRegistry()
+    registry.register(_LiveWorkers())
+    registry.register(BUILD_INFO)  # an Info is per process (the same in every worker)
+    return registry

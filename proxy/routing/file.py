@@ -32,6 +32,14 @@ _WHEN_FIELDS = (*_LIST_FIELDS, "drm_resource_id", "min_app_version")
 _SHADOW_FIELDS = ("to", "percent")
 
 
+# What `parse_rules` checks only when it knows the configured providers (`rules check
+# --config`); without them these are skipped, and the CLI says so.
+PROVIDER_CHECKS = (
+    "provider names (default, route, fallback, shadow.to) are configured providers",
+    "the default provider does not need a drmResourceId (assets without one need a home)",
+)
+
+
 class _StrictLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses duplicate keys, which YAML would silently collapse."""
 

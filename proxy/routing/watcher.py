@@ -2,6 +2,12 @@
 
 The active RuleSet is one attribute; a request reads it once, so it sees the old rules or the
 new ones, never a mix. A file that fails validation is refused and the last good rules stay.
+
+A file refused at start-up leaves no rules active: the gateway starts anyway, not ready
+(/readyz lists the problems), and answers 503 until a reload finds the file valid. We start
+unready rather than from a persisted last-known-good copy: the mounted file stays the one
+truth (no replica serves rules nobody can see in the ConfigMap), a fresh pod has no copy to
+fall back on anyway, and a rollout of a bad file stalls on readiness instead of crash-looping.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from proxy.config import Config, ProviderSettings
+from proxy.errors import RulesUnavailable
 from proxy.observability import metrics
 from proxy.observability.logs import get_logger
 from proxy.routing.file import load_rules_file, parse_rules
@@ -26,9 +33,11 @@ ReloadOutcome = Literal["ok", "unchanged", "refused"]
 
 @dataclass(frozen=True, slots=True)
 class ReloadResult:
+    """A reload attempt: its outcome and the rules active after it (None: none are)."""
+
     result: ReloadOutcome
-    version: str
-    sha256: str
+    version: str | None
+    sha256: str | None
     problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
@@ -42,10 +51,7 @@ class ReloadResult:
 
 def provider_traits(providers: Mapping[str, ProviderSettings]) -> dict[str, ProviderTraits]:
     """What the rules engine needs to know of each configured provider."""
-    return {
-        name: ProviderTraits(needs_drm_resource_id=p.needs_drm_resource_id)
-        for name, p in providers.items()
-    }
+    return {name: p.traits for name, p in providers.items()}
 
 
 def rules_without_file(default: str, providers: Mapping[str, ProviderTraits]) -> RuleSet:
@@ -55,6 +61,24 @@ def rules_without_file(default: str, providers: Mapping[str, ProviderTraits]) ->
         source="config",
         providers=providers,
     )
+
+
+def load_rules(
+    path: Path | None, *, default: str, providers: Mapping[str, ProviderTraits]
+) -> RuleSet:
+    """The rules file at `path`, or without one the default provider's; raise RulesError."""
+    if path is None:
+        return rules_without_file(default, providers)
+    return load_rules_file(path, providers=providers)
+
+
+def explain_answer(
+    rules: RuleSet, context: RequestContext, providers: Mapping[str, ProviderTraits]
+) -> dict[str, object]:
+    """The decision for `context` with every rule's verdict, and the rules version."""
+    result = explain(rules, context, providers).to_dict()
+    result["rules_version"] = rules.version
+    return result
 
 
 class RulesWatcher:
@@ -69,17 +93,18 @@ class RulesWatcher:
         poll_seconds: float = 2.0,
     ) -> None:
         self.path = path
+        self.default = default
         self.providers = providers
         self.poll_seconds = poll_seconds
-        # Raises RulesError at start-up: the gateway refuses to start on invalid rules.
-        self.rules = (
-            rules_without_file(default, providers)
-            if path is None
-            else load_rules_file(path, providers=providers)
-        )
-        self.loaded_at = time.time()
-        self._stamp = self._file_stamp()
-        self._publish(None, self.rules)
+        self.rules: RuleSet | None = None  # None until the file validates: not ready
+        self.problems: list[str] = []  # why the file was refused at the last attempt
+        self.loaded_at: float | None = None
+        self._stamp: tuple[int, int] | None = None
+        candidate = self._attempt()
+        if candidate is None:
+            self._log_refused("start")
+        else:
+            self._activate(candidate)
 
     @classmethod
     def from_config(cls, config: Config) -> RulesWatcher:
@@ -91,12 +116,16 @@ class RulesWatcher:
             poll_seconds=config.routing.poll_seconds,
         )
 
+    def active(self) -> RuleSet:
+        """The rules to decide with (read once per request); RulesUnavailable if none."""
+        rules = self.rules
+        if rules is None:
+            raise RulesUnavailable()
+        return rules
+
     def explain(self, context: RequestContext) -> dict[str, object]:
         """The decision for `context` with every rule's verdict, and the rules version."""
-        rules = self.rules  # read once: one version for the whole answer
-        result = explain(rules, context, self.providers).to_dict()
-        result["rules_version"] = rules.version
-        return result
+        return explain_answer(self.active(), context, self.providers)
 
     def _file_stamp(self) -> tuple[int, int] | None:
         if self.path is None:
@@ -107,39 +136,88 @@ class RulesWatcher:
             return None
         return stat.st_mtime_ns, stat.st_size
 
+    def _attempt(self) -> RuleSet | None:
+        """Load the file and record whether it validates (problems, gauge); None if refused."""
+        self._stamp = self._file_stamp()
+        try:
+            candidate = load_rules(self.path, default=self.default, providers=self.providers)
+        except RulesError as exc:
+            self.problems = exc.problems
+            metrics.RULES_FILE_VALID.set(0)
+            return None
+        self.problems = []
+        metrics.RULES_FILE_VALID.set(1)
+        return candidate
+
     def reload(self, trigger: str) -> ReloadResult:
         """Load the file now; swap in the new rules only if they validate and differ."""
         current = self.rules
         if self.path is None:
-            return ReloadResult("unchanged", current.version, current.sha256)
-        self._stamp = self._file_stamp()
-        try:
-            candidate = load_rules_file(self.path, providers=self.providers)
-        except RulesError as exc:
+            return self._result("unchanged")
+        candidate = self._attempt()
+        if candidate is None:
             metrics.RULES_RELOADS.labels("refused").inc()
-            log.error("rules_refused", trigger=trigger, problems=exc.problems)
-            return ReloadResult("refused", current.version, current.sha256, exc.problems)
-        if candidate.sha256 == current.sha256:
+            self._log_refused(trigger)
+            return self._result("refused")
+        if current is not None and candidate.sha256 == current.sha256:
             metrics.RULES_RELOADS.labels("unchanged").inc()
-            return ReloadResult("unchanged", current.version, current.sha256)
-        self.rules, self.loaded_at = candidate, time.time()
-        self._publish(current, candidate)
+            return self._result("unchanged")
+        self._activate(candidate)
         metrics.RULES_RELOADS.labels("ok").inc()
         log.info(
             "rules_loaded",
             trigger=trigger,
             version=candidate.version,
             sha256=candidate.sha256,
-            previous_version=current.version,
+            previous_version=current.version if current is not None else None,
         )
-        return ReloadResult("ok", candidate.version, candidate.sha256)
+        return self._result("ok")
 
-    def _publish(self, old: RuleSet | None, new: RuleSet) -> None:
+    def _result(self, outcome: ReloadOutcome) -> ReloadResult:
+        rules = self.rules
+        if rules is None:
+            return ReloadResult(outcome, None, None, self.problems)
+        return ReloadResult(outcome, rules.version, rules.sha256, self.problems)
+
+    def _log_refused(self, trigger: str) -> None:
+        """One line: every problem, and what is served meanwhile."""
+        current = self.rules
+        log.error(
+            "rules_refused",
+            trigger=trigger,
+            path=str(self.path),
+            problems=self.problems,
+            serving=(
+                f"the previous rules, version {current.version}"
+                if current is not None
+                else "nothing: not ready until the file validates "
+                "(reloaded on change, SIGHUP or POST /admin/rules/reload)"
+            ),
+        )
+
+    def _activate(self, new: RuleSet) -> None:
+        old, self.rules, self.loaded_at = self.rules, new, time.time()
         if old is not None:
-            # Set to 0 rather than removed: multiprocess mode cannot remove a series.
-            metrics.RULES_INFO.labels(old.version, old.sha256).set(0)
+            metrics.forget(metrics.RULES_INFO, old.version, old.sha256)
         metrics.RULES_INFO.labels(new.version, new.sha256).set(1)
         metrics.RULES_LOADED_TIMESTAMP.set(self.loaded_at)
+        metrics.initialise_decisions(new)
+
+    def close(self) -> None:
+        """Withdraw the active rules from the metrics: a stopped gateway runs none."""
+        if self.rules is not None:
+            metrics.forget(metrics.RULES_INFO, self.rules.version, self.rules.sha256)
+
+    def readiness(self) -> tuple[list[str], list[str]]:
+        """(problems, warnings) for /readyz: no rules active makes the gateway unready; a
+        refused file while earlier rules serve is only a warning (the replica still routes)."""
+        listed = [f"rules: {problem}" for problem in self.problems]
+        if self.rules is None:
+            return [f"no routing rules active: {self.path} is refused", *listed], []
+        if self.problems:
+            refused = f"{self.path} is refused; serving version {self.rules.version}"
+            return [], [refused, *listed]
+        return [], []
 
     def changed_on_disk(self) -> bool:
         return self._file_stamp() != self._stamp
@@ -153,8 +231,19 @@ class RulesWatcher:
 
     def to_dict(self) -> dict[str, object]:
         """What GET /admin/rules shows."""
+        rules = self.rules
+        identity = (
+            rules.to_dict()
+            if rules is not None
+            else {"version": None, "sha256": None, "source": str(self.path), "rules": []}
+        )
+        loaded = self.loaded_at
         return {
-            **self.rules.to_dict(),
-            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+            **identity,
+            "loaded_at": None
+            if loaded is None
+            else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(loaded)),
             "poll_seconds": self.poll_seconds,
+            "file_valid": not self.problems,
+            "problems": self.problems,
         }

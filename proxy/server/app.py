@@ -7,17 +7,17 @@ public app; the internal app reads the same state for /readyz and /metrics.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import __version__
 from proxy.access.guard import PlayerGuard
+from proxy.access.player_tokens import TOKEN_REFUSALS
 from proxy.catalog import CachedCatalog, build_catalog
 from proxy.config import Config
 from proxy.gateway import Gateway
@@ -65,6 +65,7 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     poller.cancel()
     await asyncio.gather(poller, return_exceptions=True)
+    watcher.close()
 
 
 async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -100,7 +101,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready once the catalog backend answers and providers are configured."""
+    """Ready once the catalog backend answers, providers are configured and rules are active."""
     public = request.app[PUBLIC_APP]
     problems = []
     if public[DRAINING].is_set():
@@ -114,7 +115,8 @@ async def readyz(request: web.Request) -> web.Response:
             problems.append("catalog backend does not answer")
     if not public.get(PROVIDERS):
         problems.append("no providers configured")
-    warnings = []
+    rules_problems, warnings = public[RULES].readiness()
+    problems += rules_problems
     if public[GUARD].auth_off:
         warnings.append("player authentication is OFF (player_auth.mode: none): development only")
     status = 503 if problems else 200
@@ -124,18 +126,8 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
-def _metrics_registry() -> CollectorRegistry:
-    """This process's registry; under `serve --workers N`, every worker's samples merged."""
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        return metrics.REGISTRY
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    registry.register(metrics.BUILD_INFO)  # an Info is per process (the same in every worker)
-    return registry
-
-
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = generate_latest(_metrics_registry())
+    body = generate_latest(metrics.scrape_registry())
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -182,6 +174,12 @@ async def start_gateway(config: Config, *, reuse_port: bool = False) -> RunningG
     `reuse_port` lets several worker processes share the same ports (SO_REUSEPORT).
     """
     metrics.BUILD_INFO.info({"version": __version__})
+    # Every known series at 0, so alerts see the first event.
+    details = {
+        "unauthorized": (*TOKEN_REFUSALS.values(), "admin_token"),
+        "rate_limited": metrics.RATE_LIMITS,
+    }
+    metrics.initialise(config.providers, details)
     public_app = create_public_app(config)
     grace = config.server.shutdown_grace_seconds
     public = GatewayRunner(public_app, shutdown_timeout=grace)

@@ -1,7 +1,8 @@
 """A real Prometheus scrapes the gateway; every dashboard and alert expression is evaluated.
 
-Each dashboard query must parse and return data after traffic that exercises every panel
-(errors, fallbacks, shadows, reloads, refusals, rate limits); each alert rule must parse.
+Each dashboard query must parse and return data on a gateway that has had no traffic yet, and
+after traffic that exercises every panel (errors, fallbacks, shadows, reloads, refusals, rate
+limits); each alert rule must parse.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ async def test_dashboard_and_alerts_against_real_prometheus(
                     except aiohttp.ClientConnectionError:
                         pass
                     await asyncio.sleep(0.2)
+            # Before any traffic every panel already shows data (zeros), not "No data".
+            await wait_for_scrapes(http, base, 3)  # rate() needs two samples
+            await check_dashboard(http, base)
             rules.write_text(RULES.replace("percent: 100", "percent: 150"))  # a refused reload
             await drive_traffic(stack, rounds=6)
             await asyncio.sleep(2.5)  # two more scrapes
@@ -141,6 +145,16 @@ async def test_dashboard_and_alerts_against_real_prometheus(
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+async def wait_for_scrapes(http: aiohttp.ClientSession, base: str, count: int) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            result = await query(http, base, 'count_over_time(up{job="drm-gateway"}[1m])')
+            samples = result.get("data", {}).get("result", [])
+            if samples and float(samples[0]["value"][1]) >= count:
+                return
+            await asyncio.sleep(0.2)
 
 
 async def check_dashboard(http: aiohttp.ClientSession, base: str) -> None:

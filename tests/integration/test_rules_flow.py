@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -276,3 +277,129 @@ async def test_decisions_are_counted(make_stack: StackFactory, tmp_path: Path) -
     await served_by(stack, ASSETS[:10])
     after = REGISTRY.get_sample_value("drm_gateway_routing_decisions_total", labels)
     assert after == before + 10
+
+
+async def rules_stack(make_stack: StackFactory, tmp_path: Path, text: str, poll: float) -> Stack:
+    """The default test stack with `text` as its rules file, polled every `poll` seconds."""
+    rules = tmp_path / "routing.yaml"
+    rules.write_text(text)
+    return await make_stack(routing={"rules_file": str(rules), "poll_seconds": poll})
+
+
+async def readiness(stack: Stack) -> tuple[int, dict[str, Any]]:
+    async with stack.anon.get(stack.internal("/readyz")) as resp:
+        return resp.status, await resp.json()
+
+
+def file_valid() -> float | None:
+    return REGISTRY.get_sample_value("drm_gateway_rules_file_valid")
+
+
+async def test_a_broken_rules_file_at_start_leaves_the_gateway_up_but_unready(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    stack = await rules_stack(make_stack, tmp_path, ramp_rules("bad", 120), poll=0.1)
+    status, ready = await readiness(stack)
+    assert status == 503 and ready["ready"] is False
+    assert f"no routing rules active: {tmp_path / 'routing.yaml'} is refused" in ready["problems"]
+    assert any("120 is out of range" in p for p in ready["problems"])
+    assert file_valid() == 0
+    for method, path in [
+        ("POST", "/v1/license/widevine/both-1"),
+        ("GET", "/v1/keys/both-1/" + "ab" * 16),
+    ]:
+        async with stack.http.request(method, stack.url(path), data=b"\x08\x04") as resp:
+            assert resp.status == 503, path
+            body = await resp.json()
+            assert body["error"] == "rules_unavailable", path
+            assert body["request_id"] == resp.headers["X-Request-Id"]
+    async with stack.http.get(
+        stack.internal("/admin/explain?asset=both-1&drm=widevine"), headers=stack.admin_headers()
+    ) as resp:
+        assert resp.status == 503 and (await resp.json())["error"] == "rules_unavailable"
+    async with stack.http.get(
+        stack.internal("/admin/rules"), headers=stack.admin_headers()
+    ) as resp:
+        shown = await resp.json()
+    assert shown["version"] is None and shown["file_valid"] is False and shown["problems"]
+    refused = [json.loads(x) for x in stack.logs.getvalue().splitlines() if "rules_refused" in x]
+    assert [(x["trigger"], x["level"]) for x in refused] == [("start", "error")]
+    assert (await stack.stats(stack.legacy))["total"] == 0
+
+    (tmp_path / "routing.yaml").write_text(ramp_rules("fixed", 100))
+    await wait_for_version(stack, "fixed")  # the poll picks the fixed file up
+    status, ready = await readiness(stack)
+    assert status == 200 and ready["problems"] == [] and ready["warnings"] == []
+    assert file_valid() == 1
+    async with stack.http.post(stack.url("/v1/license/widevine/both-1"), data=b"\x08\x04") as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.parametrize("trigger", ["admin", "sighup"])
+async def test_a_reload_brings_up_a_gateway_started_with_a_broken_file(
+    make_stack: StackFactory, tmp_path: Path, trigger: str
+) -> None:
+    stack = await rules_stack(make_stack, tmp_path, ramp_rules("bad", 120), poll=3600)
+    async with stack.http.post(
+        stack.internal("/admin/rules/reload"), headers=stack.admin_headers()
+    ) as resp:
+        assert resp.status == 422
+        body = await resp.json()
+    assert body["result"] == "refused" and body["version"] is None and body["problems"]
+    (tmp_path / "routing.yaml").write_text(ramp_rules("fixed", 100))
+    if trigger == "admin":
+        async with stack.http.post(
+            stack.internal("/admin/rules/reload"), headers=stack.admin_headers()
+        ) as resp:
+            assert resp.status == 200 and (await resp.json())["result"] == "ok"
+    else:
+        stop = asyncio.Event()
+        install_signal_handlers(stack.gateway, stop)
+        loop = asyncio.get_running_loop()
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_for_version(stack, "fixed", timeout=2)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+    assert (await readiness(stack))[0] == 200
+    assert file_valid() == 1
+
+
+async def test_a_refused_reload_while_serving_stays_ready_with_a_warning(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    stack = await ramp_stack(make_stack, tmp_path, 100)
+    rules = tmp_path / "routing.yaml"
+    good = rules.read_text()
+    rules.write_text(ramp_rules("bad", 120))
+    await wait_for(lambda: file_valid() == 0)  # the poll tried it
+    status, ready = await readiness(stack)
+    assert status == 200 and ready["problems"] == []
+    assert f"{rules} is refused; serving version v0" in ready["warnings"]
+    assert any("120 is out of range" in w for w in ready["warnings"])
+    assert set((await served_by(stack, ASSETS[:20])).values()) == {"incoming"}
+    rules.write_text(good)
+    await wait_for(lambda: file_valid() == 1)  # back to the active file: unchanged, valid
+    assert (await readiness(stack))[1]["warnings"] == []
+
+
+async def wait_for(condition: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+async def test_a_replaced_rules_version_leaves_the_scrape(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    stack = await ramp_stack(make_stack, tmp_path, 0)
+    (tmp_path / "routing.yaml").write_text(ramp_rules("v-next", 10))
+    await wait_for_version(stack, "v-next")
+    async with stack.anon.get(stack.internal("/metrics")) as resp:
+        text = await resp.text()
+    versions = re.findall(
+        r'^drm_gateway_rules_info\{sha256="\w+",version="([^"]+)"\} (\S+)$', text, re.M
+    )
+    assert ("v-next", "1.0") in versions
+    assert "v0" not in {version for version, _ in versions}
