@@ -143,13 +143,15 @@ class ResponseReader:
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
         if self._status < 200:
+            if self._status < 100:  # llhttp takes any 3 digits; this is neither interim nor final
+                raise BadResponse("the status code is below 100")
             return  # an interim answer (100 Continue): llhttp then parses the real one
         self._headers_done = True
-        if self._length is not None and self._length > self._limit:
-            raise ResponseTooLarge()
         if self._head:
             self._complete(keep_alive=False)
             raise _Stop  # llhttp would wait for a body of Content-Length bytes; do not reuse
+        if self._length is not None and self._length > self._limit:
+            raise ResponseTooLarge()
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)

@@ -147,7 +147,10 @@ def test_answers_in_sequence_on_one_reader() -> None:
 
 def test_head_answer_has_no_body_and_ends_the_stream() -> None:
     reader = ResponseReader()
-    response = read_on(reader, b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n", head=True)
+    # Content-Length is the size a GET would get: above the limit, it is still no body.
+    response = read_on(
+        reader, b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n", head=True, limit=100
+    )
     assert (response.status, response.body, response.header("Content-Length")) == (200, b"", "5000")
     assert_ended(reader)  # llhttp cannot be told the answer had no body: not reused
 
@@ -224,6 +227,8 @@ def test_too_large_until_close() -> None:
         b"SMTP ready\r\n\r\n",
         b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 099 Low\r\n\r\n",
         b"HTTP/9.9 200 OK\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
         b"HTTP/1.1 200 OK\r\nX-No-Colon\r\n\r\n",
