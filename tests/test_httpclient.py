@@ -360,6 +360,26 @@ async def test_head_answer_has_no_body(raw_server: Any, make_client: Any) -> Non
     assert (resp.status, resp.body, resp.header("content-length")) == (200, b"", "1234")
 
 
+async def test_head_answer_is_not_held_to_the_size_cap(raw_server: Any, make_client: Any) -> None:
+    async def handler(request: bytes, writer: asyncio.StreamWriter, n: int) -> bool:
+        return await answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n", writer)
+
+    raw = await raw_server(handler)
+    client = make_client(max_response_bytes=100, total_timeout=2.0)
+    resp = await client.request("HEAD", raw.url)  # the length of a GET's body, not this one's
+    assert (resp.status, resp.body, resp.header("content-length")) == (200, b"", "5000")
+
+
+async def test_status_below_100_is_a_bad_response(raw_server: Any, make_client: Any) -> None:
+    async def handler(request: bytes, writer: asyncio.StreamWriter, n: int) -> bool:
+        # Neither interim nor final: without the check the client waited for a real answer.
+        return await answer(b"HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n", writer)
+
+    raw = await raw_server(handler)
+    with pytest.raises(BadResponse):
+        await make_client(total_timeout=2.0).request("GET", raw.url)
+
+
 async def test_redirects_are_returned_not_followed(raw_server: Any, make_client: Any) -> None:
     async def handler(request: bytes, writer: asyncio.StreamWriter, n: int) -> bool:
         return await answer(

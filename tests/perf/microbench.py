@@ -24,6 +24,7 @@ from proxy.observability import metrics
 from proxy.routing.file import load_rules_file
 from proxy.routing.rules import ProviderTraits, RequestContext, evaluate
 from proxy.upstream.fairplay import encode_ckc, encode_spc, parse_ckc_response, parse_spc_request
+from proxy.upstream.http.reader import ResponseReader
 from proxy.upstream.signer import SigningKey, TokenContext, TokenSettings, TokenSigner
 
 PERF = Path(__file__).resolve().parent
@@ -114,6 +115,22 @@ def fairplay_cases() -> dict[str, Callable[[], object]]:
     }
 
 
+def http_cases() -> dict[str, Callable[[], object]]:
+    # A provider's typical license answer: aiohttp's head, a 1 KiB body, in one read.
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Length: 1024\r\nDate: Wed, 02 Dec 2026 10:00:00 GMT\r\n"
+        b"Server: Python/3.11 aiohttp/3.10.5\r\n\r\n" + bytes(1024)
+    )
+    reader = ResponseReader()
+
+    def read() -> object:
+        reader.start(head=False, limit=1_048_576)
+        return reader.feed(answer)
+
+    return {"httpreader.ResponseReader start + feed, 1 KiB answer": read}
+
+
 class _MemoryBackend:
     """A catalog backend answering every id with an entry built the way SQLite rows are."""
 
@@ -159,7 +176,7 @@ def metrics_cases() -> dict[str, Callable[[], object]]:
 
 def run_micro() -> dict[str, float]:
     cases: dict[str, Callable[[], object]] = {}
-    for group in (rules_cases, auth_cases, token_cases, fairplay_cases, metrics_cases):
+    for group in (rules_cases, auth_cases, token_cases, fairplay_cases, http_cases, metrics_cases):
         cases.update(group())
     results = {name: round(per_call_us(func), 2) for name, func in cases.items()}
     results["catalog.CachedCatalog.get, cache hit"] = round(catalog_hit_us(), 2)

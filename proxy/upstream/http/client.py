@@ -4,9 +4,9 @@ Why not aiohttp's client: on the license hot path it cost about a quarter of the
 CPU (issue 8's profile), most of it in generality the gateway never uses; with this client the
 gateway's CPU per request fell from ~330-470 to ~190 us (`make bench`, 32 connections). It
 does what the gateway needs and nothing more: one keep-alive pool per origin on asyncio
-protocols, responses parsed by httptools (llhttp, the C parser uvicorn uses; see
-proxy.upstream.http.connection), bodies buffered in memory under a size cap; no redirects, cookies,
-decompression, proxies or pipelining.
+protocols (`connection`), responses parsed by a sans-IO reader on httptools (llhttp, the C
+parser uvicorn uses; see `reader`), bodies buffered in memory under a size cap; no redirects,
+cookies, decompression, proxies or pipelining. Errors are in `errors` (all in this package).
 
 HTTP/1.1 behaviour: Content-Length, chunked and close-delimited bodies; no body for HEAD,
 1xx, 204 and 304; `Connection: close` and HTTP/1.0 answers end the connection; interim 1xx
@@ -29,16 +29,16 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from proxy.upstream.http.connection import (
+from proxy.upstream.http.connection import Connection
+from proxy.upstream.http.errors import (
     BadResponse,
     ConnectError,
-    Connection,
     ConnectionClosed,
     HttpClientError,
     InvalidRequest,
-    Response,
     ResponseTooLarge,
 )
+from proxy.upstream.http.reader import Response
 
 __all__ = [
     "BadResponse",
