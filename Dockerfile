@@ -4,6 +4,9 @@
 #   docker run -v "$PWD/conf:/etc/drm-gateway:ro" -p 8080:8080 -p 9090:9090 drm-gateway
 # /etc/drm-gateway/gateway.yaml is the config; the routing rules live in
 # /etc/drm-gateway/rules/routing.yaml (`routing.rules_file`). Secrets come from the environment.
+# The demo ships in the wheel too (its config, rules and certificate are package data); in a
+# container it listens on every address, its internal port where the HEALTHCHECK looks:
+#   docker run --rm -p 8080:8080 -p 9090:9090 drm-gateway demo --host 0.0.0.0 --internal-port 9090
 
 FROM python:3.11-slim AS build
 WORKDIR /src

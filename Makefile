@@ -19,8 +19,18 @@ $(STAMP): pyproject.toml
 tools: install
 	bash scripts/install-tools.sh
 
+# The demo's five ports are 8080-8084: `make demo PORTS=18080` moves them all (18080-18084),
+# DEMO_PUBLIC_PORT, DEMO_LEGACY_PORT, DEMO_INCOMING_PORT, DEMO_INTERNAL_PORT and
+# DEMO_PLAYER_PORT move one each (`drm-gateway demo --help` lists the flags).
+DEMO_FLAGS = $(if $(PORTS),--ports $(PORTS)) \
+	$(if $(DEMO_PUBLIC_PORT),--public-port $(DEMO_PUBLIC_PORT)) \
+	$(if $(DEMO_LEGACY_PORT),--legacy-port $(DEMO_LEGACY_PORT)) \
+	$(if $(DEMO_INCOMING_PORT),--incoming-port $(DEMO_INCOMING_PORT)) \
+	$(if $(DEMO_INTERNAL_PORT),--internal-port $(DEMO_INTERNAL_PORT)) \
+	$(if $(DEMO_PLAYER_PORT),--player-port $(DEMO_PLAYER_PORT))
+
 demo: install
-	$(BIN)/drm-gateway demo
+	$(BIN)/drm-gateway demo $(strip $(DEMO_FLAGS))
 
 lint: install
 	$(BIN)/ruff check proxy tests scripts

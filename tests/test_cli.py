@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import ENV, gateway_raw_config
+from tests.conftest import ENV, gateway_raw_config, write_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +77,107 @@ def test_serve_with_bad_config_exits_before_binding(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "routing.default_provider: unknown provider 'nobody'" in result.stderr
     assert result.stdout == ""
+
+
+# Run `main` with the arguments after the output file; write the modules loaded at exit there.
+MODULES_AT_EXIT = """
+import json, sys
+from proxy.cli import main
+code = main(sys.argv[2:])
+with open(sys.argv[1], "w") as out:
+    json.dump(sorted(sys.modules), out)
+sys.exit(code)
+"""
+# Modules of the development tools (proxy.dev.demo, proxy.dev.media, proxy.dev.player too).
+DEV_CODE = ("proxy.dev",)
+
+
+def dev_modules(modules: list[str]) -> list[str]:
+    return [m for m in modules if m.startswith(DEV_CODE)]
+
+
+def test_serve_loads_no_demo_or_emulator_code(tmp_path: Path) -> None:
+    public, internal = free_ports(2)
+    raw = gateway_raw_config(write_catalog(tmp_path / "c.db"), "http://a", "http://b")
+    raw["server"] |= {"public": {"port": public}, "internal": {"port": internal}}
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    loaded = tmp_path / "modules.json"
+    argv = [sys.executable, "-c", MODULES_AT_EXIT, str(loaded), "serve", "--config", str(config)]
+    serve = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL)
+    try:
+        wait_until_up(f"http://127.0.0.1:{internal}/healthz", serve)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=20) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+    modules = json.loads(loaded.read_text())
+    assert "proxy.server.app" in modules  # it did serve
+    assert dev_modules(modules) == []
+
+
+def test_commands_parse_without_loading_dev_code(tmp_path: Path) -> None:
+    script = """
+import json, sys
+from proxy.cli import build_parser
+lines = [
+    ["serve", "--config", "x.yaml", "--workers", "2"],
+    ["config", "check", "x.yaml"],
+    ["catalog", "audit", "--db", "x.db"],
+    ["rules", "check", "r.yaml"],
+    ["token", "verify", "t", "--config", "x.yaml", "--provider", "p"],
+]
+for argv in lines:
+    build_parser(argv[0]).parse_args(argv)
+before = sorted(sys.modules)
+build_parser("emulate").parse_args(["emulate", "legacy"])
+print(json.dumps([before, sorted(sys.modules)]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    before, after_emulate = json.loads(result.stdout)
+    assert dev_modules(before) == []
+    assert "proxy.dev.emulator.cli" in after_emulate  # chosen, the command's module loads
+
+
+def test_dev_commands_show_their_whole_help() -> None:
+    listed = run("--help")
+    assert listed.returncode == 0 and "demo" in listed.stdout and "emulate" in listed.stdout
+    emulate = run("emulate", "--help")
+    assert emulate.returncode == 0 and "--jwt-key" in emulate.stdout
+    demo = run("demo", "--help")
+    assert demo.returncode == 0 and "--ports BASE" in demo.stdout
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback ports that were free a moment ago."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """Poll `url` until it answers 200; fail if `process` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, "the process exited before it was up"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not answer within {timeout} s"
+        time.sleep(0.1)
 
 
 def test_catalog_import_and_audit(tmp_path: Path) -> None:
@@ -152,7 +256,7 @@ def test_rules_check_and_explain(tmp_path: Path) -> None:
 
 
 SECRETS = tuple(ENV)  # every secret the test configs name, unset for the rules tooling
-DEMO_CONFIG = "deploy/demo/gateway.yaml"
+DEMO_CONFIG = "proxy/dev/demo_data/gateway.yaml"
 
 
 def rules_file(tmp_path: Path, name: str, *, default: str = "legacy", route: str) -> Path:

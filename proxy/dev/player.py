@@ -20,7 +20,8 @@ from aiohttp import web
 from proxy.dev.emulator import derive_key
 from proxy.dev.media import (
     SHAKA_DIST,
-    SHAKA_PLAYER_JS,
+    SHAKA_PLAYER,
+    SHAKA_PLAYER_FILE,
     MediaTools,
     find_media_tools,
     make_clip,
@@ -29,7 +30,6 @@ from proxy.dev.media import (
 
 PLAYER_PAGE = Path(__file__).resolve().parent / "static" / "player.html"
 DEMO_CLIP_SECONDS = 10
-SHAKA_PLAYER_NAME = "Shaka Player (npm shaka-player)"
 _STAMP = ".packaged"  # written last, so a folder holding it is complete
 
 # Streaming types aiohttp's table lacks, so players see what a CDN would send.
@@ -92,12 +92,32 @@ def player_url(server: str, *, gateway: str, asset_id: str, token: str, manifest
     return f"{server}/player.html?{urlencode(query, safe=':/')}"
 
 
-def find_player_tools(search_path: str | None = None) -> tuple[MediaTools | None, list[str]]:
-    """The media tools when the whole player page can be served, else None and what is missing."""
-    tools, missing = find_media_tools(search_path)
-    if not SHAKA_PLAYER_JS.is_file():
-        missing.append(SHAKA_PLAYER_NAME)
-    return (tools, []) if tools is not None and not missing else (None, missing)
+@dataclass(frozen=True, slots=True)
+class PlayerTools:
+    """What the player page needs: the media programs and Shaka Player's dist folder."""
+
+    media: MediaTools
+    shaka_dist: Path
+
+
+def shaka_dist_candidates(node_prefix: Path) -> tuple[Path, ...]:
+    """Where Shaka Player's dist folder is looked for, first found wins: `node_prefix`'s
+    node_modules (`npm install --prefix <node_prefix> shaka-player`), then a source
+    checkout's tests/e2e/node_modules (`make e2e`)."""
+    return (node_prefix / "node_modules" / "shaka-player" / "dist", SHAKA_DIST)
+
+
+def find_player_tools(
+    node_prefix: Path, search_path: str | None = None
+) -> tuple[PlayerTools | None, list[str]]:
+    """Everything the player page needs, else None and what is missing."""
+    media, missing = find_media_tools(search_path)
+    dists = [d for d in shaka_dist_candidates(node_prefix) if (d / SHAKA_PLAYER_FILE).is_file()]
+    if not dists:
+        missing.append(SHAKA_PLAYER)
+    if media is None or not dists:
+        return None, missing
+    return PlayerTools(media, dists[0]), []
 
 
 @dataclass(frozen=True, slots=True)
