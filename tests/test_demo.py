@@ -330,6 +330,10 @@ def test_the_ports_are_one_block_unless_moved_one_by_one() -> None:
     assert [f.name for f in dataclasses.fields(DemoPorts)] == [p.name for p in DEMO_PORTS]
 
 
+def _without_make_variables() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+
 def test_make_demo_passes_each_port_variable_to_its_flag() -> None:
     moved = {p.make_variable: 20_000 + 7 * p.offset for p in DEMO_PORTS}
     cases = {
@@ -339,7 +343,11 @@ def test_make_demo_passes_each_port_variable_to_its_flag() -> None:
     }
     for variables, expected in cases.items():
         made = subprocess.run(
-            ["make", "-n", "demo", *variables], capture_output=True, text=True, cwd=ROOT
+            ["make", "--no-print-directory", "-n", "demo", *variables],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=_without_make_variables(),  # under `make test` the parent's flags leak in
         )
         assert made.returncode == 0, made.stderr
         program, *argv = made.stdout.splitlines()[-1].split()
