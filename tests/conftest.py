@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from proxy.access.player_tokens import issue_token
 from proxy.catalog.importer import import_file
@@ -243,3 +245,18 @@ async def make_stack(tmp_path: Path, log_buffer: io.StringIO) -> AsyncIterator[S
         await stop()
     await http.close()
     await anon.close()
+
+
+def write_serve_config(
+    tmp_path: Path, legacy_url: str, incoming_url: str, rules: str, *, poll_seconds: float
+) -> tuple[Path, dict[str, str]]:
+    """A config file (with its catalog and rules) for a gateway run as a subprocess, and the
+    environment it needs (the test secrets; never a parent's multiprocess directory)."""
+    rules_file = tmp_path / "routing.yaml"
+    rules_file.write_text(rules)
+    raw = gateway_raw_config(write_catalog(tmp_path / "catalog.db"), legacy_url, incoming_url)
+    raw["routing"] = {"rules_file": str(rules_file), "poll_seconds": poll_seconds}
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"} | ENV
+    return config, env

@@ -17,7 +17,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from proxy.config import parse_config
 from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
@@ -32,6 +31,7 @@ from tests.conftest import (
     gateway_raw_config,
     player_token,
     write_catalog,
+    write_serve_config,
 )
 from tests.test_deploy import missing_series, parse_scrape
 
@@ -109,13 +109,9 @@ async def start_emulators() -> tuple[RunningEmulator, RunningEmulator]:
 async def replica(tmp_path: Path, workers: int = 2) -> AsyncIterator[Replica]:
     """The gateway under `run_workers` in a subprocess; killed if the test leaves it running."""
     legacy, incoming = await start_emulators()
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    raw = gateway_raw_config(write_catalog(tmp_path / "catalog.db"), legacy.url, incoming.url)
-    raw["routing"] = {"rules_file": str(rules), "poll_seconds": 60}
-    config_file = tmp_path / "gateway.yaml"
-    config_file.write_text(yaml.safe_dump(raw))
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"} | ENV
+    config_file, env = write_serve_config(
+        tmp_path, legacy.url, incoming.url, RULES, poll_seconds=60
+    )
     log = tmp_path / "gateway.log"
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
@@ -260,7 +256,7 @@ async def test_merged_scrape_is_complete_has_no_created_series_and_drops_replace
         assert "_created" not in text
         assert 'drm_gateway_rules_info{sha256="' in text and 'version="w-1"} 1.0' in text
 
-        (tmp_path / "rules.yaml").write_text(RULES.replace("w-1", "w-2"))
+        (tmp_path / "routing.yaml").write_text(RULES.replace("w-1", "w-2"))
         assert gateway.process.pid is not None
         os.kill(gateway.process.pid, signal.SIGHUP)
         await wait_for_sample(http, internal, "drm_gateway_rules_reloads_total", 2, result="ok")
@@ -270,7 +266,7 @@ async def test_merged_scrape_is_complete_has_no_created_series_and_drops_replace
             assert 'version="w-1"' not in text
             assert metric_sum(text, "drm_gateway_rules_info", version="w-2") == 1
 
-        (tmp_path / "rules.yaml").write_text("version: broken\nrules: [\n")
+        (tmp_path / "routing.yaml").write_text("version: broken\nrules: [\n")
         os.kill(gateway.process.pid, signal.SIGHUP)
         assert metric_sum(text, "drm_gateway_rules_file_valid") == 1
         await wait_for_sample(

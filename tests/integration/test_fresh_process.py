@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import time
@@ -19,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
-from tests.conftest import ENV, gateway_raw_config, player_token, write_catalog
+from tests.conftest import player_token, write_serve_config
 from tests.test_deploy import missing_series, parse_scrape
 from tests.test_workers import start_emulators
 
@@ -62,13 +60,7 @@ class Served:
 async def serving(tmp_path: Path, rules: str) -> AsyncIterator[Served]:
     """`drm-gateway serve` with `rules`, polled every 0.1 s; SIGTERM when the test ends."""
     legacy, incoming = await start_emulators()
-    rules_file = tmp_path / "routing.yaml"
-    rules_file.write_text(rules)
-    raw = gateway_raw_config(write_catalog(tmp_path / "catalog.db"), legacy.url, incoming.url)
-    raw["routing"] = {"rules_file": str(rules_file), "poll_seconds": 0.1}
-    config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"} | ENV
+    config, env = write_serve_config(tmp_path, legacy.url, incoming.url, rules, poll_seconds=0.1)
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
