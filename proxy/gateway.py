@@ -101,16 +101,16 @@ class Gateway:
         *,
         drm: str,
         asset_id: AssetId,
-        challenge: bytes,
+        body: bytes,
         content_type: str | None,
         client: ClientInfo,
     ) -> ProviderAnswer:
         """Forward a Widevine, PlayReady or ClearKey challenge byte-exact (FairPlay bodies are
         rewritten: see `fairplay`)."""
         if drm == "clearkey":  # refused here, not by the provider; still forwarded byte-exact
-            parse_clearkey_request(challenge)
+            parse_clearkey_request(body)
         entry = await self.resolve(info, drm, asset_id)
-        call = LicenseCall(info.request_id, drm, entry, client, challenge, content_type)
+        call = LicenseCall(info.request_id, drm, entry, client, body, content_type)
         return await self._route(info, entry, client, lambda p, e: p.license(call, e))
 
     async def fairplay(

@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,3 +261,15 @@ def write_serve_config(
     config.write_text(yaml.safe_dump(raw))
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"} | ENV
     return config, env
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback ports that were free a moment ago."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()

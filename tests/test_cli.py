@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import ENV, gateway_raw_config, write_catalog
+from tests.conftest import ENV, free_ports, gateway_raw_config, write_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,18 +151,6 @@ def test_dev_commands_show_their_whole_help() -> None:
     assert emulate.returncode == 0 and "--jwt-key" in emulate.stdout
     demo = run("demo", "--help")
     assert demo.returncode == 0 and "--ports BASE" in demo.stdout
-
-
-def free_ports(count: int) -> list[int]:
-    """Loopback ports that were free a moment ago."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: float = 20) -> None:

@@ -46,6 +46,7 @@ from proxy.dev.media import (
     find_media_tools,
 )
 from proxy.dev.player import find_player_tools, prepare_demo_media
+from tests.conftest import free_ports
 from tests.e2e.tools import PLAY_SCRIPT, find_tools
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,17 +62,6 @@ DEMO_SECRETS = {
     "PLAYER_JWT_SECRET": DEMO_PLAYER_SECRET,
 }
 needs_curl = pytest.mark.skipif(not Path("/usr/bin/curl").exists(), reason="curl is not installed")
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def printed_commands(banner: str) -> list[str]:

@@ -135,7 +135,7 @@ async def test_license_goes_to_the_decided_provider_at_its_endpoint(flow: Flow) 
         record,
         drm="widevine",
         asset_id=AssetId("both-2"),
-        challenge=b"\x08\x04",
+        body=b"\x08\x04",
         content_type=None,
         client=CLIENT,
     )
@@ -188,7 +188,7 @@ async def test_shadow_copy_does_not_delay_or_change_the_answer(flow: Flow) -> No
         info(),
         drm="playready",
         asset_id=AssetId("both-2"),
-        challenge=b"<challenge/>",
+        body=b"<challenge/>",
         content_type="text/xml",
         client=CLIENT,
     )
