@@ -30,6 +30,8 @@
 Messages are shown to players: they never hold tokens, keys, bodies or upstream URLs.
 `detail` says which refusal of its kind an error is (why a token was refused, which rate
 limit): a bounded value for a metric label and the access line, "-" where there is none.
+`provider_error` is the provider's own error code behind an upstream error (bounded per
+provider kind), for the same metric and line; never the provider's message.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class GatewayError(Exception):
     code: str = "internal_error"
     message: str = "The gateway could not handle this request."
     detail: str = "-"
+    provider_error: str = "-"
 
     def __init__(self, message: str | None = None, *, detail: str | None = None) -> None:
         if message is not None:

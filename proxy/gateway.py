@@ -203,6 +203,8 @@ class Gateway:
             error=exc.code,
         )
         info.fallback_from, info.provider = primary, fallback
+        if exc.provider_error != "-":
+            info.provider_error = exc.provider_error
         return await self._timed(info, route.fallback, send)
 
     @staticmethod

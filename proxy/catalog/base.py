@@ -13,12 +13,15 @@ class CatalogEntry:
 
     `drm_resource_id` is None while it has not been propagated; `key_holders` is None when
     the catalog does not know which providers hold the keys (then any provider may serve).
+    `key_ids` are the asset's content key ids (32 lowercase hex characters each), empty when
+    the catalog does not know them (a provider that needs key ids cannot serve it then).
     """
 
     asset_id: str
     drm_resource_id: str | None
     key_holders: frozenset[str] | None = None
     tags: frozenset[str] = frozenset()
+    key_ids: tuple[str, ...] = ()
 
 
 class Catalog(Protocol):

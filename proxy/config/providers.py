@@ -7,7 +7,7 @@ import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit
 
 from proxy.config.reader import REQUIRED, ConfigReader
@@ -21,6 +21,9 @@ from proxy.upstream.signer import (
     decode_hmac_secret,
     validate_settings,
 )
+
+if TYPE_CHECKING:
+    from proxy.upstream.base import ProviderKind
 
 URL_PLACEHOLDERS = frozenset({"asset_id", "drm_resource_id", "key_id", "drm"})
 PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -68,12 +71,16 @@ class ProviderSettings:
     auth: ProviderAuth
     kind: str = "generic"
     needs_drm_resource_id: bool = False
+    needs_key_ids: bool = False
     connect_timeout: float = 1.0
     total_timeout: float = 5.0
     strip_response_headers: frozenset[str] = frozenset()
     max_response_bytes: int = 1_048_576
     max_connections: int = 256
     fairplay: FairPlayFormats = field(default_factory=lambda: FairPlayFormats("binary", "binary"))
+    # The kind's own settings (its config section, secrets included); None for `generic`, and
+    # for every provider when the config was read without secrets (rules tooling).
+    options: object | None = field(default=None, repr=False)
 
     def endpoint(self, drm: str) -> UrlTemplate | None:
         """The URL template serving `drm` (the key URL for aes128), None if there is none."""
@@ -82,7 +89,12 @@ class ProviderSettings:
     @property
     def traits(self) -> ProviderTraits:
         """What the routing rules need to know of this provider (the one place it is derived)."""
-        return ProviderTraits(needs_drm_resource_id=self.needs_drm_resource_id)
+        served = {*self.license_urls, *([KEY_DRM] if self.key_url is not None else [])}
+        return ProviderTraits(
+            needs_drm_resource_id=self.needs_drm_resource_id,
+            needs_key_ids=self.needs_key_ids,
+            serves=frozenset(served),
+        )
 
 
 def parse_providers(
@@ -124,11 +136,14 @@ def _parse_provider(
     reader: ConfigReader, name: str, raw: Any, *, auth: bool
 ) -> ProviderSettings | None:
     path = f"providers.{name}"
-    section = reader.mapping(raw, path, _PROVIDER_FIELDS)
-    kind = _parse_kind(reader, section, path)
+    kind_name = raw.get("kind", "generic") if isinstance(raw, dict) else "generic"
+    kind = _parse_kind(reader, kind_name, path)
+    own = {kind_name} if kind is not None and kind.options is not None else set()
+    section = reader.mapping(raw, path, _PROVIDER_FIELDS | own)
     base_url = reader.value(section, "base_url", path, str, "")
-    needs_id = reader.value(section, "needs_drm_resource_id", path, bool, False)
+    needs_id = _needs_drm_resource_id(reader, section, path, kind_name, kind)
     urls = reader.mapping(section.get("license_urls"), f"{path}.license_urls", set(LICENSE_DRMS))
+    _check_served(reader, kind_name, kind, section, path)
     license_urls = {}
     for drm, template in urls.items():
         parsed = _parse_url(reader, base_url, template, f"{path}.license_urls.{drm}", needs_id)
@@ -148,13 +163,18 @@ def _parse_provider(
     for header in strip:
         if not isinstance(header, str) or not HEADER_NAME.match(header):
             reader.problem(f"{path}.strip_response_headers", f"{header!r} is not a header name")
+    options = None
+    if auth and kind is not None and kind.options is not None:
+        options = kind.options(reader, section.get(kind_name), f"{path}.{kind_name}")
     return ProviderSettings(
         name=name,
-        kind=kind,
+        kind=str(kind_name),
         license_urls=license_urls,
         key_url=key_url,
         auth=_parse_auth(reader, section.get("auth"), f"{path}.auth") if auth else ProviderAuth(),
         needs_drm_resource_id=bool(needs_id),
+        needs_key_ids=kind is not None and kind.needs_key_ids,
+        options=options,
         connect_timeout=reader.positive(
             timeouts, "connect_seconds", f"{path}.timeouts", float, 1.0
         ),
@@ -162,19 +182,77 @@ def _parse_provider(
         strip_response_headers=frozenset(str(h).lower() for h in strip),
         max_response_bytes=reader.positive(section, "max_response_bytes", path, int, 1_048_576),
         max_connections=reader.positive(section, "max_connections", path, int, 256),
-        fairplay=_parse_fairplay_formats(reader, section.get("fairplay"), f"{path}.fairplay"),
+        fairplay=_fairplay_formats(reader, section, path, kind),
     )
 
 
-def _parse_kind(reader: ConfigReader, section: dict[str, Any], path: str) -> str:
+def _parse_kind(reader: ConfigReader, name: Any, path: str) -> ProviderKind | None:
     # Imported here: the registry imports the provider clients, which import this module.
     from proxy.upstream.registry import PROVIDER_KINDS
 
-    kind = reader.value(section, "kind", path, str, "generic")
-    if kind not in PROVIDER_KINDS:
+    kind = PROVIDER_KINDS.get(name) if isinstance(name, str) else None
+    if kind is None:
         known = ", ".join(sorted(PROVIDER_KINDS))
-        reader.problem(f"{path}.kind", f"unknown provider kind '{kind}' (known: {known})")
-    return str(kind)
+        reader.problem(f"{path}.kind", f"unknown provider kind '{name}' (known: {known})")
+    return kind
+
+
+def _needs_drm_resource_id(
+    reader: ConfigReader,
+    section: dict[str, Any],
+    path: str,
+    kind_name: str,
+    kind: ProviderKind | None,
+) -> bool:
+    """From the config for `generic`; fixed by the protocol for every other kind."""
+    configured = reader.value(section, "needs_drm_resource_id", path, bool, None)
+    fixed = kind.needs_drm_resource_id if kind is not None else None
+    if fixed is None:
+        return bool(configured)
+    if configured is not None and configured != fixed:
+        reader.problem(
+            f"{path}.needs_drm_resource_id",
+            f"is {str(fixed).lower()} for kind '{kind_name}' (its protocol decides)",
+        )
+    return fixed
+
+
+def _check_served(
+    reader: ConfigReader,
+    kind_name: str,
+    kind: ProviderKind | None,
+    section: dict[str, Any],
+    path: str,
+) -> None:
+    """Endpoints only for what the kind can serve; kinds other than generic bring their own
+    auth and FairPlay formats."""
+    if kind is None:
+        return
+    urls = section.get("license_urls")
+    for drm in sorted(urls) if isinstance(urls, dict) else ():
+        if drm in LICENSE_DRMS and drm not in kind.drms:
+            reader.problem(f"{path}.license_urls.{drm}", f"kind '{kind_name}' does not serve {drm}")
+    if "key_url" in section and not kind.serves_keys:
+        reader.problem(f"{path}.key_url", f"kind '{kind_name}' does not serve HLS AES-128 keys")
+    if kind.options is not None and "auth" in section:
+        reader.problem(
+            f"{path}.auth", f"kind '{kind_name}' authenticates with its '{kind_name}' section"
+        )
+    if kind.fairplay is not None and "fairplay" in section:
+        fixed = kind.fairplay
+        reader.problem(
+            f"{path}.fairplay",
+            f"kind '{kind_name}' fixes its FairPlay formats ({fixed.request} in, "
+            f"{fixed.response} out)",
+        )
+
+
+def _fairplay_formats(
+    reader: ConfigReader, section: dict[str, Any], path: str, kind: ProviderKind | None
+) -> FairPlayFormats:
+    if kind is not None and kind.fairplay is not None:
+        return kind.fairplay
+    return _parse_fairplay_formats(reader, section.get("fairplay"), f"{path}.fairplay")
 
 
 def _parse_url(

@@ -28,3 +28,4 @@ class RequestInfo:
     upstream_ms: float | None = None
     error: str | None = None  # the error code answered, if any
     detail: str | None = None  # which refusal of that code (GatewayError.detail)
+    provider_error: str | None = None  # the provider's own error code (bounded), if any

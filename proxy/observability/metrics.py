@@ -61,8 +61,10 @@ UPSTREAM_DURATION = Histogram(
 )
 UPSTREAM_RESPONSES = Counter(
     "drm_gateway_upstream_responses_total",
-    "Provider answers by provider and status class (or error kind: timeout, connect).",
-    ["provider", "status_class"],
+    "Provider answers by provider, status class (or error kind: timeout, connect) and the "
+    "provider's own error code (bounded per provider kind: 'other' beyond the known ones; "
+    "'-' for none).",
+    ["provider", "status_class", "provider_error"],
     registry=REGISTRY,
 )
 ROUTING_DECISIONS = Counter(
@@ -233,7 +235,7 @@ def initialise(
                 _zero_requests(drm, name)
                 labelled(UPSTREAM_DURATION, drm, name)
         for outcome in UPSTREAM_OUTCOMES:
-            labelled(UPSTREAM_RESPONSES, name, outcome)
+            labelled(UPSTREAM_RESPONSES, name, outcome, "-")
         for kind in BAD_RESPONSE_KINDS:
             labelled(UPSTREAM_BAD_RESPONSES, name, kind)
         for result in SHADOW_RESULTS:
@@ -241,7 +243,7 @@ def initialise(
         for other in providers:
             if other != name:
                 labelled(FALLBACKS, name, other)
-        if settings.auth.token is not None:
+        if settings.auth.token is not None or settings.options is not None:
             labelled(TOKENS_SIGNED, name)
         if settings.endpoint("fairplay") is not None:
             for client_format in REQUEST_FORMATS:

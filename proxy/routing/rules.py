@@ -11,14 +11,16 @@ and the request is in when `bucket < round(percent * 100)`, so raising `percent`
 traffic. `value` is the stickiness value: the asset id, the user id or the drmResourceId;
 when a request has no user (or the asset no drmResourceId) the asset id stands in.
 
-Guards no rule can override: a provider that needs a drmResourceId is never chosen for an
-asset without one, and where the catalog lists `key_holders` only those providers are chosen.
+Guards no rule can override: a provider is never chosen for a DRM system it does not serve,
+one that needs a drmResourceId (or the content key ids) never for an asset the catalog has
+none for, and where the catalog lists `key_holders` only those providers are chosen.
 A guarded or rollout-excluded rule passes the request on to the next rule; if the default
 then serves it, the reason says why the first matching rule did not (its guard or
 `rollout_excluded`). A later rule that serves it reports plain `rule_match`. When a guard
 forbids the default provider itself and another provider serves, that guard decided: the
-rule is named after it (`guard:key_holders`, `guard:no_resource_id`; no rule file can use a
-colon) and the reason is the guard's, whatever earlier rules did.
+rule is named after it (`guard:key_holders`, `guard:no_resource_id`, `guard:no_key_ids`,
+`guard:unserved_drm`; no rule file can use a colon) and the reason is the guard's,
+whatever earlier rules did.
 """
 
 from __future__ import annotations
@@ -34,14 +36,22 @@ from proxy.errors import NoProvider
 from proxy.problems import ProblemsError
 
 Reason = Literal[
-    "rule_match", "rollout_excluded", "guard_no_resource_id", "guard_key_holders", "default"
+    "rule_match",
+    "rollout_excluded",
+    "guard_no_resource_id",
+    "guard_no_key_ids",
+    "guard_key_holders",
+    "guard_unserved_drm",
+    "default",
 ]
 Stickiness = Literal["asset", "user", "drm_resource_id"]
 Outcome = Literal[
     "matched", "not_matched", "disabled", "rollout_excluded", "guarded", "not_reached"
 ]
 Providers = Mapping[str, "ProviderTraits"]
-GuardReason = Literal["guard_no_resource_id", "guard_key_holders"]
+GuardReason = Literal[
+    "guard_no_resource_id", "guard_no_key_ids", "guard_key_holders", "guard_unserved_drm"
+]
 
 BUCKETS = 10_000
 STICKINESS = ("asset", "user", "drm_resource_id")
@@ -49,7 +59,9 @@ NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # whole name: fullmatch
 # The `rule` of a decision a guard made by overriding the default provider.
 GUARD_RULES: Mapping[GuardReason, str] = {
     "guard_no_resource_id": "guard:no_resource_id",
+    "guard_no_key_ids": "guard:no_key_ids",
     "guard_key_holders": "guard:key_holders",
+    "guard_unserved_drm": "guard:unserved_drm",
 }
 # Digit runs are capped so a hostile X-App-Version cannot make int() work hard.
 _VERSION_PATTERN = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}")
@@ -57,9 +69,12 @@ _VERSION_PATTERN = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}")
 
 @dataclass(frozen=True, slots=True)
 class ProviderTraits:
-    """What the rules need to know of one configured provider."""
+    """What the rules need to know of one configured provider: what it needs of an asset,
+    and the DRM systems (`aes128` for HLS keys) it serves; `serves` None means every one."""
 
     needs_drm_resource_id: bool
+    needs_key_ids: bool = False
+    serves: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,13 +252,18 @@ def _mismatch(when: When, ctx: RequestContext) -> str | None:
     return None
 
 
-def _guard(provider: str, entry: CatalogEntry, providers: Providers) -> GuardReason | None:
-    """None if `provider` may serve `entry`, else the guard that forbids it."""
+def _guard(provider: str, ctx: RequestContext, providers: Providers) -> GuardReason | None:
+    """None if `provider` may serve this request, else the guard that forbids it."""
     traits = providers.get(provider)
+    entry = ctx.entry
     if traits is None:  # not configured; parsing with the same providers rules this out
         return "guard_key_holders"
+    if traits.serves is not None and ctx.drm not in traits.serves:
+        return "guard_unserved_drm"
     if traits.needs_drm_resource_id and entry.drm_resource_id is None:
         return "guard_no_resource_id"
+    if traits.needs_key_ids and not entry.key_ids:
+        return "guard_no_key_ids"
     if entry.key_holders is not None and provider not in entry.key_holders:
         return "guard_key_holders"
     return None
@@ -269,17 +289,17 @@ def _judge(
     slot = bucket(rule.name, _stickiness_value(rule, ctx)) if rule.threshold < BUCKETS else None
     if slot is not None and slot >= rule.threshold:
         return "rollout_excluded", "rollout_excluded", slot
-    guard = _guard(rule.route, ctx.entry, providers)
+    guard = _guard(rule.route, ctx, providers)
     return ("guarded", guard, slot) if guard else ("matched", None, slot)
 
 
-def _rule_decision(rule: Rule, entry: CatalogEntry, providers: Providers) -> Decision:
+def _rule_decision(rule: Rule, ctx: RequestContext, providers: Providers) -> Decision:
     """The rule's decision; fallback and shadow only where the guards let them serve."""
     fallback = rule.fallback
-    if fallback is not None and _guard(fallback, entry, providers):
+    if fallback is not None and _guard(fallback, ctx, providers):
         fallback = None
     shadow = rule.shadow
-    if shadow is not None and _guard(shadow.to, entry, providers):
+    if shadow is not None and _guard(shadow.to, ctx, providers):
         shadow = None
     return Decision(rule.route, rule.name, "rule_match", fallback, shadow)
 
@@ -297,23 +317,30 @@ def _decide(
         if trace is not None:
             trace.append(_verdict(rule, ctx, (outcome, why, slot), winner))
         if winner is None and outcome == "matched":
-            winner = _rule_decision(rule, ctx.entry, providers)
+            winner = _rule_decision(rule, ctx, providers)
         elif winner is None and outcome in ("rollout_excluded", "guarded"):
             passed_on = passed_on or cast(Reason, why)
     if winner is not None:
         return winner
-    guard = _guard(rules.default, ctx.entry, providers)
+    guard = _guard(rules.default, ctx, providers)
     if guard is None:
         return Decision(rules.default, "default", passed_on or "default")
     # The default cannot serve this asset: any provider the guards allow may (e.g. a new
     # title whose keys exist only at the incoming provider), in configuration order. The
     # guard chose, so it is named, not the earlier rule that merely passed the request on.
     for name in providers:
-        if _guard(name, ctx.entry, providers) is None:
+        if _guard(name, ctx, providers) is None:
             return Decision(name, GUARD_RULES[guard], guard)
-    if guard == "guard_no_resource_id":
-        raise NoProvider("No DRM provider can serve this asset: it has no drmResourceId yet.")
-    raise NoProvider("No DRM provider can serve this asset: no routable provider holds its keys.")
+    raise NoProvider(_NO_PROVIDER[guard])
+
+
+_NO_PROVIDER: Mapping[GuardReason, str] = {
+    "guard_no_resource_id": "No DRM provider can serve this asset: it has no drmResourceId yet.",
+    "guard_no_key_ids": "No DRM provider can serve this asset: its key ids are not known yet.",
+    "guard_key_holders": "No DRM provider can serve this asset: no routable provider holds "
+    "its keys.",
+    "guard_unserved_drm": "No configured DRM provider serves this DRM system.",
+}
 
 
 def evaluate(rules: RuleSet, ctx: RequestContext, providers: Providers) -> Decision:
@@ -370,6 +397,10 @@ def _guard_detail(guard: GuardReason, provider: str, entry: CatalogEntry) -> str
     """Why `guard` forbids `provider` for this asset, for ops."""
     if guard == "guard_no_resource_id":
         return f"'{provider}' needs a drmResourceId and the asset has none"
+    if guard == "guard_no_key_ids":
+        return f"'{provider}' needs the content key ids and the catalog has none for the asset"
+    if guard == "guard_unserved_drm":
+        return f"'{provider}' does not serve this DRM system"
     holders = ", ".join(sorted(entry.key_holders or ())) or "none"
     return f"'{provider}' is unconfigured or lacks the keys (key holders: {holders})"
 

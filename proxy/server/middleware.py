@@ -157,6 +157,8 @@ def _add_cors(response: web.StreamResponse, headers: dict[str, str]) -> None:
 def _answer(info: RequestInfo, error: GatewayError) -> web.Response:
     """The error's JSON answer; its code and detail are noted for the access line."""
     info.error, info.detail = error.code, error.detail
+    if error.provider_error != "-":
+        info.provider_error = error.provider_error
     return error_response(error, info.request_id)
 
 
@@ -219,6 +221,7 @@ def _observe(
         status=status,
         error=info.error,
         detail=info.detail,
+        provider_error=info.provider_error,
         bytes_in=request.content_length or 0,
         bytes_out=response.content_length or 0,
         duration_ms=round(seconds * 1000, 3),

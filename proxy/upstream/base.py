@@ -8,13 +8,15 @@ only this Protocol, so tests can swap in their own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from proxy.catalog.base import CatalogEntry
 from proxy.config.providers import ProviderSettings, UrlTemplate
-from proxy.domain import KeyId
-from proxy.upstream.fairplay import SpcRequest
+from proxy.config.reader import ConfigReader
+from proxy.domain import ALL_DRMS, KEY_DRM, KeyId
+from proxy.upstream.fairplay import FairPlayFormats, SpcRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,17 @@ class KeyCall:
 Call = LicenseCall | FairPlayCall | KeyCall
 
 
+def url_values(call: Call) -> dict[str, str]:
+    """The URL template placeholders' values for one call (rendered percent-encoded)."""
+    entry = call.entry
+    return {
+        "asset_id": entry.asset_id,
+        "drm_resource_id": entry.drm_resource_id or "",
+        "key_id": call.key_id if isinstance(call, KeyCall) else "",
+        "drm": call.drm,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderAnswer:
     """A provider's successful answer, headers already filtered for the player.
@@ -104,3 +117,25 @@ class ProviderClient(Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderKind:
+    """One kind of provider: what the config and the rules must know of it, and its client.
+
+    `drms` are the DRM systems (`aes128`: HLS keys) the kind can serve at all; a provider
+    serves those its config gives an endpoint for. `needs_drm_resource_id` None leaves it to
+    the provider's config (generic); `fairplay` None takes the formats from the config.
+    `options` parses the kind's own config section (named after the kind), secrets included,
+    reporting every problem to the reader; None: the kind has no such section."""
+
+    client: Callable[[ProviderSettings], ProviderClient]
+    drms: frozenset[str] = frozenset(ALL_DRMS)
+    needs_drm_resource_id: bool | None = None
+    needs_key_ids: bool = False
+    fairplay: FairPlayFormats | None = None
+    options: Callable[[ConfigReader, Any, str], object | None] | None = None
+
+    @property
+    def serves_keys(self) -> bool:
+        return KEY_DRM in self.drms

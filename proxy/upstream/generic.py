@@ -19,6 +19,8 @@ from proxy.upstream.base import (
     KeyCall,
     LicenseCall,
     ProviderAnswer,
+    ProviderKind,
+    url_values,
 )
 from proxy.upstream.fairplay import encode_spc, parse_ckc_response
 from proxy.upstream.signer import TokenContext, TokenSigner
@@ -81,16 +83,8 @@ class GenericProvider:
         self, call: Call, endpoint: UrlTemplate, content_type: str | None
     ) -> tuple[str, CIMultiDict[str]]:
         """The upstream URL and headers, with a signed token where the provider wants one."""
-        entry = call.entry
         auth_headers, query = self._credentials(call)
-        url = endpoint.render(
-            {
-                "asset_id": entry.asset_id,
-                "drm_resource_id": entry.drm_resource_id or "",
-                "key_id": call.key_id if isinstance(call, KeyCall) else "",
-                "drm": call.drm,
-            }
-        )
+        url = endpoint.render(url_values(call))
         if query:
             url += ("&" if "?" in url else "?") + query
         headers = forward_headers(
@@ -119,3 +113,6 @@ class GenericProvider:
             return {}, f"{self.signer.query_param}={token}"
         assert self.signer.header is not None
         return {self.signer.header: token}, ""
+
+
+KIND = ProviderKind(client=GenericProvider)

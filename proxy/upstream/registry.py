@@ -1,22 +1,27 @@
-"""Provider kinds by name: adding a kind is a new module and one line here."""
+"""Provider kinds by name: adding a kind is a new module and one line here.
+
+A `ProviderKind` says what the config and the routing rules must know of a kind (the DRM
+systems it can serve, what it needs of an asset, fixed FairPlay formats, its own config
+section) and builds its client. The config loader checks each provider against its kind.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from proxy.config.providers import ProviderSettings
-from proxy.upstream.base import ProviderClient
-from proxy.upstream.generic import GenericProvider
+from proxy.upstream import generic
+from proxy.upstream.base import ProviderClient, ProviderKind
 
-PROVIDER_KINDS: Mapping[str, Callable[[ProviderSettings], ProviderClient]] = {
-    "generic": GenericProvider,
+PROVIDER_KINDS: Mapping[str, ProviderKind] = {
+    "generic": generic.KIND,
 }
 
 
 def build_provider(settings: ProviderSettings) -> ProviderClient:
     """The client for one configured provider (its kind was checked when the config loaded)."""
-    return PROVIDER_KINDS[settings.kind](settings)
+    return PROVIDER_KINDS[settings.kind].client(settings)
 
 
 async def open_providers(settings: Mapping[str, ProviderSettings]) -> dict[str, ProviderClient]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from multidict import CIMultiDict
 
-from proxy.config.providers import ProviderSettings
+from proxy.config.providers import ProviderSettings, UrlTemplate
 from proxy.errors import (
     GatewayError,
     UpstreamAuthFailed,
@@ -27,7 +27,7 @@ from proxy.errors import (
 )
 from proxy.observability import metrics
 from proxy.observability.logs import get_logger
-from proxy.upstream.base import ClientInfo, ProviderAnswer
+from proxy.upstream.base import Call, ClientInfo, ProviderAnswer, url_values
 from proxy.upstream.http.client import HttpClient, HttpClientError, ResponseTooLarge
 
 log = get_logger("providers")
@@ -78,6 +78,22 @@ _EMPTY = StatusRule("empty_body", lambda _: UpstreamBadResponse())
 _ERROR_JSON = StatusRule("error_json_in_2xx", lambda _: UpstreamBadResponse())
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderFault:
+    """A provider's own error code, read from its answer by the provider kind.
+
+    `error` None takes the error from the status table (a 2xx: a bad response); a kind sets
+    it where the code says more, e.g. UpstreamAuthFailed for "our signature is wrong"."""
+
+    code: str
+    error: Callable[[int], GatewayError] | None = None
+
+
+# Reads a provider's error code from (status, headers, body); None: the answer has none.
+ReadFault = Callable[[int, Mapping[str, str], bytes], ProviderFault | None]
+OTHER_PROVIDER_ERROR = "other"
+
+
 def status_rule(status: int, body: bytes) -> StatusRule | None:
     """The rule refusing this answer, or None when it is a usable success."""
     if 200 <= status < 300:
@@ -119,10 +135,24 @@ def forward_headers(
 class ProviderTransport:
     """Sends one provider's requests over its own keep-alive pool, opened with the app."""
 
-    def __init__(self, settings: ProviderSettings) -> None:
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        *,
+        read_fault: ReadFault | None = None,
+        known_errors: Collection[str] = (),
+        strip: Collection[str] = (),
+    ) -> None:
+        """`read_fault` finds the provider's own error code in an answer; codes outside
+        `known_errors` are counted as "other" so the metric label stays bounded. `strip`
+        names response headers the kind never passes to players."""
         self.settings = settings
         self.name = settings.name
-        self._strip = _ALWAYS_STRIPPED | settings.strip_response_headers
+        self._strip = (
+            _ALWAYS_STRIPPED | settings.strip_response_headers | {h.lower() for h in strip}
+        )
+        self._read_fault = read_fault
+        self._known_errors = frozenset(known_errors)
         self._client: HttpClient | None = None
 
     async def open(self) -> None:
@@ -138,6 +168,27 @@ class ProviderTransport:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+    async def post(
+        self,
+        call: Call,
+        endpoint: UrlTemplate,
+        body: bytes,
+        *,
+        content_type: str | None,
+        headers: Mapping[str, str] | None = None,
+        query: str = "",
+    ) -> ProviderAnswer:
+        """POST `body` to the call's endpoint with the kind's `headers` and a `query` suffix
+        (already encoded)."""
+        url = _with_query(endpoint.render(url_values(call)), query)
+        sent = forward_headers(
+            request_id=call.request_id,
+            content_type=content_type,
+            client=call.client,
+            extra=headers or {},
+        )
+        return await self.send("POST", url, drm=call.drm, body=body, headers=sent)
 
     async def send(
         self,
@@ -172,10 +223,16 @@ class ProviderTransport:
             )
             raise UpstreamUnavailable() from None
         status, data = resp.status, resp.body
-        self._observe(drm, started, metrics.status_class(status))
+        fault = (
+            self._read_fault(status, CIMultiDict(resp.headers), data) if self._read_fault else None
+        )
+        code = self._bounded(fault.code) if fault is not None else "-"
+        self._observe(drm, started, metrics.status_class(status), code)
         rule = status_rule(status, data)
-        if rule is not None:
-            self._refuse(status, rule)
+        if fault is not None:
+            self._refuse(status, _fault_rule(fault, rule), code)
+        elif rule is not None:
+            self._refuse(status, rule, code)
         return ProviderAnswer(
             body=data,
             content_type=resp.header("Content-Type") or "application/octet-stream",
@@ -186,17 +243,43 @@ class ProviderTransport:
         """Count an answer refused as garbled (too large, bad CKC, bad key length ...)."""
         metrics.labelled(metrics.UPSTREAM_BAD_RESPONSES, self.name, kind).inc()
 
-    def _refuse(self, status: int, rule: StatusRule) -> None:
-        log.warning("upstream_error", provider=self.name, upstream_status=status, why=rule.why)
+    def _bounded(self, code: str) -> str:
+        return code if code in self._known_errors else OTHER_PROVIDER_ERROR
+
+    def _refuse(self, status: int, rule: StatusRule, code: str) -> None:
+        log.warning(
+            "upstream_error",
+            provider=self.name,
+            upstream_status=status,
+            why=rule.why,
+            provider_error=code,
+        )
         error = rule.error(status)
+        error.provider_error = code
         if isinstance(error, UpstreamBadResponse):
             self.bad_response(rule.why)
         raise error
 
-    def _observe(self, drm: str, started: float, outcome: str) -> None:
+    def _observe(self, drm: str, started: float, outcome: str, code: str = "-") -> None:
         elapsed = time.perf_counter() - started
         metrics.labelled(metrics.UPSTREAM_DURATION, drm, self.name).observe(elapsed)
-        metrics.labelled(metrics.UPSTREAM_RESPONSES, self.name, outcome).inc()
+        metrics.labelled(metrics.UPSTREAM_RESPONSES, self.name, outcome, code).inc()
+
+
+def _fault_rule(fault: ProviderFault, rule: StatusRule | None) -> StatusRule:
+    """How an answer carrying a provider error code is refused."""
+    if fault.error is not None:
+        return StatusRule("provider_error", fault.error)
+    if rule is None or rule is _ERROR_JSON or rule is _EMPTY:
+        return _PROVIDER_ERROR_IN_2XX
+    return rule
+
+
+_PROVIDER_ERROR_IN_2XX = StatusRule("error_json_in_2xx", lambda _: UpstreamBadResponse())
+
+
+def _with_query(url: str, query: str) -> str:
+    return url + ("&" if "?" in url else "?") + query if query else url
 
 
 class _TooLarge(UpstreamBadResponse):

@@ -1,7 +1,8 @@
 """The emulated DRM provider as an aiohttp app, and an in-process runner for tests and the demo.
 
-Routes (both kinds): ``POST /license/{drm}/{resource}``, ``GET /keys/{resource}/{key_id}``,
-``GET /healthz``, and the unauthenticated loopback controls ``GET /_emulator/stats``,
+Routes (legacy and incoming): ``POST /license/{drm}/{resource}``, ``GET /keys/{resource}/{key_id}``;
+a provider kind (``proxy.dev.emulator.kinds``) has its own license and key paths instead. Every
+kind has ``GET /healthz`` and the unauthenticated loopback controls ``GET /_emulator/stats``,
 ``GET|POST /_emulator/faults`` and ``POST /_emulator/reset``. Every error is answered as real
 providers do: ``{"errorCode": "...", "message": "..."}``.
 """
@@ -36,7 +37,13 @@ from proxy.dev.emulator.keys import (
     derive_key,
     normalize_key_id,
 )
-from proxy.dev.emulator.settings import EmulatorSettings, Faults, faults_from_json
+from proxy.dev.emulator.kinds import add_kind_routes
+from proxy.dev.emulator.settings import (
+    PROVIDER_KINDS,
+    EmulatorSettings,
+    Faults,
+    faults_from_json,
+)
 from proxy.dev.emulator.stats import RequestRecord, StatsRecorder, recorded_headers, sha256_hex
 
 DRM_SYSTEMS = ("widevine", "playready", "fairplay", "clearkey")
@@ -60,6 +67,10 @@ class EmulatorState:
 STATE = web.AppKey("emulator_state", EmulatorState)
 # The challenge as the provider understood it (the decoded SPC for FairPlay), for the stats.
 CHALLENGE = web.RequestKey("emulator_challenge", bytes)
+# (drm, resource) as a provider kind's handler understood them, where the path does not say.
+SEEN = web.RequestKey("emulator_seen", tuple[str | None, str | None])
+# What a provider kind's handler verified (content id, key ids, user; never a secret).
+VERIFIED = web.RequestKey("emulator_verified", dict[str, Any])
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -94,7 +105,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def provider_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """On license and key routes: read the body, apply faults, answer, record the request."""
-    route = request.match_info.route.name
+    route = (request.match_info.route.name or "").partition(":")[0]
     if route not in _PROVIDER_ROUTES:
         return await handler(request)
     state = request.app[STATE]
@@ -156,19 +167,21 @@ def _record(
     response: web.StreamResponse,
 ) -> None:
     info = request.match_info
+    drm, resource = request.get(SEEN, (info.get("drm"), info.get("resource")))
     state.stats.record(
         RequestRecord(
             method=request.method,
             path=request.path,
             route=route,
-            drm=info.get("drm"),
-            resource=info.get("resource"),
+            drm=drm,
+            resource=resource,
             status=None if fault is Fault.RESET else response.status,
             fault=fault.value if fault is not None else None,
             challenge_sha256=sha256_hex(request.get(CHALLENGE)),
             body_sha256=sha256_hex(body),
             headers=recorded_headers(request.headers),
             header_names=tuple(request.headers.keys()),
+            verified=request.get(VERIFIED, {}),
         )
     )
 
@@ -282,8 +295,11 @@ def create_emulator_app(settings: EmulatorSettings) -> web.Application:
         faults=FaultInjector(settings.faults),
         verifier=verifier,
     )
-    app.router.add_post("/license/{drm}/{resource}", handle_license, name="license")
-    app.router.add_get("/keys/{resource}/{key_id}", handle_key, name="keys", allow_head=False)
+    if settings.kind in PROVIDER_KINDS:
+        add_kind_routes(settings.kind)(app, settings)
+    else:
+        app.router.add_post("/license/{drm}/{resource}", handle_license, name="license")
+        app.router.add_get("/keys/{resource}/{key_id}", handle_key, name="keys", allow_head=False)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/_emulator/stats", handle_stats)
     app.router.add_get("/_emulator/faults", handle_get_faults)

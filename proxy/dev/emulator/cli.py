@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.dev.emulator.app import start_emulator
+from proxy.dev.emulator.kinds import demo_secrets
 from proxy.dev.emulator.settings import (
     DEFAULT_PORTS,
     DEFAULT_TOKEN_HEADER,
@@ -21,6 +22,7 @@ from proxy.dev.emulator.settings import (
     DEMO_SEED,
     JWT_ALGORITHMS,
     KINDS,
+    PROVIDER_KINDS,
     EmulatorSettings,
     Faults,
     load_resource_ids,
@@ -65,6 +67,13 @@ def register(subparsers: Any) -> None:
         "--error-json-rate", type=float, default=0.0, help="share answered 200 with error JSON"
     )
     parser.add_argument("--fault-seed", type=int, help="seed of the fault RNG")
+    parser.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a provider kind's setting or secret (default: the demo's; see the kind's module)",
+    )
     parser.set_defaults(func=run_emulate)
 
 
@@ -75,7 +84,7 @@ def run_emulate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"drm-gateway emulate: {exc}", file=sys.stderr)
         return 2
-    port = args.port if args.port is not None else DEFAULT_PORTS[settings.kind]
+    port = args.port if args.port is not None else DEFAULT_PORTS.get(settings.kind, 8082)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -109,7 +118,25 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         jwt_algorithms=tuple(args.jwt_algorithm or JWT_ALGORITHMS),
         resource_id_claim=args.resource_claim,
         faults=faults,
+        secrets=kind_secrets(args.kind, args.secret),
     )
+
+
+def kind_secrets(kind: str, specs: list[str]) -> dict[str, str]:
+    """A provider kind's demo secrets, overridden by ``NAME=VALUE`` specs (none for legacy
+    and incoming)."""
+    if kind not in PROVIDER_KINDS:
+        if specs:
+            raise ValueError(f"--secret applies to the provider kinds only, not {kind}")
+        return {}
+    secrets = dict(demo_secrets(kind))
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or name not in secrets:
+            known = ", ".join(sorted(secrets))
+            raise ValueError(f"--secret {name!r}: expected NAME=VALUE with NAME one of {known}")
+        secrets[name] = value
+    return secrets
 
 
 def parse_jwt_key(spec: str) -> tuple[str, bytes | str]:

@@ -10,15 +10,25 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-EmulatorKind = Literal["legacy", "incoming"]
+EmulatorKind = str  # "legacy", "incoming", or a provider kind of proxy.dev.emulator.kinds
 
-KINDS: tuple[EmulatorKind, ...] = ("legacy", "incoming")
+BASE_KINDS: tuple[str, ...] = ("legacy", "incoming")
+# The provider kinds emulated from their documentation (see proxy.dev.emulator.kinds).
+PROVIDER_KINDS: tuple[str, ...] = (
+    "doverunner",
+    "axinom",
+    "drmtoday",
+    "ezdrm",
+    "verimatrix",
+    "widevine-cloud",
+)
+KINDS: tuple[str, ...] = (*BASE_KINDS, *PROVIDER_KINDS)
 DEMO_SEED = b"drm-gateway-demo-seed"
 DEMO_LEGACY_API_KEY = "demo-legacy-api-key"
 DEFAULT_TOKEN_HEADER = "X-Drm-Token"
-DEFAULT_PORTS: Mapping[EmulatorKind, int] = {"legacy": 8081, "incoming": 8082}
+DEFAULT_PORTS: Mapping[str, int] = {"legacy": 8081, "incoming": 8082}
 JWT_ALGORITHMS: tuple[str, ...] = ("HS256", "HS512", "RS256", "ES256")
 
 _RATE_FIELDS = ("error_rate", "reset_rate", "error_json_rate")
@@ -99,7 +109,8 @@ class EmulatorSettings:
     from; ``None`` means "accept all" (every resource is known and derives from itself).
     ``jwt_keys`` maps a ``kid`` to an HMAC secret (bytes) or a PEM public key (str, or bytes
     starting with ``-----BEGIN``); ``None`` means any non-empty token is accepted (incoming).
-    ``name`` defaults to the kind.
+    ``name`` defaults to the kind. ``secrets`` holds a provider kind's own settings and
+    secrets by name (see ``proxy.dev.emulator.kinds``); empty for legacy and incoming.
     """
 
     kind: EmulatorKind
@@ -114,6 +125,7 @@ class EmulatorSettings:
     resource_id_claim: str = "drmResourceId"
     clock_skew: float = 5.0
     faults: Faults = field(default_factory=Faults)
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -136,7 +148,7 @@ class EmulatorSettings:
 def _settings_problems(settings: EmulatorSettings) -> list[str]:
     problems: list[str] = []
     if settings.kind not in KINDS:
-        problems.append(f"unknown emulator kind {settings.kind!r} (expected legacy or incoming)")
+        problems.append(f"unknown emulator kind {settings.kind!r} (known: {', '.join(KINDS)})")
     if settings.kind == "legacy" and not settings.api_key:
         problems.append("a legacy emulator needs an api key")
     if not settings.seed:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 RECORDED_HEADER_VALUES = ("X-Request-Id", "X-Forwarded-For", "Content-Type", "traceparent")
@@ -31,6 +31,7 @@ class RequestRecord:
     body_sha256: str | None
     headers: Mapping[str, str | None]
     header_names: tuple[str, ...]
+    verified: Mapping[str, Any] = field(default_factory=dict)  # a kind's checked facts
 
     def as_json(self) -> dict[str, Any]:
         """The record as a JSON-ready dict."""
@@ -46,6 +47,7 @@ class RequestRecord:
             "body_sha256": self.body_sha256,
             "headers": dict(self.headers),
             "header_names": list(self.header_names),
+            "verified": dict(self.verified),
         }
 
 
