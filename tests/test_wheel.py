@@ -21,7 +21,7 @@ import pytest
 
 from proxy.dev.demo import DEMO_FILES
 from proxy.dev.media import INSTALL_COMMAND, PACKAGER_SPEC, SHAKA_PLAYER_SPEC
-from tests.test_demo import DEMO_SECRETS, check_printed_examples, demo_env, fetch, run_demo
+from tests.dev.test_demo import DEMO_SECRETS, check_printed_examples, demo_env, fetch, run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 PIP_TIMEOUT = 600  # the dependencies come from the package index

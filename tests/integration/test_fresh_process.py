@@ -20,8 +20,8 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import player_token, write_serve_config
+from tests.server.test_workers import start_emulators
 from tests.test_deploy import missing_series, parse_scrape
-from tests.test_workers import start_emulators
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 15.0
@@ -103,7 +103,8 @@ async def test_a_fresh_gateway_has_every_series_the_dashboard_and_alerts_query(
         'drm_gateway_refused_requests_total{detail="expired",reason="unauthorized"} 0.0',
         'drm_gateway_requests_total{drm="aes128",outcome="error",provider="incoming",'
         'status_class="5xx"} 0.0',
-        'drm_gateway_upstream_responses_total{provider="legacy",status_class="timeout"} 0.0',
+        'drm_gateway_upstream_responses_total{provider="legacy",provider_error="-",'
+        'status_class="timeout"} 0.0',
         'drm_gateway_routing_decisions_total{provider="incoming",reason="rule_match",'
         'rule="ramp-playready"} 0.0',
         'drm_gateway_fallbacks_total{from_provider="incoming",to_provider="legacy"} 0.0',

@@ -28,7 +28,7 @@ from proxy.routing.rules import (
     explain,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROUTING = ROOT / "rules" / "routing.yaml"
 PROVIDERS = {
     "legacy": ProviderTraits(needs_drm_resource_id=False),

@@ -29,7 +29,7 @@ from proxy.dev.emulator import (
 )
 from proxy.dev.emulator.cli import parse_jwt_key, settings_from_args
 from proxy.dev.emulator.stats import RequestRecord, StatsRecorder
-from tests.emulator_helpers import (
+from tests.dev.emulator_helpers import (
     API_KEY,
     BINARY_SPC,
     ES_KID,
@@ -654,7 +654,7 @@ async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
         "sys.exit(args.func(args))\n"
     )
     argv = [sys.executable, "-c", script, "emulate", "incoming", "--port", str(port)]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"

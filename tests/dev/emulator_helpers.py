@@ -1,4 +1,4 @@
-"""Helpers for tests/test_emulator.py: keys, tokens and bodies built independently of the code."""
+"""Helpers for tests/dev/test_emulator.py: keys, tokens and bodies built independently."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ from proxy.dev.player import find_player_tools, prepare_demo_media
 from tests.conftest import free_ports
 from tests.e2e.tools import PLAY_SCRIPT, find_tools
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # The demo as `make demo` runs it from a checkout; tests/test_wheel.py runs an installed one.
 FROM_CHECKOUT = (sys.executable, "-m", "proxy.cli")
 PLAYER_LINK = re.compile(r"http://127\.0\.0\.1:\d+/player\.html\?\S+")

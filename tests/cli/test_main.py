@@ -16,7 +16,7 @@ import yaml
 
 from tests.conftest import ENV, free_ports, gateway_raw_config, write_catalog
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(

@@ -20,7 +20,7 @@ from proxy.config import (
 )
 from tests.conftest import ENV, gateway_raw_config
 
-DEMO = Path(__file__).resolve().parent.parent / "proxy" / "dev" / "demo_data" / "gateway.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "proxy" / "dev" / "demo_data" / "gateway.yaml"
 
 
 def base() -> dict[str, Any]:
