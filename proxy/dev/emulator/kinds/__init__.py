@@ -31,7 +31,14 @@ if TYPE_CHECKING:
     from proxy.dev.emulator.settings import EmulatorSettings
 
 # Kind name -> module under proxy.dev.emulator.kinds (imported when that kind runs).
-KIND_MODULES: Mapping[str, str] = {}
+KIND_MODULES: Mapping[str, str] = {
+    "doverunner": "doverunner",
+    "axinom": "axinom",
+    "drmtoday": "drmtoday",
+    "ezdrm": "ezdrm",
+    "verimatrix": "verimatrix",
+    "widevine-cloud": "widevine_cloud",
+}
 
 
 def kind_module(kind: str) -> ModuleType:
