@@ -543,6 +543,65 @@ def test_no_provider_for_a_default_needing_a_resource_id() -> None:
         evaluate(rules, ctx(rid=None), only_incoming)
 
 
+# Axinom-like: builds its entitlement from the key ids; serves no FairPlay here.
+KEYED = {
+    "legacy": ProviderTraits(needs_drm_resource_id=False),
+    "incoming": ProviderTraits(
+        needs_drm_resource_id=False,
+        needs_key_ids=True,
+        serves=frozenset({"widevine", "playready"}),
+    ),
+}
+KID = "00112233445566778899aabbccddeeff"
+
+
+def keyed_ctx(drm: str = "widevine", *, kids: tuple[str, ...] = (KID,)) -> RequestContext:
+    entry = CatalogEntry("a1", None, None, frozenset(), kids)
+    return RequestContext(drm, "a1", entry)
+
+
+def test_a_provider_needing_key_ids_is_never_chosen_for_an_asset_without_them() -> None:
+    rules = make({"name": "all-in", "route": "incoming"}, providers=KEYED)
+    assert evaluate(rules, keyed_ctx(), KEYED) == Decision("incoming", "all-in", "rule_match")
+    assert evaluate(rules, keyed_ctx(kids=()), KEYED) == Decision(
+        "legacy", "default", "guard_no_key_ids"
+    )
+    verdict = explain(rules, keyed_ctx(kids=()), KEYED).verdicts[0]
+    assert (verdict.outcome, verdict.detail) == (
+        "guarded",
+        "'incoming' needs the content key ids and the catalog has none for the asset",
+    )
+
+
+def test_a_provider_is_never_chosen_for_a_drm_system_it_does_not_serve() -> None:
+    rules = make({"name": "all-in", "route": "incoming"}, providers=KEYED)
+    assert evaluate(rules, keyed_ctx("fairplay"), KEYED) == Decision(
+        "legacy", "default", "guard_unserved_drm"
+    )
+    # A default that does not serve the system hands it to one that does, named as the guard.
+    flipped = make(default="incoming", providers=KEYED)
+    assert evaluate(flipped, keyed_ctx("clearkey"), KEYED) == Decision(
+        "legacy", "guard:unserved_drm", "guard_unserved_drm"
+    )
+    assert "does not serve" in str(explain(flipped, keyed_ctx("clearkey"), KEYED).override)
+
+
+@pytest.mark.parametrize(
+    ("drm", "kids", "why"),
+    [
+        ("fairplay", (KID,), "No configured DRM provider serves this DRM system."),
+        ("widevine", (), "its key ids are not known yet"),
+    ],
+)
+def test_no_provider_names_the_guard_of_the_default(
+    drm: str, kids: tuple[str, ...], why: str
+) -> None:
+    only_incoming = {"incoming": KEYED["incoming"]}
+    rules = make(default="incoming", providers=only_incoming)
+    with pytest.raises(NoProvider, match=why):
+        evaluate(rules, keyed_ctx(drm, kids=kids), only_incoming)
+
+
 def test_fallback_kept_only_where_it_may_serve() -> None:
     rules = make({"name": "r", "route": "incoming", "fallback": "legacy"})
     assert evaluate(rules, ctx(), PROVIDERS).fallback == "legacy"

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
+import pytest
+from aiohttp import web
+
+from proxy.config.providers import ProviderAuth, ProviderSettings
 from proxy.errors import (
+    GatewayError,
     UpstreamAuthFailed,
     UpstreamBadResponse,
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from proxy.upstream.transport import status_rule
+from proxy.observability import metrics
+from proxy.upstream.transport import ProviderFault, ProviderTransport, status_rule
 
 
 @pytest.mark.parametrize(
@@ -44,3 +52,76 @@ def test_refused_answers_map_to_one_error_each(
 )
 def test_a_2xx_with_a_body_that_is_not_an_error_passes(body: bytes) -> None:
     assert status_rule(200, body) is None
+
+
+# --- a provider kind's own error codes ------------------------------------------------------
+
+_ANSWERS = {
+    "/auth": (200, b'{"errorCode": "7019", "message": "hash mismatch"}'),
+    "/unknown": (200, b'{"errorCode": "9999", "message": "new code"}'),
+    "/down": (500, b'{"errorCode": "7011"}'),
+    "/fine": (200, b"\x08\x04license"),
+}
+
+
+def _read_fault(status: int, headers: Mapping[str, str], body: bytes) -> ProviderFault | None:
+    """A DoveRunner-like reader: an errorCode in any JSON answer; 7019 means our hash."""
+    if not body.startswith(b"{"):
+        return None
+    code = str(json.loads(body)["errorCode"])
+    return ProviderFault(code, (lambda _: UpstreamAuthFailed()) if code == "7019" else None)
+
+
+@pytest.fixture
+async def fault_transport(aiohttp_server: Any) -> AsyncIterator[ProviderTransport]:
+    async def answer(request: web.Request) -> web.Response:
+        status, body = _ANSWERS[request.path]
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", answer)
+    server = await aiohttp_server(app)
+    settings = ProviderSettings(
+        name="kinded", license_urls={}, key_url=None, auth=ProviderAuth(), total_timeout=2.0
+    )
+    transport = ProviderTransport(settings, read_fault=_read_fault, known_errors={"7019", "7011"})
+    await transport.open()
+    transport.base = str(server.make_url("/"))  # type: ignore[attr-defined]
+    yield transport
+    await transport.close()
+
+
+def _responses(code: str, status_class: str) -> float:
+    labels = {"provider": "kinded", "status_class": status_class, "provider_error": code}
+    value = metrics.REGISTRY.get_sample_value("drm_gateway_upstream_responses_total", labels)
+    return value or 0.0
+
+
+@pytest.mark.parametrize(
+    ("path", "error", "code", "status_class"),
+    [
+        ("/auth", UpstreamAuthFailed, "7019", "2xx"),
+        ("/unknown", UpstreamBadResponse, "other", "2xx"),
+        ("/down", UpstreamUnavailable, "7011", "5xx"),
+    ],
+)
+async def test_a_provider_error_code_is_bounded_and_carried_by_the_error(
+    fault_transport: ProviderTransport, path: str, error: type, code: str, status_class: str
+) -> None:
+    before = _responses(code, status_class)
+    url = fault_transport.base + path.lstrip("/")  # type: ignore[attr-defined]
+    with pytest.raises(GatewayError) as info:
+        await fault_transport.send("POST", url, drm="widevine", body=b"x", headers={})
+    assert type(info.value) is error
+    assert info.value.provider_error == code
+    assert _responses(code, status_class) == before + 1
+    # The message shown to players says nothing of the provider's own text.
+    assert "hash" not in info.value.message and "9999" not in info.value.message
+
+
+async def test_an_answer_without_a_provider_error_passes(
+    fault_transport: ProviderTransport,
+) -> None:
+    url = fault_transport.base + "fine"  # type: ignore[attr-defined]
+    answer = await fault_transport.send("POST", url, drm="widevine", body=b"x", headers={})
+    assert answer.body == b"\x08\x04license"
