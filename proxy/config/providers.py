@@ -14,6 +14,7 @@ from proxy.config.reader import REQUIRED, ConfigReader
 from proxy.domain import KEY_DRM, LICENSE_DRMS
 from proxy.routing.rules import ProviderTraits
 from proxy.upstream.fairplay import REQUEST_FORMATS, RESPONSE_FORMATS, FairPlayFormats
+from proxy.upstream.http.client import Address, InvalidRequest, Origin, parse_origin
 from proxy.upstream.signer import (
     ALGORITHMS,
     SigningKey,
@@ -32,24 +33,55 @@ HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 @dataclass(frozen=True, slots=True)
 class UrlTemplate:
-    """A URL with `{placeholders}` whose values are always percent-encoded (never `/`)."""
+    """A URL with `{placeholders}` whose values are always percent-encoded (never `/`).
+
+    Where the scheme and host hold no placeholder, the origin is parsed here, once, and
+    `address` renders only the path and query per request."""
 
     template: str
     fields: frozenset[str]
     _parts: tuple[tuple[str, str | None], ...] = field(repr=False, compare=False)
+    origin: Origin | None = field(default=None, repr=False, compare=False)
+    _target: tuple[tuple[str, str | None], ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
     def parse(cls, template: str) -> UrlTemplate:
-        parts = tuple((literal, name) for literal, name, _, _ in string.Formatter().parse(template))
+        parts = _template_parts(template)
         fields = frozenset(name for _, name in parts if name)
-        return cls(template, fields, parts)
+        match = _ORIGIN.match(template)
+        if match is None or "{" in match["authority"]:
+            return cls(template, fields, parts)
+        try:
+            origin = parse_origin(match["scheme"], match["authority"])
+        except InvalidRequest:
+            return cls(template, fields, parts)  # refused by the config check
+        target = template[match.end() :]
+        target = target if target.startswith("/") else "/" + target
+        return cls(template, fields, parts, origin, _template_parts(target))
 
     def render(self, values: Mapping[str, str]) -> str:
-        # safe="" so an id can never add a path segment, query, fragment or authority.
-        return "".join(
-            literal + (quote(values[name], safe="") if name else "")
-            for literal, name in self._parts
-        )
+        """The whole URL."""
+        return _render(self._parts, values)
+
+    def address(self, values: Mapping[str, str]) -> Address:
+        """Where to send: the parsed origin and the rendered path and query, or the URL."""
+        if self.origin is None:
+            return self.render(values)
+        return self.origin, _render(self._target, values)
+
+
+_ORIGIN = re.compile(r"(?P<scheme>https?)://(?P<authority>[^/?#]+)", re.IGNORECASE)
+
+
+def _template_parts(template: str) -> tuple[tuple[str, str | None], ...]:
+    return tuple((literal, name) for literal, name, _, _ in string.Formatter().parse(template))
+
+
+def _render(parts: tuple[tuple[str, str | None], ...], values: Mapping[str, str]) -> str:
+    # safe="" so an id can never add a path segment, query, fragment or authority.
+    return "".join(
+        literal + (quote(values[name], safe="") if name else "") for literal, name in parts
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,9 @@ from proxy.upstream.base import (
     url_values,
 )
 from proxy.upstream.fairplay import encode_spc, parse_ckc_response
+from proxy.upstream.http.client import Address
 from proxy.upstream.signer import TokenContext, TokenSigner
-from proxy.upstream.transport import ProviderTransport, forward_headers
+from proxy.upstream.transport import ProviderTransport, forward_headers, with_query
 
 
 class GenericProvider:
@@ -81,12 +82,10 @@ class GenericProvider:
 
     def _request(
         self, call: Call, endpoint: UrlTemplate, content_type: str | None
-    ) -> tuple[str, CIMultiDict[str]]:
+    ) -> tuple[Address, CIMultiDict[str]]:
         """The upstream URL and headers, with a signed token where the provider wants one."""
         auth_headers, query = self._credentials(call)
-        url = endpoint.render(url_values(call))
-        if query:
-            url += ("&" if "?" in url else "?") + query
+        url = with_query(endpoint.address(url_values(call)), query)
         headers = forward_headers(
             request_id=call.request_id,
             content_type=content_type,

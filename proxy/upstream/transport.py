@@ -28,7 +28,7 @@ from proxy.errors import (
 from proxy.observability import metrics
 from proxy.observability.logs import get_logger
 from proxy.upstream.base import Call, ClientInfo, ProviderAnswer, url_values
-from proxy.upstream.http.client import HttpClient, HttpClientError, ResponseTooLarge
+from proxy.upstream.http.client import Address, HttpClient, HttpClientError, ResponseTooLarge
 
 log = get_logger("providers")
 
@@ -181,7 +181,7 @@ class ProviderTransport:
     ) -> ProviderAnswer:
         """POST `body` to the call's endpoint with the kind's `headers` and a `query` suffix
         (already encoded)."""
-        url = _with_query(endpoint.render(url_values(call)), query)
+        url = with_query(endpoint.address(url_values(call)), query)
         sent = forward_headers(
             request_id=call.request_id,
             content_type=content_type,
@@ -193,7 +193,7 @@ class ProviderTransport:
     async def send(
         self,
         method: str,
-        url: str,
+        url: Address,
         *,
         drm: str,
         body: bytes | None = None,
@@ -278,8 +278,14 @@ def _fault_rule(fault: ProviderFault, rule: StatusRule | None) -> StatusRule:
 _PROVIDER_ERROR_IN_2XX = StatusRule("error_json_in_2xx", lambda _: UpstreamBadResponse())
 
 
-def _with_query(url: str, query: str) -> str:
-    return url + ("&" if "?" in url else "?") + query if query else url
+def with_query(url: Address, query: str) -> Address:
+    """`url` with an already encoded `query` suffix."""
+    if not query:
+        return url
+    if isinstance(url, str):
+        return url + ("&" if "?" in url else "?") + query
+    origin, target = url
+    return origin, target + ("&" if "?" in target else "?") + query
 
 
 class _TooLarge(UpstreamBadResponse):

@@ -41,12 +41,14 @@ from proxy.upstream.http.errors import (
 from proxy.upstream.http.reader import Response
 
 __all__ = [
+    "Address",
     "BadResponse",
     "ConnectError",
     "ConnectionClosed",
     "HttpClient",
     "HttpClientError",
     "InvalidRequest",
+    "Origin",
     "Response",
     "ResponseTooLarge",
 ]
@@ -61,11 +63,18 @@ _CHECKED_TOKENS_MAX = 1024
 
 
 @dataclass(frozen=True, slots=True)
-class _Origin:
+class Origin:
+    """Where requests go: scheme, host and port, parsed once (`parse_origin`)."""
+
     tls: bool
     host: str
     port: int
     host_header: str
+
+
+# What a request is sent to: an absolute URL (parsed per request), or an origin parsed once
+# with the already percent-encoded path and query (the provider URL templates' fast path).
+Address = str | tuple[Origin, str]
 
 
 class HttpClient:
@@ -91,7 +100,7 @@ class HttpClient:
         self.max_response_bytes = max_response_bytes
         self.idle_timeout = idle_timeout
         self._ssl_context = ssl_context
-        self._pools: dict[tuple[str, str], _Pool] = {}
+        self._pools: dict[Origin, _Pool] = {}
         self._closed = False
 
     @property
@@ -104,20 +113,20 @@ class HttpClient:
     async def request(
         self,
         method: str,
-        url: str,
+        url: Address,
         *,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
         body: bytes | None = None,
     ) -> Response:
         """Send one request and read the whole answer, within the total timeout.
 
-        `url` must be already percent-encoded (it is sent as is). Host and Content-Length
-        are set here; the same names in `headers` are ignored. 3xx answers are returned,
-        never followed.
+        `url` must be already percent-encoded (it is sent as is); an (Origin, target) pair
+        skips parsing. Host and Content-Length are set here; the same names in `headers` are
+        ignored. 3xx answers are returned, never followed.
         """
         if self._closed:
             raise ConnectionClosed("the client is closed")
-        pool, target = self._pool_for(url)
+        pool, target = self._pool_for(url) if isinstance(url, str) else self._pool_at(*url)
         data = _serialize(method, target, pool.origin.host_header, headers, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.total_timeout
@@ -158,14 +167,18 @@ class HttpClient:
             target = "/" + target
         if _UNSAFE_TARGET.search(target):
             raise InvalidRequest("the URL path or query has unencoded characters")
-        key = (scheme.lower(), authority.lower())
-        pool = self._pools.get(key)
+        return self._pool_at(parse_origin(scheme, authority), target)
+
+    def _pool_at(self, origin: Origin, target: str) -> tuple[_Pool, str]:
+        pool = self._pools.get(origin)
         if pool is None:
-            pool = self._pools[key] = _Pool(self, _parse_origin(*key))
+            pool = self._pools[origin] = _Pool(self, origin)
         return pool, target
 
 
-def _parse_origin(scheme: str, authority: str) -> _Origin:
+def parse_origin(scheme: str, authority: str) -> Origin:
+    """The origin of `scheme://authority` (InvalidRequest if it is not a plain host[:port])."""
+    scheme, authority = scheme.lower(), authority.lower()
     if "@" in authority or _UNSAFE_TARGET.search(authority):
         raise InvalidRequest("the URL authority is not a plain host[:port]")
     tls = scheme == "https"
@@ -179,7 +192,7 @@ def _parse_origin(scheme: str, authority: str) -> _Origin:
         port = _port(port_text)
     if not host:
         raise InvalidRequest("the URL has no host")
-    return _Origin(tls, host, port, authority)
+    return Origin(tls, host, port, authority)
 
 
 def _port(text: str) -> int:
@@ -228,7 +241,7 @@ def _serialize(
 class _Pool:
     """The connections to one origin: idle ones (most recent last), a count, the waiters."""
 
-    def __init__(self, client: HttpClient, origin: _Origin) -> None:
+    def __init__(self, client: HttpClient, origin: Origin) -> None:
         self.client = client
         self.origin = origin
         self.idle: list[Connection] = []

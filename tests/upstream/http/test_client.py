@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from proxy.config.providers import UrlTemplate
 from proxy.upstream.http.client import (
     BadResponse,
     ConnectError,
@@ -173,6 +174,40 @@ async def test_keep_alive_reuses_one_connection(raw_server: Any, make_client: An
     bodies = [(await client.request("POST", raw.url + "/x", body=b"b")).body for _ in range(20)]
     assert bodies == [b"answer-%d" % n for n in range(20)]
     assert raw.connections == 1
+
+
+async def test_an_origin_parsed_once_shares_the_pool_of_its_url(
+    raw_server: Any, make_client: Any
+) -> None:
+    async def handler(request: bytes, writer: asyncio.StreamWriter, n: int) -> bool:
+        return await answer(ok(b"answer-%d" % n), writer)
+
+    raw = await raw_server(handler)
+    template = UrlTemplate.parse(raw.url + "/license/{drm}/{asset_id}?v=1")
+    address = template.address({"drm": "widevine", "asset_id": "a b/c"})
+    assert isinstance(address, tuple)
+    origin, target = address
+    assert (origin.host, origin.tls, target) == (
+        "127.0.0.1",
+        False,
+        "/license/widevine/a%20b%2Fc?v=1",
+    )
+    client = make_client()
+    first = await client.request("POST", address, body=b"b")
+    second = await client.request("POST", template.render({"drm": "x", "asset_id": "y"}))
+    assert (first.body, second.body) == (b"answer-0", b"answer-1")
+    assert raw.connections == 1
+    assert raw.requests[0].startswith(b"POST /license/widevine/a%20b%2Fc?v=1 HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["https://{drm}.example.com/license", "http://host:{asset_id}/x"],
+)
+def test_a_template_with_a_placeholder_in_its_origin_renders_the_whole_url(template: str) -> None:
+    parsed = UrlTemplate.parse(template)
+    assert parsed.origin is None
+    assert isinstance(parsed.address({"drm": "wv", "asset_id": "1"}), str)
 
 
 async def test_pool_limit_queues_waiters(raw_server: Any, make_client: Any) -> None:
