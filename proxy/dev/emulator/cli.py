@@ -89,7 +89,7 @@ def run_emulate(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         asyncio.run(_serve(settings, args.host, port))
-    except OSError as exc:  # e.g. the port is taken
+    except (OSError, ValueError) as exc:  # the port is taken, or a kind refused its secrets
         print(f"drm-gateway emulate: {exc}", file=sys.stderr)
         return 1
     return 0
