@@ -15,12 +15,17 @@ import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from proxy.dev.emulator.auth import TokenVerifier, check_legacy_request, extract_token
+from proxy.dev.emulator.auth import (
+    ReplayCache,
+    TokenVerifier,
+    check_legacy_request,
+    extract_token,
+)
 from proxy.dev.emulator.errors import EmulatorError
 from proxy.dev.emulator.fairplay import (
     BINARY_CONTENT_TYPE,
@@ -62,6 +67,8 @@ class EmulatorState:
     stats: StatsRecorder
     faults: FaultInjector
     verifier: TokenVerifier | None
+    # A provider kind's caches of used token ids, forgotten by /_emulator/reset.
+    replay_caches: list[ReplayCache] = field(default_factory=list)
 
 
 STATE = web.AppKey("emulator_state", EmulatorState)
@@ -280,8 +287,9 @@ async def handle_reset(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.stats.clear()
     state.faults.replace(Faults())
-    if state.verifier is not None:
-        state.verifier.replay_cache.clear()
+    caches = [*state.replay_caches, *([state.verifier.replay_cache] if state.verifier else [])]
+    for cache in caches:
+        cache.clear()
     return _json_response({"status": "reset"})
 
 

@@ -331,6 +331,7 @@ def add_routes(app: web.Application, settings: EmulatorSettings) -> None:
     """``POST /<drm>/AcquireLicense`` for Widevine, PlayReady and FairPlay."""
     com_key = CommunicationKey.from_secrets(settings.secrets)
     app[AXINOM] = AxinomState(com_key, ReplayCache(MAX_REPLAY_ENTRIES))
+    app[STATE].replay_caches.append(app[AXINOM].replay)
     for drm in DRMS:
         app.router.add_post(f"/{drm}/AcquireLicense", _license_handler(drm), name=f"license:{drm}")
 

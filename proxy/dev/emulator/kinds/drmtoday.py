@@ -263,6 +263,7 @@ def add_routes(app: web.Application, settings: EmulatorSettings) -> None:
     """Register DRMtoday's three license paths."""
     _secrets(settings)  # refuse an unusable merchant or secret at start
     app[DRMTODAY] = DrmTodayState(UpfrontTokenVerifier())
+    app[STATE].replay_caches.append(app[DRMTODAY].verifier.replay_cache)
     app.router.add_post(WIDEVINE_PATH, _answering(_widevine), name="license:widevine")
     app.router.add_post(PLAYREADY_PATH, _answering(_playready), name="license:playready")
     app.router.add_post(FAIRPLAY_PATH, _answering(_fairplay), name="license:fairplay")

@@ -97,6 +97,7 @@ _SERVICE_CODES: Mapping[str, tuple[str, str, str, str]] = {
 def add_routes(app: web.Application, settings: EmulatorSettings) -> None:
     """The three license routes; the replay cache lives with the app."""
     app[REPLAY] = ReplayCache(MAX_REPLAY_ENTRIES)
+    app[STATE].replay_caches.append(app[REPLAY])
     for drm in DRMS:
         app.router.add_post(f"/{drm}", _license_handler(drm), name=f"license:{drm}")
 
