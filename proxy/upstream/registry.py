@@ -11,11 +11,25 @@ import asyncio
 from collections.abc import Mapping
 
 from proxy.config.providers import ProviderSettings
-from proxy.upstream import generic
+from proxy.upstream import (
+    axinom,
+    doverunner,
+    drmtoday,
+    ezdrm,
+    generic,
+    verimatrix,
+    widevine_cloud,
+)
 from proxy.upstream.base import ProviderClient, ProviderKind
 
 PROVIDER_KINDS: Mapping[str, ProviderKind] = {
+    "axinom": axinom.KIND,
+    "doverunner": doverunner.KIND,
+    "drmtoday": drmtoday.KIND,
+    "ezdrm": ezdrm.KIND,
     "generic": generic.KIND,
+    "verimatrix": verimatrix.KIND,
+    "widevine-cloud": widevine_cloud.KIND,
 }
 
 
