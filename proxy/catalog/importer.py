@@ -1,9 +1,13 @@
 """Load a catalog file (CSV or JSON Lines) into the SQLite catalog, and audit the result.
 
-CSV has the header `asset_id,drm_resource_id,key_holders,tags`; the two list cells hold
-`|`-separated names; an empty `drm_resource_id` means "not propagated yet" and an empty
-`key_holders` means "unknown". JSON Lines has one object per line with the same fields
-(`drm_resource_id` and `key_holders` may be null). Bad rows are skipped and reported with
+CSV has the header `asset_id,drm_resource_id,key_holders,tags,key_ids` (or the same without
+`key_ids`, the format before key ids); the list cells hold `|`-separated values; an empty
+`drm_resource_id` means "not propagated yet", an empty `key_holders` or `key_ids` "unknown".
+JSON Lines has one object per line with the same fields (`drm_resource_id`, `key_holders` and
+`key_ids` may be null). A key id is 32 hex digits or a GUID (8-4-4-4-12), stored as lowercase
+hex without dashes, duplicates dropped, order kept. A file without the `key_ids` column, or a
+JSON line without the field, leaves the asset's stored key ids as they are: re-importing an
+older export does not erase key ids recorded since. Bad rows are skipped and reported with
 their line number; everything else goes in one transaction, so an I/O failure imports nothing.
 """
 
@@ -16,14 +20,17 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import TextIO, TypeVar
 
-from proxy.catalog.sqlite import create_schema, read_only_uri
+from proxy.catalog.sqlite import create_schema, has_key_ids_column, read_only_uri
 
-CSV_HEADER = ("asset_id", "drm_resource_id", "key_holders", "tags")
+CSV_HEADER = ("asset_id", "drm_resource_id", "key_holders", "tags", "key_ids")
+CSV_HEADER_WITHOUT_KEY_IDS = CSV_HEADER[:4]
+"""The header before key ids existed; still accepted (the stored key ids are left alone)."""
 _JSON_FIELDS = frozenset(CSV_HEADER)
 _CSV_SUFFIXES = frozenset({".csv"})
 _JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
@@ -31,9 +38,23 @@ _JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _PROVIDER = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _TAG = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_KEY_ID = re.compile(r"[0-9A-Fa-f]{32}|[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 _CHUNK_ROWS = 5_000  # rows per executemany and per progress report
 _UPSERT = """
+INSERT INTO assets (asset_id, drm_resource_id, key_holders, tags, key_ids, updated_at)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (asset_id) DO UPDATE SET
+    drm_resource_id = excluded.drm_resource_id,
+    key_holders = excluded.key_holders,
+    tags = excluded.tags,
+    key_ids = excluded.key_ids,
+    updated_at = excluded.updated_at
+"""
+# For rows whose input has no key_ids: a new asset gets NULL (unknown), an existing one keeps
+# the key ids it has.
+_UPSERT_KEEPING_KEY_IDS = """
 INSERT INTO assets (asset_id, drm_resource_id, key_holders, tags, updated_at)
 VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (asset_id) DO UPDATE SET
@@ -48,8 +69,18 @@ _LIST_MISSING = (
     "SELECT asset_id FROM assets WHERE drm_resource_id IS NULL ORDER BY asset_id LIMIT ?"
 )
 
-# A validated row as stored: asset_id, drm_resource_id, key_holders JSON, tags JSON.
-_Row = tuple[str, str | None, str | None, str]
+
+class _Keep(Enum):
+    """The input says nothing of a row's key ids: the import leaves the stored ones alone."""
+
+    KEY_IDS = "keep"
+
+
+_KEEP_KEY_IDS = _Keep.KEY_IDS
+
+# A validated row as stored: asset_id, drm_resource_id, key_holders JSON, tags JSON, key_ids
+# JSON (None: unknown; _KEEP_KEY_IDS: not in the input).
+_Row = tuple[str, str | None, str | None, str, str | _Keep | None]
 # What a reader yields per record: its line number and the row, or why it was rejected.
 _Record = tuple[int, _Row | str]
 _T = TypeVar("_T")
@@ -81,11 +112,19 @@ class ImportReport:
 
 @dataclass(frozen=True, slots=True)
 class AuditReport:
-    """How many assets the catalog holds, and which lack a drm_resource_id (sorted)."""
+    """How many assets the catalog holds, and which lack a drm_resource_id (sorted).
+
+    With the providers that need key ids (`key_id_providers`; None: not checked), also the
+    assets without key ids that one of them could otherwise serve (sorted): those whose key
+    holders are unknown or include such a provider.
+    """
 
     total: int
     missing_count: int
     missing: list[str]
+    key_id_providers: tuple[str, ...] | None = None
+    missing_key_ids_count: int = 0
+    missing_key_ids: list[str] = field(default_factory=list)
 
 
 class _RowError(Exception):
@@ -118,23 +157,58 @@ def import_file(src: Path, db: Path, *, progress: Progress | None = None) -> Imp
         raise CatalogImportError(f"cannot write the catalog database {db}: {exc}") from exc
 
 
-def audit(db: Path, *, limit: int | None = None) -> AuditReport:
-    """Count the catalog's assets and list those lacking a drm_resource_id (up to `limit`)."""
+def audit(
+    db: Path, *, limit: int | None = None, key_id_providers: Collection[str] | None = None
+) -> AuditReport:
+    """Count the catalog's assets and list those lacking a drm_resource_id (up to `limit`).
+
+    `key_id_providers` names the configured providers that need key ids (None: not checked);
+    the assets such a provider could serve but for their missing key ids are counted and
+    listed too. A schema-1 file (no key_ids column) is read as it is: no key ids anywhere.
+    """
     if limit is not None and limit < 0:
         raise ValueError("limit must not be negative")
     if not db.is_file():
         raise CatalogImportError(f"catalog database {db} does not exist")
+    providers = None if key_id_providers is None else tuple(sorted(key_id_providers))
+    cap = -1 if limit is None else limit
     try:
         conn = sqlite3.connect(read_only_uri(db), uri=True)
         try:
             total = conn.execute(_COUNT).fetchone()[0]
             missing_count = conn.execute(_COUNT_MISSING).fetchone()[0]
-            rows = conn.execute(_LIST_MISSING, (-1 if limit is None else limit,)).fetchall()
+            rows = conn.execute(_LIST_MISSING, (cap,)).fetchall()
+            no_key_ids = _missing_key_ids(conn, providers, cap) if providers else (0, [])
         finally:
             conn.close()
     except sqlite3.Error as exc:
         raise CatalogImportError(f"cannot read the catalog database {db}: {exc}") from exc
-    return AuditReport(total=total, missing_count=missing_count, missing=[r[0] for r in rows])
+    return AuditReport(
+        total=total,
+        missing_count=missing_count,
+        missing=[r[0] for r in rows],
+        key_id_providers=providers,
+        missing_key_ids_count=no_key_ids[0],
+        missing_key_ids=no_key_ids[1],
+    )
+
+
+def _missing_key_ids(
+    conn: sqlite3.Connection, providers: tuple[str, ...], cap: int
+) -> tuple[int, list[str]]:
+    """How many assets lack key ids while `providers` may hold their keys, and the first `cap`."""
+    marks = ",".join("?" * len(providers))
+    where = (
+        f"(key_holders IS NULL OR EXISTS"
+        f" (SELECT 1 FROM json_each(assets.key_holders) WHERE value IN ({marks})))"
+    )
+    if has_key_ids_column(conn):  # else a schema-1 file: no asset has key ids
+        where = f"key_ids IS NULL AND {where}"
+    count = conn.execute(f"SELECT count(*) FROM assets WHERE {where}", providers).fetchone()[0]
+    listed = conn.execute(
+        f"SELECT asset_id FROM assets WHERE {where} ORDER BY asset_id LIMIT ?", (*providers, cap)
+    ).fetchall()
+    return count, [r[0] for r in listed]
 
 
 def format_import_report(report: ImportReport, *, max_rejections: int = 50) -> str:
@@ -149,15 +223,36 @@ def format_import_report(report: ImportReport, *, max_rejections: int = 50) -> s
 
 
 def format_audit_report(report: AuditReport) -> str:
-    """The audit summary the CLI prints: totals, then the listed asset ids."""
-    share = f" ({100 * report.missing_count / report.total:.1f}%)" if report.total else ""
+    """The audit summary the CLI prints: totals, then the listed asset ids; then, if key ids
+    were checked, the assets lacking them and the listed ids."""
     lines = [
-        f"{report.total} assets, {report.missing_count} without a drm_resource_id{share}",
-        *(f"  {asset_id}" for asset_id in report.missing),
+        f"{report.total} assets, {report.missing_count} without a drm_resource_id"
+        f"{_share(report.missing_count, report.total)}",
+        *_listed(report.missing, report.missing_count),
     ]
-    if report.missing_count > len(report.missing):
-        lines.append(f"  ... and {report.missing_count - len(report.missing)} more")
+    providers = report.key_id_providers
+    if providers is not None and not providers:
+        lines.append("no configured provider needs key ids")
+    elif providers:
+        names = ", ".join(providers)
+        count = report.missing_key_ids_count
+        lines.append(
+            f"{count} without key ids, which {names} need{'s' if len(providers) == 1 else ''}"
+            f"{_share(count, report.total)}"
+        )
+        lines.extend(_listed(report.missing_key_ids, count))
     return "\n".join(lines)
+
+
+def _share(count: int, total: int) -> str:
+    return f" ({100 * count / total:.1f}%)" if total else ""
+
+
+def _listed(asset_ids: list[str], count: int) -> list[str]:
+    lines = [f"  {asset_id}" for asset_id in asset_ids]
+    if count > len(asset_ids):
+        lines.append(f"  ... and {count - len(asset_ids)} more")
+    return lines
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -188,11 +283,13 @@ def _csv_records(text: TextIO, src: Path) -> Iterator[_Record]:
     header = next((cells for cells in reader if _has_content(cells)), None)
     if header is None:
         raise CatalogImportError(f"{src} is empty")
-    if [cell.strip() for cell in header] != list(CSV_HEADER):
+    names = tuple(cell.strip() for cell in header)
+    if names not in (CSV_HEADER, CSV_HEADER_WITHOUT_KEY_IDS):
         raise CatalogImportError(
-            f"{src}: line {reader.line_num} must be the header {','.join(CSV_HEADER)!r},"
-            f" got {_show(','.join(header))}"
+            f"{src}: line {reader.line_num} must be the header {','.join(CSV_HEADER)!r}"
+            f" or {','.join(CSV_HEADER_WITHOUT_KEY_IDS)!r}, got {_show(','.join(header))}"
         )
+    parse = _parse_csv_cells if names == CSV_HEADER else _parse_csv_cells_without_key_ids
     while True:
         try:
             cells = next(reader)
@@ -202,7 +299,7 @@ def _csv_records(text: TextIO, src: Path) -> Iterator[_Record]:
             yield reader.line_num, f"malformed CSV: {exc}"
             continue
         if _has_content(cells):
-            yield reader.line_num, _parse_or_reason(_parse_csv_cells, cells)
+            yield reader.line_num, _parse_or_reason(parse, cells)
 
 
 def _jsonl_records(text: Iterable[str], src: Path) -> Iterator[_Record]:
@@ -229,12 +326,26 @@ def _parse_or_reason(parse: Callable[[_T], _Row], value: _T) -> _Row | str:
 def _parse_csv_cells(cells: list[str]) -> _Row:
     if len(cells) != len(CSV_HEADER):
         raise _RowError(f"expected {len(CSV_HEADER)} columns, got {len(cells)}")
+    asset_id, drm_resource_id, key_holders, tags, key_ids = (cell.strip() for cell in cells)
+    return _build_row(
+        asset_id,
+        drm_resource_id or None,
+        _split_names(key_holders) if key_holders else None,
+        _split_names(tags) if tags else [],
+        _split_names(key_ids) if key_ids else None,
+    )
+
+
+def _parse_csv_cells_without_key_ids(cells: list[str]) -> _Row:
+    if len(cells) != len(CSV_HEADER_WITHOUT_KEY_IDS):
+        raise _RowError(f"expected {len(CSV_HEADER_WITHOUT_KEY_IDS)} columns, got {len(cells)}")
     asset_id, drm_resource_id, key_holders, tags = (cell.strip() for cell in cells)
     return _build_row(
         asset_id,
         drm_resource_id or None,
         _split_names(key_holders) if key_holders else None,
         _split_names(tags) if tags else [],
+        _KEEP_KEY_IDS,
     )
 
 
@@ -258,6 +369,7 @@ def _parse_json_line(line: str) -> _Row:
     drm_resource_id = obj.get("drm_resource_id")
     key_holders = obj.get("key_holders")
     tags = obj.get("tags", [])
+    key_ids = obj.get("key_ids", _KEEP_KEY_IDS)
     if not isinstance(asset_id, str):
         raise _RowError("field 'asset_id' must be a string")
     if drm_resource_id is not None and not isinstance(drm_resource_id, str):
@@ -266,7 +378,9 @@ def _parse_json_line(line: str) -> _Row:
         raise _RowError("field 'key_holders' must be a list of strings or null")
     if not _is_str_list(tags):
         raise _RowError("field 'tags' must be a list of strings")
-    return _build_row(asset_id, drm_resource_id, key_holders, tags)
+    if key_ids is not None and key_ids is not _KEEP_KEY_IDS and not _is_str_list(key_ids):
+        raise _RowError("field 'key_ids' must be a list of strings or null")
+    return _build_row(asset_id, drm_resource_id, key_holders, tags, key_ids or None)
 
 
 def _is_str_list(value: object) -> bool:
@@ -274,7 +388,11 @@ def _is_str_list(value: object) -> bool:
 
 
 def _build_row(
-    asset_id: str, drm_resource_id: str | None, key_holders: list[str] | None, tags: list[str]
+    asset_id: str,
+    drm_resource_id: str | None,
+    key_holders: list[str] | None,
+    tags: list[str],
+    key_ids: list[str] | _Keep | None,
 ) -> _Row:
     if not _ID.fullmatch(asset_id):
         raise _RowError(f"asset_id {_show(asset_id)} is not a valid id")
@@ -287,7 +405,33 @@ def _build_row(
         if not _TAG.fullmatch(tag):
             raise _RowError(f"tag {_show(tag)} is not a valid tag")
     holders_json = None if key_holders is None else _names_json(key_holders)
-    return asset_id, drm_resource_id, holders_json, _names_json(tags)
+    if key_ids is None or key_ids is _KEEP_KEY_IDS:
+        return asset_id, drm_resource_id, holders_json, _names_json(tags), key_ids
+    return asset_id, drm_resource_id, holders_json, _names_json(tags), _key_ids_json(key_ids)
+
+
+def _key_ids_json(key_ids: list[str]) -> str:
+    """Validate and normalise the key ids (lowercase hex, first occurrence kept) as JSON."""
+    normalised = [_normalise_key_id(text, position) for position, text in enumerate(key_ids, 1)]
+    # Like the name lists: nothing in 32 hex digits needs escaping. Stored as a JSON list, not
+    # `|`-joined, so one decoding rule serves every list column and SQLite's json_each can
+    # query key ids (which asset has key id X) without a second format.
+    return "[" + ",".join(f'"{key_id}"' for key_id in dict.fromkeys(normalised)) + "]"
+
+
+def _normalise_key_id(text: str, position: int) -> str:
+    if _KEY_ID.fullmatch(text):
+        # A GUID's text names the same 16 bytes in the same order (as in a DASH manifest's
+        # cenc:default_KID): dropping the dashes is the whole conversion.
+        return text.replace("-", "").lower()
+    if not text:
+        raise _RowError(f"key id {position} in key_ids is empty")
+    shown = f"key id {_show(text)}"
+    if not set(text.replace("-", "")) <= _HEX_DIGITS:
+        raise _RowError(f"{shown} is not hexadecimal")
+    if "-" in text:
+        raise _RowError(f"{shown} is not a GUID (8-4-4-4-12 hex digits)")
+    raise _RowError(f"{shown} has {len(text)} hex digits, expected 32")
 
 
 def _names_json(names: list[str]) -> str:
@@ -309,9 +453,10 @@ def _load(records: Iterator[_Record], db: Path, report: Callable[[int], None]) -
     try:
         # WAL lets the gateway keep reading the catalog while an import runs.
         conn.execute("PRAGMA journal_mode = WAL")
-        create_schema(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Under the write lock, so concurrent imports never both migrate a schema-1 file.
+            create_schema(conn)
             before = conn.execute(_COUNT).fetchone()[0]
             accepted, rejected = _store(conn, records, report)
             added = conn.execute(_COUNT).fetchone()[0] - before
@@ -332,7 +477,10 @@ def _store(
     """Upsert the valid records in chunks; return how many were accepted, and the rejections."""
     first_line: dict[str, int] = {}
     rejected: list[Rejection] = []
-    batch: list[tuple[str, str | None, str | None, str, float]] = []
+    # Rows with key ids, and rows whose input has none (their stored key ids are kept).
+    # Duplicate asset ids were rejected, so the order across the two batches does not matter.
+    with_ids: list[tuple[str, str | None, str | None, str, str | None, float]] = []
+    keeping: list[tuple[str, str | None, str | None, str, float]] = []
     accepted = 0
     line_no = 0
     now = time.time()
@@ -340,16 +488,34 @@ def _store(
         if isinstance(row, str):
             rejected.append(Rejection(line_no, row))
             continue
-        first = first_line.setdefault(row[0], line_no)
+        asset_id, drm_resource_id, key_holders, tags, key_ids = row
+        first = first_line.setdefault(asset_id, line_no)
         if first != line_no:
             rejected.append(Rejection(line_no, f"duplicate of line {first}"))
             continue
-        batch.append((*row, now))
-        if len(batch) >= _CHUNK_ROWS:
-            conn.executemany(_UPSERT, batch)
-            accepted += len(batch)
-            batch.clear()
+        if key_ids is _KEEP_KEY_IDS:
+            keeping.append((asset_id, drm_resource_id, key_holders, tags, now))
+        else:
+            with_ids.append((asset_id, drm_resource_id, key_holders, tags, key_ids, now))
+        if len(with_ids) + len(keeping) >= _CHUNK_ROWS:
+            accepted += _flush(conn, with_ids, keeping)
             report(line_no)
-    conn.executemany(_UPSERT, batch)
+    accepted += _flush(conn, with_ids, keeping)
     report(line_no)
-    return accepted + len(batch), rejected
+    return accepted, rejected
+
+
+def _flush(
+    conn: sqlite3.Connection,
+    with_ids: list[tuple[str, str | None, str | None, str, str | None, float]],
+    keeping: list[tuple[str, str | None, str | None, str, float]],
+) -> int:
+    """Upsert both batches, empty them, and return how many rows they held."""
+    count = len(with_ids) + len(keeping)
+    if with_ids:
+        conn.executemany(_UPSERT, with_ids)
+    if keeping:
+        conn.executemany(_UPSERT_KEEPING_KEY_IDS, keeping)
+    with_ids.clear()
+    keeping.clear()
+    return count

@@ -100,14 +100,39 @@ def cmd_catalog_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_catalog_audit(args: argparse.Namespace) -> int:
-    from proxy.catalog.importer import audit, format_audit_report
+def _audit_source(args: argparse.Namespace) -> tuple[Path, tuple[str, ...] | None]:
+    """The catalog file to audit, and the configured providers that need key ids (None
+    without --config). Read like the rules tooling: no secret is needed to audit."""
+    if args.config is None:
+        return _catalog_db(args), None
+    view = _rules_view_or_exit(args.config, routing=True)
+    assert view.catalog is not None  # asked for with routing=True
+    needing = tuple(sorted(name for name, p in view.providers.items() if p.needs_key_ids))
+    if args.db is not None:
+        return Path(args.db), needing
+    if view.catalog.path is None:
+        raise SystemExit(f"{args.config}: catalog backend '{view.catalog.backend}' has no file")
+    return view.catalog.path, needing
 
-    db = _catalog_db(args)
+
+def cmd_catalog_audit(args: argparse.Namespace) -> int:
+    from proxy.catalog.importer import CatalogImportError, audit, format_audit_report
+
+    db, key_id_providers = _audit_source(args)
     if not db.is_file():
         print(f"{db}: no such catalog database", file=sys.stderr)
         return 1
-    print(format_audit_report(audit(db, limit=args.limit)))
+    try:
+        report = audit(db, limit=args.limit, key_id_providers=key_id_providers)
+    except CatalogImportError as exc:
+        print(f"audit failed: {exc}", file=sys.stderr)
+        return 1
+    print(format_audit_report(report))
+    if key_id_providers is None:
+        print(
+            "key ids not checked: give --config to check them for the providers that need them",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -332,7 +357,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     imp.add_argument("file", type=Path)
     _add_catalog_source(imp)
     imp.set_defaults(func=cmd_catalog_import)
-    aud = catalog_cmds.add_parser("audit", help="report assets lacking a drmResourceId")
+    aud = catalog_cmds.add_parser(
+        "audit", help="report assets lacking a drmResourceId, or key ids a provider needs"
+    )
     _add_catalog_source(aud)
     aud.add_argument("--limit", type=int, default=50, help="list at most this many (default 50)")
     aud.set_defaults(func=cmd_catalog_audit)

@@ -86,7 +86,8 @@ class Db:
     def put(self, asset_id: str, drm_resource_id: str | None) -> None:
         with sqlite3.connect(self.path) as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO assets VALUES (?, ?, ?, '[]', 0)",
+                "INSERT OR REPLACE INTO assets (asset_id, drm_resource_id, key_holders, tags)"
+                " VALUES (?, ?, ?, '[]')",
                 (asset_id, drm_resource_id, json.dumps(["legacy"])),
             )
         conn.close()

@@ -165,7 +165,11 @@ def test_reimport_counts_updates_and_replaces_values(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("a1,r1,,\n", "must be the header 'asset_id,drm_resource_id,key_holders,tags'"),
+        (
+            "a1,r1,,\n",
+            "must be the header 'asset_id,drm_resource_id,key_holders,tags,key_ids'"
+            " or 'asset_id,drm_resource_id,key_holders,tags'",
+        ),
         ("asset,resource,holders,tags\na1,,,\n", "got 'asset,resource,holders,tags'"),
         ("", "is empty"),
         ("\n  \n", "is empty"),
@@ -334,3 +338,251 @@ def test_oversized_field_and_bad_utf8_reject_only_their_rows(tmp_path: Path) -> 
     assert report.rejected[0].reason.startswith("malformed CSV: field larger than field limit")
     assert report.rejected[1].reason == "asset_id 'caf\ufffd' is not a valid id"
     assert set(rows_in(tmp_path / "c.db")) == {"ok-1", "ok-2"}
+
+
+# --- key ids ---------------------------------------------------------------------------------
+
+KEYED_HEADER = "asset_id,drm_resource_id,key_holders,tags,key_ids\n"
+KID_A = "00112233445566778899aabbccddeeff"
+KID_B = "0123456789abcdef0123456789abcdef"
+GUID_B = "01234567-89AB-CDEF-0123-456789ABCDEF"  # KID_B in GUID form, upper case
+
+
+def key_ids_in(db: Path) -> dict[str, str | None]:
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute("SELECT asset_id, key_ids FROM assets").fetchall())
+    finally:
+        conn.close()
+
+
+async def test_csv_key_ids_are_normalised_deduplicated_and_kept_in_order(tmp_path: Path) -> None:
+    src = write(
+        tmp_path / "c.csv",
+        KEYED_HEADER
+        + f"m1,r1,incoming,,{KID_B}|{KID_A.upper()}\n"
+        + f"m2,r2,,, {GUID_B} | {KID_A} | {KID_B} \n"  # GUID and hex of one id: a duplicate
+        + "m3,r3,,,\n",
+    )
+    db = tmp_path / "c.db"
+    assert import_file(src, db) == ImportReport(added=3, updated=0, rejected=[])
+    assert await lookup(db, "m1") == CatalogEntry(
+        "m1", "r1", frozenset({"incoming"}), frozenset(), (KID_B, KID_A)
+    )
+    entry = await lookup(db, "m2")
+    assert entry is not None and entry.key_ids == (KID_B, KID_A)
+    entry = await lookup(db, "m3")
+    assert entry is not None and entry.key_ids == ()  # empty cell: unknown
+    assert key_ids_in(db) == {
+        "m1": f'["{KID_B}","{KID_A}"]',
+        "m2": f'["{KID_B}","{KID_A}"]',
+        "m3": None,
+    }
+
+
+async def test_jsonl_key_ids(tmp_path: Path) -> None:
+    lines = [
+        {"asset_id": "m1", "key_ids": [GUID_B.lower(), KID_A, KID_A.upper()]},
+        {"asset_id": "m2", "key_ids": None},
+        {"asset_id": "m3", "key_ids": []},
+    ]
+    src = write(tmp_path / "c.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+    db = tmp_path / "c.db"
+    assert import_file(src, db) == ImportReport(added=3, updated=0, rejected=[])
+    assert await lookup(db, "m1") == CatalogEntry("m1", None, None, frozenset(), (KID_B, KID_A))
+    assert key_ids_in(db) == {"m1": f'["{KID_B}","{KID_A}"]', "m2": None, "m3": None}
+
+
+KEY_ID_CSV_CASES = [
+    (f"a1,r1,,,{KID_A[:31]}", f"key id '{KID_A[:31]}' has 31 hex digits, expected 32"),
+    (f"a1,r1,,,{KID_A}0", f"key id '{KID_A}0' has 33 hex digits, expected 32"),
+    (f"a1,r1,,,{KID_A[:31]}g", f"key id '{KID_A[:31]}g' is not hexadecimal"),
+    (f"a1,r1,,,0x{KID_A[:30]}", f"key id '0x{KID_A[:30]}' is not hexadecimal"),
+    (f"a1,r1,,,{KID_A}||{KID_B}", "key id 2 in key_ids is empty"),
+    (f"a1,r1,,,{KID_A}|", "key id 2 in key_ids is empty"),
+    (f"a1,r1,,,|{KID_A}", "key id 1 in key_ids is empty"),
+    (f"a1,r1,,,{KID_A}| |{KID_B}", "key id 2 in key_ids is empty"),
+    ("a1,r1,,,0123456789-abcdef-0123-4567-89abcdef", "is not a GUID (8-4-4-4-12 hex digits)"),
+    (f"a1,r1,,,{{{GUID_B}}}", f"key id '{{{GUID_B}}}' is not hexadecimal"),
+    (f"a1,r1,,,{KID_A} {KID_B}", "is not hexadecimal"),
+    ("a1,r1,,,caf\u00e9" + "0" * 28, "is not hexadecimal"),
+    ("a1,r1,,", "expected 5 columns, got 4"),
+    (f"a1,r1,,,{KID_A},x", "expected 5 columns, got 6"),
+]
+
+
+@pytest.mark.parametrize(("row", "reason"), KEY_ID_CSV_CASES)
+def test_csv_key_id_rejections_name_line_and_reason(tmp_path: Path, row: str, reason: str) -> None:
+    src = write(tmp_path / "c.csv", KEYED_HEADER + f"ok-1,r1,,,{KID_A}\n\n" + row + "\nok-2,,,,\n")
+    report = import_file(src, tmp_path / "c.db")
+    assert (report.added, report.updated) == (2, 0)
+    assert [r.line for r in report.rejected] == [4]
+    assert reason in report.rejected[0].reason
+    assert set(rows_in(tmp_path / "c.db")) == {"ok-1", "ok-2"}
+
+
+KEY_ID_JSONL_CASES = [
+    ({"key_ids": KID_A}, "field 'key_ids' must be a list of strings or null"),
+    ({"key_ids": f"{KID_A}|{KID_B}"}, "field 'key_ids' must be a list of strings or null"),
+    ({"key_ids": [KID_A, 7]}, "field 'key_ids' must be a list of strings or null"),
+    ({"key_ids": {"id": KID_A}}, "field 'key_ids' must be a list of strings or null"),
+    ({"key_ids": [KID_A, ""]}, "key id 2 in key_ids is empty"),
+    ({"key_ids": [KID_A[:-2]]}, f"key id '{KID_A[:-2]}' has 30 hex digits, expected 32"),
+    ({"key_ids": [" " + KID_A]}, "is not hexadecimal"),  # JSON values are taken as written
+    ({"key_ids": ["z" * 32]}, f"key id '{'z' * 32}' is not hexadecimal"),
+    ({"key_ids": ["a" * 200]}, f"key id '{'a' * 64}...' has 200 hex digits, expected 32"),
+]
+
+
+@pytest.mark.parametrize(("fields", "reason"), KEY_ID_JSONL_CASES)
+def test_jsonl_key_id_rejections_name_line_and_reason(
+    tmp_path: Path, fields: dict[str, object], reason: str
+) -> None:
+    line = json.dumps({"asset_id": "a1", **fields})
+    src = write(
+        tmp_path / "c.jsonl", '{"asset_id": "ok-1"}\n\n' + line + '\n{"asset_id": "ok-2"}\n'
+    )
+    report = import_file(src, tmp_path / "c.db")
+    assert report.rejected == [Rejection(3, report.rejected[0].reason)]
+    assert reason in report.rejected[0].reason
+    assert report.added == 2
+
+
+def test_input_without_key_ids_keeps_the_stored_ones(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    first = KEYED_HEADER + "".join(f"m{i},r{i},,,{KID_A}\n" for i in range(1, 5))
+    assert import_file(write(tmp_path / "1.csv", first), db).added == 4
+    # The old 4-column header: values replaced, key ids kept; a new asset's are unknown.
+    old = HEADER + "m1,r1-new,legacy,\nm5,r5,,\n"
+    assert import_file(write(tmp_path / "2.csv", old), db) == ImportReport(1, 1, [])
+    # JSON Lines: no field keeps them, null or [] clears them.
+    lines = [
+        {"asset_id": "m2", "drm_resource_id": "r2-new"},
+        {"asset_id": "m3", "key_ids": None},
+        {"asset_id": "m4", "key_ids": []},
+    ]
+    jsonl = "".join(json.dumps(line) + "\n" for line in lines)
+    assert import_file(write(tmp_path / "3.jsonl", jsonl), db) == ImportReport(0, 3, [])
+    kid_json = f'["{KID_A}"]'
+    assert key_ids_in(db) == {"m1": kid_json, "m2": kid_json, "m3": None, "m4": None, "m5": None}
+    assert rows_in(db)["m1"] == ("r1-new", '["legacy"]', "[]")
+    # A keyed file with an empty cell clears them too.
+    assert import_file(write(tmp_path / "4.csv", KEYED_HEADER + "m1,r1,,,\n"), db).updated == 1
+    assert key_ids_in(db)["m1"] is None
+
+
+def test_mixed_jsonl_rows_with_and_without_key_ids_across_chunks(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    seed = "".join(
+        json.dumps({"asset_id": f"m{i}", "key_ids": [KID_A]}) + "\n" for i in range(12_000)
+    )
+    import_file(write(tmp_path / "1.jsonl", seed), db)
+    lines = [
+        {"asset_id": f"m{i}", "key_ids": [KID_B]} if i % 3 == 0 else {"asset_id": f"m{i}"}
+        for i in range(12_000)
+    ]
+    jsonl = "".join(json.dumps(line) + "\n" for line in lines)
+    assert import_file(write(tmp_path / "2.jsonl", jsonl), db) == ImportReport(0, 12_000, [])
+    stored = key_ids_in(db)
+    assert all(stored[f"m{i}"] == f'["{KID_B if i % 3 == 0 else KID_A}"]' for i in range(12_000))
+
+
+# --- a catalog file of schema 1 (before key ids) ---------------------------------------------
+
+
+async def test_import_migrates_a_schema_1_file_and_keeps_its_rows(schema_1_db: Path) -> None:
+    reader = SqliteCatalog(schema_1_db)  # opened before the migration, kept open across it
+    try:
+        before = await reader.get("old-3")
+        assert before is not None and before.key_ids == ()
+        src = write(schema_1_db.with_name("new.csv"), KEYED_HEADER + f"old-3,res-3,,,{GUID_B}\n")
+        assert import_file(src, schema_1_db) == ImportReport(added=0, updated=1, rejected=[])
+        # the open reader sees the new column on its next lookup
+        after = await reader.get("old-3")
+        assert after == CatalogEntry("old-3", "res-3", None, frozenset(), (KID_B,))
+    finally:
+        await reader.close()
+    conn = sqlite3.connect(schema_1_db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(assets)")}
+        assert "assets_missing_resource_id" in indexes
+    finally:
+        conn.close()
+    assert rows_in(schema_1_db)["old-1"] == ("res-1", '["incoming","legacy"]', '["kids"]')
+    assert key_ids_in(schema_1_db) == {"old-1": None, "old-2": None, "old-3": f'["{KID_B}"]'}
+    assert await lookup(schema_1_db, "old-1") == CatalogEntry(
+        "old-1", "res-1", frozenset({"incoming", "legacy"}), frozenset({"kids"})
+    )
+
+
+def test_old_header_import_into_a_schema_1_file(schema_1_db: Path) -> None:
+    src = write(schema_1_db.with_name("old.csv"), HEADER + "old-2,res-2,legacy,\nold-4,,,\n")
+    assert import_file(src, schema_1_db) == ImportReport(added=1, updated=1, rejected=[])
+    assert key_ids_in(schema_1_db) == dict.fromkeys(["old-1", "old-2", "old-3", "old-4"])
+
+
+def test_audit_reads_a_schema_1_file_without_changing_it(schema_1_db: Path) -> None:
+    before = schema_1_db.read_bytes()
+    report = audit(schema_1_db, key_id_providers=["incoming"])
+    # old-2's keys are only at legacy: no key id can make incoming serve it
+    assert report == AuditReport(3, 1, ["old-2"], ("incoming",), 2, ["old-1", "old-3"])
+    assert schema_1_db.read_bytes() == before
+
+
+# --- audit of key ids ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def keyed_db(tmp_path: Path) -> Path:
+    db = tmp_path / "keyed.db"
+    rows = [
+        f"k-both,r1,legacy|incoming,,{KID_A}",  # has key ids
+        "n-both,r2,legacy|incoming,,",  # incoming holds the keys: missing
+        "n-unknown,,,,",  # holders unknown, any provider may: missing
+        "n-legacy,r4,legacy,,",  # only legacy holds the keys: not a gap for incoming
+        "n-axinom,r5,axinom,,",  # a gap only for axinom
+        f"k-unknown,r6,,,{KID_B}",
+    ]
+    import_file(write(tmp_path / "keyed.csv", KEYED_HEADER + "\n".join(rows) + "\n"), db)
+    return db
+
+
+def test_audit_lists_assets_without_the_key_ids_a_provider_needs(keyed_db: Path) -> None:
+    report = audit(keyed_db, key_id_providers={"incoming"})
+    assert report.key_id_providers == ("incoming",)
+    assert (report.missing_key_ids_count, report.missing_key_ids) == (2, ["n-both", "n-unknown"])
+    both = audit(keyed_db, limit=2, key_id_providers=["incoming", "axinom"])
+    assert both.key_id_providers == ("axinom", "incoming")
+    assert (both.missing_key_ids_count, both.missing_key_ids) == (3, ["n-axinom", "n-both"])
+    assert audit(keyed_db, limit=0, key_id_providers=["incoming"]).missing_key_ids == []
+
+
+def test_audit_without_providers_that_need_key_ids(keyed_db: Path) -> None:
+    unchecked = audit(keyed_db)
+    assert unchecked == AuditReport(total=6, missing_count=1, missing=["n-unknown"])
+    none_need = audit(keyed_db, key_id_providers=())
+    assert (none_need.key_id_providers, none_need.missing_key_ids_count) == ((), 0)
+
+
+def test_format_audit_report_with_key_ids(keyed_db: Path) -> None:
+    assert format_audit_report(audit(keyed_db, limit=1, key_id_providers={"incoming"})) == (
+        "6 assets, 1 without a drm_resource_id (16.7%)\n"
+        "  n-unknown\n"
+        "2 without key ids, which incoming needs (33.3%)\n"
+        "  n-both\n"
+        "  ... and 1 more"
+    )
+    two = audit(keyed_db, limit=5, key_id_providers={"incoming", "axinom"})
+    assert format_audit_report(two).splitlines()[2:] == [
+        "3 without key ids, which axinom, incoming need (50.0%)",
+        "  n-axinom",
+        "  n-both",
+        "  n-unknown",
+    ]
+    assert format_audit_report(audit(keyed_db, key_id_providers=())).splitlines()[2:] == [
+        "no configured provider needs key ids"
+    ]
+    assert format_audit_report(AuditReport(0, 0, [], ("incoming",))) == (
+        "0 assets, 0 without a drm_resource_id\n0 without key ids, which incoming needs"
+    )

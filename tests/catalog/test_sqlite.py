@@ -18,7 +18,7 @@ from proxy.catalog import (
     SqliteCatalog,
     build_catalog,
 )
-from proxy.catalog.sqlite import create_schema, ensure_schema, read_only_uri
+from proxy.catalog.sqlite import create_schema, decode_row, ensure_schema, read_only_uri
 from proxy.errors import CatalogUnavailable
 
 Row = tuple[str, str | None, list[str] | None, list[str]]
@@ -35,7 +35,7 @@ def write_db(path: Path, rows: list[Row]) -> Path:
     conn = sqlite3.connect(path)
     create_schema(conn)
     conn.executemany(
-        "INSERT INTO assets VALUES (?, ?, ?, ?, 0)",
+        "INSERT INTO assets (asset_id, drm_resource_id, key_holders, tags) VALUES (?, ?, ?, ?)",
         [
             (aid, rid, None if holders is None else json.dumps(holders), json.dumps(tags))
             for aid, rid, holders, tags in rows
@@ -166,7 +166,7 @@ def test_ensure_schema_creates_a_usable_file(tmp_path: Path) -> None:
     ensure_schema(path)  # idempotent
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT count(*) FROM assets").fetchone() == (0,)
-    assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (2,)
     conn.close()
 
 
@@ -197,3 +197,106 @@ def test_build_catalog_sqlite_needs_a_path() -> None:
 def test_build_catalog_with_missing_file_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(CatalogUnavailable):
         build_catalog(CatalogSettings(path=tmp_path / "nope.db"))
+
+
+# --- key ids ---------------------------------------------------------------------------------
+
+KID_A = "00112233445566778899aabbccddeeff"
+KID_B = "0123456789abcdef0123456789abcdef"
+
+
+def put_key_ids(path: Path, asset_id: str, key_ids: str | None) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("UPDATE assets SET key_ids = ? WHERE asset_id = ?", (key_ids, asset_id))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+async def test_key_ids_are_read_in_stored_order(tmp_path: Path) -> None:
+    path = write_db(tmp_path / "catalog.db", ROWS)
+    put_key_ids(path, "movie-1", json.dumps([KID_B, KID_A]))
+    put_key_ids(path, "movie-2", "[]")
+    catalog = SqliteCatalog(path)
+    try:
+        first = await catalog.get("movie-1")
+        assert first is not None and first.key_ids == (KID_B, KID_A)
+        second, third = await catalog.get("movie-2"), await catalog.get("movie-3")
+        assert second is not None and second.key_ids == ()  # an empty list: unknown as well
+        assert third is not None and third.key_ids == ()  # NULL: unknown
+    finally:
+        await catalog.close()
+
+
+@pytest.mark.parametrize("stored", ["not json", '"0011"', "[1, 2]", '{"a": 1}'])
+async def test_garbled_key_ids_make_the_catalog_unavailable(tmp_path: Path, stored: str) -> None:
+    path = write_db(tmp_path / "catalog.db", ROWS)
+    put_key_ids(path, "movie-1", stored)
+    catalog = SqliteCatalog(path)
+    try:
+        with pytest.raises(CatalogUnavailable) as info:
+            await catalog.get("movie-1")
+        assert isinstance(info.value.__cause__, ValueError)
+        assert await catalog.get("movie-3") is not None  # other rows still served
+    finally:
+        await catalog.close()
+
+
+def test_decode_row_takes_rows_with_and_without_key_ids() -> None:
+    old = decode_row("a", ("r", '["legacy"]', "[]"))
+    new = decode_row("a", ("r", '["legacy"]', "[]", f'["{KID_A}"]'))
+    assert old == CatalogEntry("a", "r", frozenset({"legacy"}), frozenset(), ())
+    assert new == CatalogEntry("a", "r", frozenset({"legacy"}), frozenset(), (KID_A,))
+    assert decode_row("a", ("r", None, "[]", None)).key_ids == ()
+
+
+async def test_a_schema_1_file_is_served_with_key_ids_unknown(schema_1_db: Path) -> None:
+    before = schema_1_db.read_bytes()
+    catalog = SqliteCatalog(schema_1_db)
+    try:
+        await catalog.ping()
+        assert await catalog.get("old-1") == CatalogEntry(
+            "old-1", "res-1", frozenset({"incoming", "legacy"}), frozenset({"kids"}), ()
+        )
+        assert await catalog.get("old-2") == CatalogEntry(
+            "old-2", None, frozenset({"legacy"}), frozenset(), ()
+        )
+        assert await catalog.get("nope") is None
+    finally:
+        await catalog.close()
+    assert schema_1_db.read_bytes() == before  # read-only: serving never migrates
+
+
+def test_create_schema_migrates_a_schema_1_file_once(schema_1_db: Path) -> None:
+    ensure_schema(schema_1_db)
+    ensure_schema(schema_1_db)  # idempotent: the column is added once
+    conn = sqlite3.connect(schema_1_db)
+    try:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(assets)")]
+        assert columns == [
+            "asset_id",
+            "drm_resource_id",
+            "key_holders",
+            "tags",
+            "updated_at",
+            "key_ids",
+        ]
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM assets WHERE key_ids IS NULL").fetchone() == (3,)
+    finally:
+        conn.close()
+
+
+def test_new_and_migrated_files_have_the_same_columns(tmp_path: Path, schema_1_db: Path) -> None:
+    ensure_schema(schema_1_db)
+    ensure_schema(tmp_path / "new.db")
+
+    def columns(path: Path) -> list[tuple[object, ...]]:
+        conn = sqlite3.connect(path)
+        try:
+            return conn.execute("PRAGMA table_info(assets)").fetchall()
+        finally:
+            conn.close()
+
+    assert columns(schema_1_db) == columns(tmp_path / "new.db")

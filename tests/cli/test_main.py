@@ -10,8 +10,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, cast
 
+import pytest
 import yaml
 
 from tests.conftest import ENV, free_ports, gateway_raw_config, write_catalog
@@ -198,6 +201,109 @@ def test_catalog_audit_of_missing_db(tmp_path: Path) -> None:
     result = run("catalog", "audit", "--db", str(tmp_path / "none.db"))
     assert result.returncode == 1
     assert "no such catalog database" in result.stderr
+
+
+KID = "00112233445566778899aabbccddeeff"
+KEYED_ROWS = [
+    "asset_id,drm_resource_id,key_holders,tags,key_ids",
+    f"keyed,r-1,,,{KID}|{KID.upper()}",
+    "unkeyed-1,r-2,,,",
+    "unkeyed-2,r-3,incoming,,",
+    "legacy-held,r-4,legacy,,",
+    f"short,r-5,,,{KID[:-1]}",
+    f"gap,r-6,,,{KID}||{KID}",
+    "guid,r-7,,,00112233-4455-6677-8899-AABBCCDDEEFF",
+]
+
+
+def keyed_config(tmp_path: Path, db: Path) -> Path:
+    """A gateway config over `db` whose `incoming` provider is of kind `keyed`."""
+    raw = gateway_raw_config(db, "http://a", "http://b")
+    raw["providers"]["incoming"]["kind"] = "keyed"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def test_catalog_import_with_key_ids_then_audit(tmp_path: Path) -> None:
+    source = tmp_path / "assets.csv"
+    source.write_text("\n".join(KEYED_ROWS) + "\n")
+    db = tmp_path / "catalog.db"
+    result = run("catalog", "import", str(source), "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "5 added, 0 updated, 2 rejected",
+        f"  line 6: key id '{KID[:-1]}' has 31 hex digits, expected 32",
+        "  line 7: key id 2 in key_ids is empty",
+    ]
+
+    # Without a config nothing says which providers need key ids: said so, on stderr.
+    result = run("catalog", "audit", "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "5 assets, 0 without a drm_resource_id (0.0%)\n"
+    assert "key ids not checked: give --config" in result.stderr
+
+    # With one (read like the rules tooling: no secret in the environment is needed).
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(gateway_raw_config(db, "http://a", "http://b")))
+    result = run("catalog", "audit", "--config", str(config), unset=tuple(ENV))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "no configured provider needs key ids"
+
+
+def test_catalog_audit_reports_key_ids_a_configured_provider_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from proxy.cli import main
+    from proxy.upstream import generic
+    from proxy.upstream.registry import PROVIDER_KINDS
+
+    # A kind that needs key ids (as Axinom's protocol does), serving like the generic one.
+    monkeypatch.setitem(
+        cast(dict[str, Any], PROVIDER_KINDS), "keyed", replace(generic.KIND, needs_key_ids=True)
+    )
+    source = tmp_path / "assets.csv"
+    source.write_text("\n".join(KEYED_ROWS) + "\n")
+    db = tmp_path / "catalog.db"
+    assert main(["catalog", "import", str(source), "--db", str(db)]) == 0
+    config = keyed_config(tmp_path, db)
+    for env in ENV:
+        monkeypatch.delenv(env, raising=False)
+    capsys.readouterr()
+
+    assert main(["catalog", "audit", "--config", str(config), "--limit", "1"]) == 0
+    out, err = capsys.readouterr()
+    # legacy-held is no gap: only legacy, which needs no key ids, holds its keys
+    assert out.splitlines() == [
+        "5 assets, 0 without a drm_resource_id (0.0%)",
+        "2 without key ids, which incoming needs (40.0%)",
+        "  unkeyed-1",
+        "  ... and 1 more",
+    ]
+    assert err == ""
+
+    other = tmp_path / "other.db"  # --db wins over the config's catalog file
+    assert main(["catalog", "import", str(source), "--db", str(other)]) == 0
+    other_source = tmp_path / "more.csv"
+    other_source.write_text("asset_id,drm_resource_id,key_holders,tags\nlate,r-9,,\n")
+    assert main(["catalog", "import", str(other_source), "--db", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["catalog", "audit", "--config", str(config), "--db", str(other)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "3 without key ids, which incoming needs (50.0%)",
+        "  late",
+        "  unkeyed-1",
+        "  unkeyed-2",
+    ]
+
+
+def test_catalog_audit_of_a_corrupt_db_fails_cleanly(tmp_path: Path) -> None:
+    db = tmp_path / "corrupt.db"
+    db.write_bytes(b"not a database" * 100)
+    result = run("catalog", "audit", "--db", str(db))
+    assert result.returncode == 1
+    assert "audit failed: cannot read the catalog database" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_rules_check_and_explain(tmp_path: Path) -> None:
