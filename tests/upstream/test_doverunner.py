@@ -12,7 +12,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -91,7 +91,10 @@ def provider_settings(
         "dr": {
             "kind": "doverunner",
             "base_url": base_url,
-            "license_urls": dict.fromkeys(("widevine", "playready", "fairplay"), path),
+            "license_urls": {
+                **dict.fromkeys(("widevine", "playready", "fairplay"), path),
+                "clearkey": "/ri/clearkey/licenseManager.do",
+            },
             "doverunner": section(**overrides),
         }
     }
@@ -257,7 +260,7 @@ def test_missing_section_secrets_and_bad_key_material_are_reported() -> None:
     ]
 
 
-def test_the_kind_serves_no_clearkey_nor_keys_and_takes_no_auth_section() -> None:
+def test_the_kind_serves_no_keys_and_takes_no_auth_section() -> None:
     raw = {
         "dr": {
             "kind": "doverunner",
@@ -272,7 +275,8 @@ def test_the_kind_serves_no_clearkey_nor_keys_and_takes_no_auth_section() -> Non
     }
     reader = ConfigReader(Path("."), ENV)
     parse_providers(reader, raw)
-    for text in ("does not serve clearkey", "HLS AES-128", "authenticates with its", "fixes its"):
+    assert not any("clearkey" in problem for problem in reader.problems)
+    for text in ("HLS AES-128", "authenticates with its", "fixes its"):
         assert any(text in problem for problem in reader.problems), (text, reader.problems)
     assert any("needs_drm_resource_id: is true" in p for p in reader.problems)
 
@@ -294,7 +298,7 @@ def test_the_deploy_example_passes_the_config_check(monkeypatch: pytest.MonkeyPa
     provider = config.providers["doverunner"]
     assert provider.kind == "doverunner" and provider.needs_drm_resource_id
     assert isinstance(provider.options, DoveRunnerOptions)
-    assert set(provider.license_urls) == {"widevine", "playready", "fairplay"}
+    assert set(provider.license_urls) == {"widevine", "playready", "fairplay", "clearkey"}
 
 
 def test_no_secret_shows_in_a_repr() -> None:
@@ -355,8 +359,17 @@ async def fake(aiohttp_server: Callable[..., Awaitable[Any]]) -> AsyncIterator[F
             return web.Response(text=base64.b64encode(b"CKC:" + spc).decode())
         return web.Response(body=b"LICENSE:" + body, content_type="application/octet-stream")
 
+    async def clearkey(request: web.Request) -> web.Response:
+        # The token-less ClearKey URL: site and content ids in the query, W3C JSON both ways.
+        assert not [h for h in request.headers if h.lower().endswith("-customdata-v2")]
+        state.seen.append(
+            ("query", request.content_type, request.query_string, await request.read())
+        )
+        return web.json_response({"keys": [], "type": "temporary"})
+
     app = web.Application()
     app.router.add_post("/ri/licenseManager.do", license_manager)
+    app.router.add_post("/ri/clearkey/licenseManager.do", clearkey)
     server = await aiohttp_server(app, host="127.0.0.1", port=0)
     state.url = str(server.make_url("/"))
     yield state
@@ -416,6 +429,22 @@ async def test_a_challenge_goes_as_is_with_the_token_header(
     assert header == "pallycon-customdata-v2" and content_type == "application/octet-stream"
     assert body == call.challenge
     check_token(token, drm_type=drm_type, user_id="user-1", cid="r-1")
+
+
+async def test_clearkey_goes_without_a_token_to_its_own_url_named_by_site_and_content(
+    fake: FakeDoveRunner, open_client: Any
+) -> None:
+    client = await open_client()
+    call = replace(
+        license_call("clearkey", res="r 1/&x"), challenge=b'{"kids":["ABEiM0RVZneImaq7zN3u_w"]}'
+    )
+    answer = await client.license(call, client.endpoint("clearkey"))
+    assert json.loads(answer.body) == {"keys": [], "type": "temporary"}
+    kind, content_type, query, body = fake.seen[-1]
+    assert (kind, content_type, body) == ("query", "application/json", call.challenge)
+    assert parse_qs(query, strict_parsing=True) == {"siteId": ["DEMO"], "cid": ["r 1/&x"]}
+    with pytest.raises(MissingResourceId):
+        await client.license(license_call("clearkey", res=None), client.endpoint("clearkey"))
 
 
 async def test_fairplay_goes_as_a_form_and_the_base64_ckc_comes_back_raw(
