@@ -7,7 +7,7 @@ import csv
 import io
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,10 +203,11 @@ async def make_stack(tmp_path: Path, log_buffer: io.StringIO) -> AsyncIterator[S
         incoming: dict[str, Any] | None = None,
         db: Path | None = None,
         configure: Callable[[dict[str, Any]], None] | None = None,
+        env: Mapping[str, str] | None = None,
         **sections: Any,
     ) -> Stack:
         """`legacy`/`incoming` override EmulatorSettings fields; `sections` replace config
-        sections; `configure(raw)` may edit the raw config last."""
+        sections; `configure(raw)` may edit the raw config last; `env` adds secrets."""
         legacy_emulator = await start_emulator(
             EmulatorSettings(
                 **{
@@ -236,7 +237,7 @@ async def make_stack(tmp_path: Path, log_buffer: io.StringIO) -> AsyncIterator[S
         raw = gateway_raw_config(db, legacy_emulator.url, incoming_emulator.url, **sections)
         if configure is not None:
             configure(raw)
-        config = parse_config(raw, base_dir=tmp_path, env=ENV)
+        config = parse_config(raw, base_dir=tmp_path, env={**ENV, **(env or {})})
         gateway = await start_gateway(config)
         started.append(gateway.stop)
         return Stack(gateway, legacy_emulator, incoming_emulator, http, anon, config, log_buffer)

@@ -557,3 +557,59 @@ def test_check_deploy_script_passes() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "check-deploy: all" in result.stdout
+
+
+EXAMPLE_PROVIDERS = sorted((ROOT / "deploy" / "examples" / "providers").glob("*.yaml"))
+
+
+def test_there_is_a_provider_example_per_kind() -> None:
+    from proxy.upstream.registry import PROVIDER_KINDS
+
+    assert {p.stem for p in EXAMPLE_PROVIDERS} == set(PROVIDER_KINDS) - {"generic"}
+
+
+@pytest.mark.parametrize("example", EXAMPLE_PROVIDERS, ids=lambda p: p.stem)
+def test_each_provider_example_passes_config_check(example: Path) -> None:
+    """Layered over the demo config, as the example files say to use them."""
+    from proxy.dev.kinds import kind_env
+
+    demo = ROOT / "proxy" / "dev" / "demo_data" / "gateway.yaml"
+    demo_env = {
+        "LEGACY_API_KEY": "k" * 20,
+        "INCOMING_JWT_KEY": "j" * 40,
+        "ADMIN_TOKEN": "a" * 20,
+        "PLAYER_JWT_SECRET": "p" * 40,
+    }
+    env = {**os.environ, **demo_env, **kind_env(example.stem)}
+    done = subprocess.run(
+        [
+            os.fspath(ROOT / ".venv" / "bin" / "drm-gateway"),
+            "config",
+            "check",
+            str(demo),
+            str(example),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Without its secrets the check names each missing variable, and no value.
+    bare = {k: v for k, v in env.items() if k not in kind_env(example.stem)}
+    refused = subprocess.run(
+        [
+            os.fspath(ROOT / ".venv" / "bin" / "drm-gateway"),
+            "config",
+            "check",
+            str(demo),
+            str(example),
+        ],
+        capture_output=True,
+        text=True,
+        env=bare,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    for name in kind_env(example.stem):
+        assert name in refused.stdout + refused.stderr

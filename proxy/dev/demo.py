@@ -180,10 +180,12 @@ def write_demo_files(workdir: Path, count: int) -> Path:
     source = workdir / "catalog.csv"
     with source.open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
-        writer.writerow(["asset_id", "drm_resource_id", "key_holders", "tags"])
+        writer.writerow(["asset_id", "drm_resource_id", "key_holders", "tags", "key_ids"])
         for a in assets:
             holders = "|".join(a.key_holders) if a.key_holders else ""
-            writer.writerow([a.asset_id, a.drm_resource_id or "", holders, "|".join(a.tags)])
+            # Every demo title is packaged with the one demo key id (see demo_stream).
+            row = [a.asset_id, a.drm_resource_id or "", holders, "|".join(a.tags), DEMO_KEY_ID]
+            writer.writerow(row)
     db = workdir / "catalog.db"
     db.unlink(missing_ok=True)
     import_file(source, db)

@@ -38,6 +38,7 @@ from proxy.dev.demo import (
     demo_stream,
 )
 from proxy.dev.emulator.settings import DEMO_LEGACY_API_KEY
+from proxy.dev.kinds import KIND_ENV
 from proxy.dev.media import (
     INSTALL_COMMAND,
     PACKAGER_SPEC,
@@ -376,7 +377,9 @@ def test_the_shipped_demo_config_loads_with_its_files_on_the_demo_ports(
     assert config.catalog.path == DEMO_DATA / "catalog.db"  # written by the demo, in its copy
     certificate = x509.load_der_x509_certificate(config.fairplay.certificate or b"")
     assert certificate.subject.rfc4514_string() == "CN=drm-gateway demo FairPlay"
-    assert sorted(p.name for p in DEMO_DATA.iterdir()) == sorted(DEMO_FILES)
+    assert sorted(p.name for p in DEMO_DATA.iterdir() if p.is_file()) == sorted(DEMO_FILES)
+    # One provider section per emulated kind (proxy/dev/kinds.py), shipped beside them.
+    assert {p.stem for p in (DEMO_DATA / "providers").iterdir()} == set(KIND_ENV)
 
 
 def test_the_demo_installs_the_tool_versions_the_tests_use() -> None:
