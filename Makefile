@@ -22,12 +22,15 @@ tools: install
 # The demo's five ports are 8080-8084: `make demo PORTS=18080` moves them all (18080-18084),
 # DEMO_PUBLIC_PORT, DEMO_LEGACY_PORT, DEMO_INCOMING_PORT, DEMO_INTERNAL_PORT and
 # DEMO_PLAYER_PORT move one each (`drm-gateway demo --help` lists the flags).
+# LEGACY_KIND / INCOMING_KIND pick the providers' kinds, e.g. `make demo INCOMING_KIND=doverunner`.
 DEMO_FLAGS = $(if $(PORTS),--ports $(PORTS)) \
 	$(if $(DEMO_PUBLIC_PORT),--public-port $(DEMO_PUBLIC_PORT)) \
 	$(if $(DEMO_LEGACY_PORT),--legacy-port $(DEMO_LEGACY_PORT)) \
 	$(if $(DEMO_INCOMING_PORT),--incoming-port $(DEMO_INCOMING_PORT)) \
 	$(if $(DEMO_INTERNAL_PORT),--internal-port $(DEMO_INTERNAL_PORT)) \
-	$(if $(DEMO_PLAYER_PORT),--player-port $(DEMO_PLAYER_PORT))
+	$(if $(DEMO_PLAYER_PORT),--player-port $(DEMO_PLAYER_PORT)) \
+	$(if $(LEGACY_KIND),--legacy-kind $(LEGACY_KIND)) \
+	$(if $(INCOMING_KIND),--incoming-kind $(INCOMING_KIND))
 
 demo: install
 	$(BIN)/drm-gateway demo $(strip $(DEMO_FLAGS))

@@ -28,7 +28,9 @@ from typing import Any
 from proxy.catalog.importer import import_file
 from proxy.config import Config, load_config
 from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
-from proxy.dev.emulator.settings import DEMO_LEGACY_API_KEY, DEMO_SEED
+from proxy.dev.emulator.kinds import demo_secrets
+from proxy.dev.emulator.settings import DEMO_LEGACY_API_KEY, DEMO_SEED, PROVIDER_KINDS
+from proxy.dev.kinds import kind_env, provider_section
 from proxy.dev.media import install_commands
 from proxy.dev.player import (
     DemoStream,
@@ -46,11 +48,30 @@ DEMO_FILES = ("gateway.yaml", "routing.yaml", "fairplay-cert.der")
 DEMO_INCOMING_JWT_KEY = "demo-incoming-jwt-key-0123456789abcdef"  # 38 bytes, HS256
 DEMO_ADMIN_TOKEN = "demo-admin-token-change-me"
 DEMO_PLAYER_SECRET = "demo-player-jwt-secret-0123456789abcdef"
+DEMO_ASSETS = 10_000  # titles in the demo catalog
 # A fixed, documented key id so the printed examples are stable.
 DEMO_KEY_ID = "00112233445566778899aabbccddeeff"
 # The titles the examples use: keys at both providers (so the rules decide), at legacy only,
 # at incoming only. The player page plays the first.
 BOTH_ASSET, LEGACY_ONLY_ASSET, INCOMING_ONLY_ASSET = "asset-00003", "asset-00000", "asset-00009"
+
+# The provider kinds each role can run as (`generic`: the demo's own emulated provider). The
+# legacy provider must serve titles that have no drmResourceId yet, so only kinds that do not
+# need one can play it.
+GENERIC = "generic"
+INCOMING_KINDS = (GENERIC, *PROVIDER_KINDS)
+LEGACY_KINDS = (GENERIC, "ezdrm", "axinom")
+# How each kind's emulator finds a title: by the content id its protocol carries.
+_CONTENT_BY_ASSET = frozenset({"ezdrm"})  # EZDRM's FairPlay URL names the asset
+_CONTENT_BY_KEY_ID = frozenset({"axinom"})  # Axinom's entitlement lists key ids
+
+
+@dataclass(frozen=True, slots=True)
+class DemoKinds:
+    """Which provider kind plays each role (`generic`: the demo's own emulators)."""
+
+    legacy: str = GENERIC
+    incoming: str = GENERIC
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +234,6 @@ def copy_demo_config(workdir: Path) -> Path:
     return workdir / DEMO_FILES[0]
 
 
-def _resources(path: Path) -> dict[str, str]:
-    pairs = (line.split(",", 1) for line in path.read_text().split())
-    return {p[0]: p[-1] for p in pairs}
-
-
 def demo_player_token() -> str:
     """A player token entitled to every demo asset, valid for 24 hours."""
     from proxy.access.player_tokens import issue_token
@@ -248,12 +264,17 @@ class PlayerStatus:
     server: str | None = None
     missing: tuple[str, ...] = ()
     install: tuple[str, ...] = ()
+    unplayable: bool = False  # no provider of this demo serves ClearKey
 
 
 def player_section(
     status: PlayerStatus, *, public: str, internal: str, token: str, admin_token: str, rules: Path
 ) -> str:
     """The banner's "Watch it play" lines: the page link, or how to get the page."""
+    if status.unplayable:
+        return """Watch it play: the player page plays DASH ClearKey, and neither provider kind of
+this demo serves ClearKey (start it with the generic or doverunner incoming kind to watch).
+"""
     if status.server is not None:
         stream = demo_stream()
         link = player_url(
@@ -279,6 +300,40 @@ missing here: {", ".join(status.missing)}. Install them, then start the demo aga
 {commands}"""
 
 
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The DRM systems (aes128: HLS keys) each role's provider serves in this demo."""
+
+    legacy: frozenset[str]
+    incoming: frozenset[str]
+
+    def title_for(self, drm: str) -> str | None:
+        """A title whose `drm` request some provider serves: the incoming-only one where the
+        incoming provider serves it, else one the legacy provider holds; None: nobody does."""
+        if drm in self.incoming:
+            return INCOMING_ONLY_ASSET
+        return BOTH_ASSET if drm in self.legacy else None
+
+
+def _optional_examples(public: str, auth: str, token: str, served: Served) -> str:
+    """The ClearKey and HLS key examples, for the titles a provider here serves them for."""
+    kid_b64 = base64.urlsafe_b64encode(bytes.fromhex(DEMO_KEY_ID)).rstrip(b"=").decode()
+    lines = []
+    clearkey, key = served.title_for("clearkey"), served.title_for("aes128")
+    if clearkey is not None:
+        lines.append(
+            f"""  curl -s -X POST {auth} -H 'Content-Type: application/json' \\
+       --data '{{"kids":["{kid_b64}"],"type":"temporary"}}' \\
+       {public}/v1/license/clearkey/{clearkey}"""
+        )
+    if key is not None:
+        lines.append(f"  curl -s '{public}/v1/keys/{key}/{DEMO_KEY_ID}?token={token}' | xxd")
+    unserved = [name for name, title in (("ClearKey", clearkey), ("HLS keys", key)) if not title]
+    if unserved:
+        lines.append(f"  # no provider kind of this demo serves {' or '.join(unserved)}")
+    return "\n".join(lines)
+
+
 def print_banner(
     public: str,
     internal: str,
@@ -287,11 +342,14 @@ def print_banner(
     workdir: Path,
     admin_token: str,
     player: PlayerStatus,
+    kinds: DemoKinds = DemoKinds(),
+    served: Served | None = None,
 ) -> None:
     """Print where everything runs and examples that work as printed."""
-    kid_b64 = base64.urlsafe_b64encode(bytes.fromhex(DEMO_KEY_ID)).rstrip(b"=").decode()
     token = demo_player_token()
     auth = f"-H 'Authorization: Bearer {token}'"
+    all_drms = frozenset({"widevine", "playready", "fairplay", "clearkey", "aes128"})
+    optional = _optional_examples(public, auth, token, served or Served(all_drms, all_drms))
     both, legacy_only, incoming_only = BOTH_ASSET, LEGACY_ONLY_ASSET, INCOMING_ONLY_ASSET
     rules = workdir / "routing.yaml"
     watch = player_section(
@@ -308,8 +366,8 @@ drm-gateway demo is running (Ctrl-C stops everything)
 
   gateway, public     {public}
   gateway, internal   {internal}   (/healthz /readyz /metrics)
-  legacy emulator     {legacy}
-  incoming emulator   {incoming}
+  legacy emulator     {legacy}   (kind {kinds.legacy})
+  incoming emulator   {incoming}   (kind {kinds.incoming})
   demo key seed       {DEMO_SEED.decode()}   (key = HMAC-SHA256(seed, "<resource>:<kid hex>")[:16])
   config              {workdir / "gateway.yaml"}   (ports and provider URLs as above)
   catalog             10,000 assets in {workdir / "catalog.db"}
@@ -328,10 +386,7 @@ Try it (each line works as printed):
        --data '<challenge>demo</challenge>' {public}/v1/license/playready/{legacy_only}
   curl -s -X POST {auth} -H 'Content-Type: application/octet-stream' \\
        --data-binary @{workdir / "fairplay-spc.bin"} {public}/v1/license/fairplay/{both} | xxd
-  curl -s -X POST {auth} -H 'Content-Type: application/json' \\
-       --data '{{"kids":["{kid_b64}"],"type":"temporary"}}' \\
-       {public}/v1/license/clearkey/{incoming_only}
-  curl -s '{public}/v1/keys/{both}/{DEMO_KEY_ID}?token={token}' | xxd
+{optional}
   curl -s {public}/v1/certificate/fairplay | openssl x509 -inform der -noout -subject
   curl -s {internal}/metrics | grep drm_gateway_requests_total
 
@@ -374,6 +429,7 @@ async def run_demo(
     host: str = "127.0.0.1",
     tools: PlayerTools | None = None,
     missing: tuple[str, ...] = (),
+    kinds: DemoKinds = DemoKinds(),
 ) -> None:
     """Start everything, print the examples, run until SIGINT/SIGTERM.
 
@@ -385,15 +441,26 @@ async def run_demo(
     os.environ.setdefault("INCOMING_JWT_KEY", DEMO_INCOMING_JWT_KEY)
     os.environ.setdefault("ADMIN_TOKEN", DEMO_ADMIN_TOKEN)
     os.environ.setdefault("PLAYER_JWT_SECRET", DEMO_PLAYER_SECRET)
+    for kind in (kinds.legacy, kinds.incoming):
+        for name, value in kind_env(kind).items():
+            os.environ.setdefault(name, value)
     config_path = copy_demo_config(workdir)
-    write_demo_files(workdir, 10_000)
-    legacy, incoming = await _start_emulators(workdir, host, ports)
-    gateway = await start_gateway(
-        _demo_config(config_path, host, ports, _shown(legacy.url), _shown(incoming.url))
-    )
-    server = await _serve_player(workdir, tools, host, ports.player) if tools else None
+    write_demo_files(workdir, DEMO_ASSETS)
+    legacy, incoming = await _start_emulators(workdir, host, ports, kinds)
+    config = _demo_config(config_path, host, ports, kinds, _shown(legacy.url), _shown(incoming.url))
+    gateway = await start_gateway(config)
+    served = Served(*(config.providers[role].traits.serves or frozenset() for role in ROLES))
+    playable = "clearkey" in served.legacy | served.incoming  # the page plays DASH ClearKey
+    server = None
+    if tools and playable:
+        server = await _serve_player(workdir, tools, host, ports.player)
     install = tuple(install_commands(missing, workdir))
-    player = PlayerStatus(_shown(server.url)) if server else PlayerStatus(None, missing, install)
+    if not playable:
+        player = PlayerStatus(unplayable=True)
+    elif server is not None:
+        player = PlayerStatus(_shown(server.url))
+    else:
+        player = PlayerStatus(None, missing, install)
     print_banner(
         _shown(gateway.public_url),
         _shown(gateway.internal_url),
@@ -402,6 +469,8 @@ async def run_demo(
         workdir,
         os.environ["ADMIN_TOKEN"],
         player,
+        kinds,
+        served,
     )
     await _wait_for_signal()
     if server is not None:
@@ -412,44 +481,69 @@ async def run_demo(
     print("demo stopped", flush=True)
 
 
-def _demo_config(path: Path, host: str, ports: DemoPorts, legacy: str, incoming: str) -> Config:
-    """The work directory's config with the listeners and provider URLs of this run."""
-    return load_config(
-        path,
-        overrides={
-            "server.public.host": host,
-            "server.public.port": ports.public,
-            "server.internal.host": host,
-            "server.internal.port": ports.internal,
-            "providers.legacy.base_url": legacy,
-            "providers.incoming.base_url": incoming,
-            "cors.allowed_origins": _player_origins(ports.player),
-        },
+def _demo_config(
+    path: Path, host: str, ports: DemoPorts, kinds: DemoKinds, legacy: str, incoming: str
+) -> Config:
+    """The work directory's config with the listeners and provider URLs of this run; a role
+    played by a provider kind gets that kind's section (demo_data/providers/)."""
+    overrides: dict[str, Any] = {
+        "server.public.host": host,
+        "server.public.port": ports.public,
+        "server.internal.host": host,
+        "server.internal.port": ports.internal,
+        "cors.allowed_origins": _player_origins(ports.player),
+    }
+    for role, kind, url in (
+        ("legacy", kinds.legacy, legacy),
+        ("incoming", kinds.incoming, incoming),
+    ):
+        if kind == GENERIC:
+            overrides[f"providers.{role}.base_url"] = url
+        else:
+            overrides[f"providers.{role}"] = provider_section(kind, url)
+    return load_config(path, overrides=overrides)
+
+
+ROLES = ("legacy", "incoming")
+
+
+def emulator_resources(kind: str, role: str, assets: list[DemoAsset]) -> dict[str, str]:
+    """What the `role` provider's emulator of `kind` knows: each title it holds, by the
+    content id its protocol names, mapped to the id the title's keys derive from."""
+    held = [a for a in assets if _held_by(a, role)]
+    if kind in _CONTENT_BY_KEY_ID:
+        return {DEMO_KEY_ID: DEMO_KEY_ID}  # every demo title is packaged with this key id
+    if kind in _CONTENT_BY_ASSET or (kind, role) == (GENERIC, "legacy"):
+        return {a.asset_id: a.derivation_id for a in held}
+    return {a.drm_resource_id: a.derivation_id for a in held if a.drm_resource_id}
+
+
+def _emulator_settings(kind: str, role: str, assets: list[DemoAsset]) -> EmulatorSettings:
+    resources = emulator_resources(kind, role, assets)
+    if kind != GENERIC:
+        return EmulatorSettings(kind=kind, resources=resources, secrets=demo_secrets(kind))
+    if role == "legacy":  # a static API key
+        return EmulatorSettings(
+            kind="legacy", api_key=os.environ["LEGACY_API_KEY"], resources=resources
+        )
+    return EmulatorSettings(  # verifying the gateway's per-request JWTs
+        kind="incoming",
+        resources=resources,
+        jwt_keys={"demo-1": os.environ["INCOMING_JWT_KEY"].encode()},
+        jwt_algorithms=("HS256",),
     )
 
 
 async def _start_emulators(
-    workdir: Path, host: str, ports: DemoPorts
+    workdir: Path, host: str, ports: DemoPorts, kinds: DemoKinds
 ) -> tuple[RunningEmulator, RunningEmulator]:
-    """The legacy provider (API key) and the incoming one, verifying the gateway's JWTs."""
+    """One emulator per role, of the kind that plays it."""
+    assets = demo_assets(DEMO_ASSETS)
     legacy = await start_emulator(
-        EmulatorSettings(
-            kind="legacy",
-            api_key=os.environ["LEGACY_API_KEY"],
-            resources=_resources(workdir / "legacy-resources.txt"),
-        ),
-        host,
-        ports.legacy,
+        _emulator_settings(kinds.legacy, "legacy", assets), host, ports.legacy
     )
     incoming = await start_emulator(
-        EmulatorSettings(
-            kind="incoming",
-            resources=_resources(workdir / "incoming-resources.txt"),
-            jwt_keys={"demo-1": os.environ["INCOMING_JWT_KEY"].encode()},
-            jwt_algorithms=("HS256",),
-        ),
-        host,
-        ports.incoming,
+        _emulator_settings(kinds.incoming, "incoming", assets), host, ports.incoming
     )
     return legacy, incoming
 
@@ -505,6 +599,19 @@ def register(subparsers: Any) -> None:
         metavar="BASE",
         help=f"the five ports are BASE..BASE+4 (default {DEFAULT_BASE_PORT}; make demo PORTS=BASE)",
     )
+    parser.add_argument(
+        "--legacy-kind",
+        choices=LEGACY_KINDS,
+        default=GENERIC,
+        help="the legacy provider's kind (only kinds that need no drmResourceId: it serves the "
+        "titles that have none yet)",
+    )
+    parser.add_argument(
+        "--incoming-kind",
+        choices=INCOMING_KINDS,
+        default=GENERIC,
+        help="the incoming provider's kind (generic: the demo's own JWT provider)",
+    )
     for port in DEMO_PORTS:
         parser.add_argument(
             port.flag,
@@ -528,8 +635,14 @@ def run_demo_command(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
         return 1
     configure_logging(level="info", fmt="auto", cache=True)
+    kinds = DemoKinds(args.legacy_kind, args.incoming_kind)
     demo = run_demo(
-        workdir=args.dir, ports=ports, host=args.host, tools=tools, missing=tuple(missing)
+        workdir=args.dir,
+        ports=ports,
+        host=args.host,
+        tools=tools,
+        missing=tuple(missing),
+        kinds=kinds,
     )
     try:
         run_event_loop(demo)

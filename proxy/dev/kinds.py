@@ -39,5 +39,7 @@ def provider_section(kind: str, base_url: str) -> dict[str, Any]:
 
 def kind_env(kind: str) -> dict[str, str]:
     """The environment a `kind` provider's section reads: the emulator's demo secrets."""
+    if kind not in KIND_ENV:  # the demo's own generic providers read no kind secrets
+        return {}
     secrets = demo_secrets(kind)
-    return {name: secrets[secret] for name, secret in KIND_ENV.get(kind, {}).items()}
+    return {name: secrets[secret] for name, secret in KIND_ENV[kind].items()}
