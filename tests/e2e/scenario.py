@@ -20,6 +20,8 @@ from urllib.parse import urlencode
 
 from proxy.access.player_tokens import issue_token
 from proxy.dev.emulator import RunningEmulator, derive_key
+from proxy.dev.emulator.kinds import demo_secrets
+from proxy.dev.kinds import kind_env, provider_section
 from tests.conftest import SEED, Stack, StackFactory, write_catalog
 from tests.e2e.media import TOKEN_PLACEHOLDER, HlsMedia, package_dash, package_hls
 from tests.e2e.server import StaticServer
@@ -157,8 +159,11 @@ class Scene:
         return lines
 
 
-async def start_scene(make_stack: StackFactory, tmp_path: Path, static: StaticServer) -> Scene:
-    """Start both emulators and the gateway with the e2e catalog, rules, auth and CORS."""
+async def start_scene(
+    make_stack: StackFactory, tmp_path: Path, static: StaticServer, *, incoming_kind: str = ""
+) -> Scene:
+    """Start both emulators and the gateway with the e2e catalog, rules, auth and CORS; with
+    `incoming_kind` the incoming provider is that provider kind, against its emulator."""
     player_secret = secrets.token_bytes(32)
     admin_token = secrets.token_urlsafe(24)
     secret_file = tmp_path / "player-jwt-secret"
@@ -180,11 +185,18 @@ async def start_scene(make_stack: StackFactory, tmp_path: Path, static: StaticSe
             "leeway_seconds": 30,
         }
         raw["cors"] = {"allowed_origins": [static.url], "allow_credentials": False}
+        if incoming_kind:
+            url = raw["providers"]["incoming"]["base_url"]
+            raw["providers"]["incoming"] = provider_section(incoming_kind, url)
 
+    incoming: dict[str, Any] = {"resources": INCOMING_RESOURCES}
+    if incoming_kind:
+        incoming |= {"kind": incoming_kind, "secrets": dict(demo_secrets(incoming_kind))}
     stack = await make_stack(
         legacy={"resources": LEGACY_RESOURCES},
-        incoming={"resources": INCOMING_RESOURCES},
+        incoming=incoming,
         db=write_catalog(tmp_path / "e2e-catalog.db", CATALOG),
         configure=configure,
+        env=kind_env(incoming_kind) if incoming_kind else None,
     )
     return Scene(stack, static, tmp_path / "media", player_secret, admin_token)
