@@ -136,15 +136,6 @@ def cmd_catalog_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _token_settings(config: Config, provider: str) -> Any:
-    settings = config.providers.get(provider)
-    if settings is None:
-        raise SystemExit(f"unknown provider '{provider}' (known: {', '.join(config.providers)})")
-    if settings.auth.token is None:
-        raise SystemExit(f"provider '{provider}' does not use signed tokens (auth type jwt)")
-    return settings.auth.token
-
-
 def _catalog_entry(settings: CatalogSettings, asset_id: str) -> Any:
     """The asset's catalog entry straight from the backend (no cache); exits if unknown."""
     from proxy.catalog import build_catalog
@@ -162,50 +153,74 @@ def _catalog_entry(settings: CatalogSettings, asset_id: str) -> Any:
     return entry
 
 
-def _resource_id(config: Config, asset_id: str) -> str | None:
-    """The asset's drmResourceId from the catalog."""
-    resource_id: str | None = _catalog_entry(config.catalog, asset_id).drm_resource_id
-    return resource_id
+def _token_usage(message: object) -> int:
+    """A usage or config problem of the token commands: said on stderr, exit status 2."""
+    print(f"drm-gateway token: {message}", file=sys.stderr)
+    return 2
+
+
+def _token_provider(config: Config, name: str) -> Any:
+    settings = config.providers.get(name)
+    if settings is None:
+        raise SystemExit(
+            _token_usage(f"unknown provider '{name}' (known: {', '.join(config.providers)})")
+        )
+    return settings
+
+
+def _token_entry(config: Config, asset_id: str) -> Any:
+    """The asset's catalog entry; an unknown asset is a usage problem (exit status 2)."""
+    try:
+        return _catalog_entry(config.catalog, asset_id)
+    except SystemExit as exc:
+        raise SystemExit(_token_usage(exc.code)) from None
+
+
+def _challenge(path: Path | None) -> bytes | None:
+    try:
+        return path.read_bytes() if path is not None else None
+    except OSError as exc:
+        raise SystemExit(_token_usage(f"cannot read {path} ({exc.strerror})")) from None
 
 
 def cmd_token_sign(args: argparse.Namespace) -> int:
-    from proxy.errors import MissingResourceId
-    from proxy.upstream.signer import TokenContext, TokenSigner
+    from proxy.cli.token_check import CannotSign, NotApplicable, SignRequest, sign
 
     config = _load_or_exit(args.config)
-    signer = TokenSigner(_token_settings(config, args.provider))
-    context = TokenContext(
-        drm_resource_id=_resource_id(config, args.asset),
-        asset_id=args.asset,
-        drm=args.drm,
-        user_id=args.user,
-        request_id="cli",
-    )
+    settings = _token_provider(config, args.provider)
+    entry = _token_entry(config, args.asset)
+    request = SignRequest(entry, args.drm, args.user, _challenge(args.challenge))
     try:
-        print(signer.sign(context))
-    except MissingResourceId as exc:
-        print(f"cannot sign: {exc.message}", file=sys.stderr)
+        signed = sign(settings, request)
+    except NotApplicable as exc:
+        return _token_usage(exc)
+    except CannotSign as exc:
+        print(f"cannot sign: {exc}", file=sys.stderr)
         return 1
+    # stdout: the values exactly as sent, one a line; stderr: where each goes, and notes.
+    for number, credential in enumerate(signed.credentials, 1):
+        print(credential.value)
+        line = f" (stdout line {number})" if len(signed.credentials) > 1 else ""
+        print(f"sent as {credential.where}{line}", file=sys.stderr)
+    for note in signed.notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
 def cmd_token_verify(args: argparse.Namespace) -> int:
-    from proxy.cli.token_check import explain_token
+    from proxy.cli.token_check import NotApplicable, VerifyRequest, format_verdict, verify
 
     config = _load_or_exit(args.config)
-    expected = _resource_id(config, args.asset) if args.asset else None
-    problems = explain_token(
-        args.token.strip(),
-        _token_settings(config, args.provider),
-        expected_resource_id=expected,
-        resource_claim=args.resource_claim,
-    )
-    if not problems:
-        print("ok: signature, lifetime and claims are valid")
-        return 0
-    for problem in problems:
-        print(f"- {problem}")
-    return 1
+    settings = _token_provider(config, args.provider)
+    entry = _token_entry(config, args.asset) if args.asset else None
+    credential = sys.stdin.read() if args.token == "-" else args.token
+    request = VerifyRequest(credential, entry, resource_claim=args.resource_claim)
+    try:
+        verdict = verify(settings, request)
+    except NotApplicable as exc:
+        return _token_usage(exc)
+    print(format_verdict(verdict))
+    return 1 if verdict.problems else 0
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
@@ -272,20 +287,43 @@ def _add_rules_commands(commands: Any) -> None:
 
 
 def _add_token_commands(commands: Any) -> None:
-    token = commands.add_parser("token", help="provider token tools (debugging)")
+    token = commands.add_parser("token", help="provider credential tools (debugging)")
     token_cmds = token.add_subparsers(dest="token_command", required=True)
-    sign = token_cmds.add_parser("sign", help="print a provider token for an asset (stdout)")
-    verify = token_cmds.add_parser("verify", help="explain whether a provider token is valid")
+    sign = token_cmds.add_parser(
+        "sign",
+        help="print the credential(s) the gateway would send the provider for an asset",
+        description="stdout: each credential value exactly as sent, one a line; stderr: "
+        "where each goes. Exit 1: the asset lacks what the kind needs; 2: usage or config.",
+    )
+    verify = token_cmds.add_parser(
+        "verify",
+        help="decode a provider credential with the config's keys and say why it is refused",
+        description="Exit 0: the provider would accept it; 1: refused (the reasons are "
+        "printed); 2: usage or config. Prints the decoded claims or custom data, never a key.",
+    )
     for parser in (sign, verify):
         parser.add_argument("--config", type=Path, required=True)
         parser.add_argument("--provider", required=True)
     sign.add_argument("--asset", required=True)
     sign.add_argument("--drm", required=True, choices=ALL_DRMS)
     sign.add_argument("--user", default=None)
+    sign.add_argument(
+        "--challenge",
+        type=Path,
+        help="widevine-cloud: the Widevine challenge the envelope wraps (default: a placeholder)",
+    )
     sign.set_defaults(func=cmd_token_sign)
-    verify.add_argument("token", help="the JWT (a shell variable, never typed on a shared screen)")
-    verify.add_argument("--asset", help="also check the drmResourceId claim against this asset")
-    verify.add_argument("--resource-claim", default="drmResourceId", help="dotted claim path")
+    verify.add_argument(
+        "token",
+        help="the credential as `token sign` prints it, or - to read it from stdin "
+        "(a shell variable, never typed on a shared screen)",
+    )
+    verify.add_argument(
+        "--asset", help="also check the credential names this asset (drmResourceId or key ids)"
+    )
+    verify.add_argument(
+        "--resource-claim", default="drmResourceId", help="generic kind: dotted claim path"
+    )
     verify.set_defaults(func=cmd_token_verify)
 
 

@@ -110,7 +110,7 @@ def parse_options(reader: ConfigReader, raw: Any, path: str) -> AxinomOptions | 
             f"{path}.message_lifetime_seconds", f"must be at most {MAX_MESSAGE_LIFETIME} seconds"
         )
     license_ = _license_section(reader, section.get("license"), f"{path}.license")
-    if len(reader.problems) > before or com_key is None:
+    if len(reader.problems) > before or com_key is None or com_key_id is None:
         return None
     return AxinomOptions(com_key_id.lower(), com_key, lifetime, license_)
 
@@ -351,6 +351,56 @@ class AxinomProvider:
         token = self.signer.sign(key_ids)
         self._tokens_signed.inc()
         return token
+
+
+# --- reading a message back (`drm-gateway token verify`) ---------------------------------------
+
+
+def verify_message(token: str, com_key: bytes) -> dict[str, Any]:
+    """The claims of an `X-AxDRM-Message` signed HS256 with `com_key` (the decoded key), as
+    the License Service checks it; ValueError says why not, never quoting the key."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ValueError("not a JWT (header.payload.signature)")
+    header, claims = _segment_json(parts[0]), _segment_json(parts[1])
+    if header.get("alg") != "HS256":
+        raise ValueError("the header's alg is not HS256")
+    signature = _segment_bytes(parts[2])
+    expected = hmac.new(com_key, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest()
+    if not hmac.compare_digest(signature, expected):
+        raise ValueError("the signature does not match the communication key")
+    return claims
+
+
+def entitled_key_ids(claims: Mapping[str, Any]) -> tuple[str, ...]:
+    """The key ids a message's `content_keys_source.inline` entitles, as 32 lowercase hex
+    digits each; ValueError when the message holds no such list of GUIDs."""
+    message = claims.get("message")
+    source = message.get("content_keys_source") if isinstance(message, dict) else None
+    inline = source.get("inline") if isinstance(source, dict) else None
+    if not isinstance(inline, list) or not inline:
+        raise ValueError("the message has no content_keys_source.inline key list")
+    ids = [item.get("id") if isinstance(item, dict) else None for item in inline]
+    if not all(isinstance(i, str) and GUID.match(i) for i in ids):
+        raise ValueError("an inline key id is not a GUID")
+    return tuple(str(i).replace("-", "").lower() for i in ids)
+
+
+def _segment_bytes(segment: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError("a segment is not base64url") from None
+
+
+def _segment_json(segment: str) -> dict[str, Any]:
+    try:
+        document = json.loads(_segment_bytes(segment))
+    except (ValueError, RecursionError):
+        raise ValueError("a segment is not base64url JSON") from None
+    if not isinstance(document, dict):
+        raise ValueError("a segment is not a JSON object")
+    return document
 
 
 KIND = ProviderKind(

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import calendar
 import hashlib
 import json
 import re
@@ -81,6 +82,10 @@ DRM_TYPES: Mapping[str, str] = {
 CLEARKEY = "clearkey"  # served at its own token-less URL (see above)
 NO_USER = "LICENSETOKEN"
 POLICY_IV = b"0123456789abcdef"
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+TOKEN_LIFETIME_SECONDS = 600  # how long the service accepts a token's timestamp (guide)
+# The token's fields the hash covers, in order, after the access key (License Token Guide).
+HASHED_FIELDS = ("drm_type", "site_id", "user_id", "cid", "policy", "timestamp")
 SITE_KEY_LENGTH = 32
 CHALLENGE_CONTENT_TYPE = "application/octet-stream"
 # The License Error Code page, every code it lists (bounded `provider_error` labels).
@@ -138,7 +143,8 @@ def parse_options(reader: ConfigReader, raw: Any, path: str) -> DoveRunnerOption
     key_rotation = reader.value(section, "key_rotation", path, bool, False)
     if len(reader.problems) > before:
         return None
-    assert site_key is not None and access_key is not None and policy is not None
+    assert site_id is not None and site_key is not None
+    assert access_key is not None and policy is not None
     return DoveRunnerOptions(
         site_id=site_id,
         site_key=site_key,
@@ -389,6 +395,53 @@ def decode_token(token: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ValueError("not a DoveRunner license token")
     return document
+
+
+def decrypt_policy(policy: str, site_key: bytes) -> dict[str, Any]:
+    """The policy JSON object a token's `policy` field encrypts (`encrypt_policy` undone);
+    ValueError when it is not base64 or does not decrypt with `site_key` to a JSON object."""
+    try:
+        data = base64.b64decode(policy, validate=True)
+        decryptor = Cipher(algorithms.AES(site_key), modes.CBC(POLICY_IV)).decryptor()
+        padded = decryptor.update(data) + decryptor.finalize()
+        unpadder = padding.PKCS7(algorithms.AES.block_size).unpadder()
+        document = json.loads(unpadder.update(padded) + unpadder.finalize())
+    except (ValueError, RecursionError) as exc:  # binascii and Unicode errors included
+        raise ValueError("the policy does not decrypt with the site key") from exc
+    if not isinstance(document, dict):
+        raise ValueError("the policy does not decrypt with the site key")
+    return document
+
+
+def mask_key_material(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a decrypted policy with its external content keys replaced, for display."""
+    masked = dict(policy)
+    if "external_key" in masked:
+        masked["external_key"] = _masked(masked["external_key"])
+    return masked
+
+
+def _masked(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_masked(item) for item in node]
+    if isinstance(node, dict):
+        return {
+            name: "(secret, not shown)" if name in _SECRET_KEY_FIELDS else _masked(value)
+            for name, value in node.items()
+        }
+    return node
+
+
+def token_hash(access_key: str, document: Mapping[str, Any]) -> str:
+    """The `hash` a token with these fields must carry: base64(SHA-256(access key + drm_type +
+    site_id + user_id + cid + policy + timestamp)), absent fields taken as empty."""
+    message = access_key + "".join(str(document.get(name, "")) for name in HASHED_FIELDS)
+    return base64.b64encode(hashlib.sha256(message.encode("utf-8")).digest()).decode("ascii")
+
+
+def parse_timestamp(text: str) -> float:
+    """A token's `yyyy-mm-ddThh:mm:ssZ` timestamp as seconds since the epoch; ValueError."""
+    return float(calendar.timegm(time.strptime(text, TIMESTAMP_FORMAT)))
 
 
 KIND = ProviderKind(

@@ -44,6 +44,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -450,6 +451,71 @@ def _resource_id(call: Call) -> str:
             f"Asset {call.entry.asset_id!r} has no drmResourceId; no DRMtoday request was built."
         )
     return call.entry.drm_resource_id
+
+
+# -- reading credentials back (`drm-gateway token verify`) ---------------------------------
+
+
+def verify_token(token: str, settings: UpfrontTokenSettings) -> dict[str, Any]:
+    """The claims of an upfront token signed with `settings`' secret, algorithm and kid (when
+    one is configured), as DRMtoday checks it; ValueError says why not, never quoting the
+    secret."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ValueError("not a JWT (header.payload.signature)")
+    header, claims = _segment_json(parts[0]), _segment_json(parts[1])
+    if header.get("alg") != settings.algorithm:
+        raise ValueError(f"the header's alg is not {settings.algorithm}")
+    if settings.kid is not None and header.get("kid") != settings.kid:
+        raise ValueError(f"the header's kid is not {settings.kid!r}")
+    signing_input = f"{parts[0]}.{parts[1]}".encode()
+    expected = _HmacKey(settings.secret, HASHES[settings.algorithm]).sign(signing_input)
+    if not hmac.compare_digest(_segment_bytes(parts[2]), expected):
+        raise ValueError("the signature does not match the shared secret")
+    return claims
+
+
+def unpack_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """The claims with `crt` and `optData` parsed from the JSON strings they travel as;
+    ValueError when either is missing or not a JSON-encoded string."""
+    unpacked = dict(claims)
+    for name in ("crt", "optData"):
+        value = claims.get(name)
+        if not isinstance(value, str):
+            raise ValueError(f"the {name} claim is not a JSON-encoded string")
+        try:
+            unpacked[name] = json.loads(value)
+        except (ValueError, RecursionError):
+            raise ValueError(f"the {name} claim is not valid JSON") from None
+    return unpacked
+
+
+def decode_custom_data(value: str) -> dict[str, Any]:
+    """The JSON object inside an `x-dt-custom-data` value; ValueError when garbled."""
+    try:
+        document = json.loads(base64.b64decode(value, validate=True))
+    except (ValueError, RecursionError):  # binascii and Unicode errors included
+        raise ValueError("not base64 of a JSON object") from None
+    if not isinstance(document, dict):
+        raise ValueError("not base64 of a JSON object")
+    return document
+
+
+def _segment_bytes(segment: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError("a segment is not base64url") from None
+
+
+def _segment_json(segment: str) -> dict[str, Any]:
+    try:
+        document = json.loads(_segment_bytes(segment))
+    except (ValueError, RecursionError):
+        raise ValueError("a segment is not base64url JSON") from None
+    if not isinstance(document, dict):
+        raise ValueError("a segment is not a JSON object")
+    return document
 
 
 KIND = ProviderKind(

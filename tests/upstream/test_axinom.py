@@ -30,6 +30,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.observability import metrics
+from proxy.upstream import axinom
 from proxy.upstream.axinom import (
     AxinomOptions,
     AxinomProvider,
@@ -574,3 +575,46 @@ def test_the_deploy_example_is_a_valid_provider_section() -> None:
         "fairplay",
     }
     assert isinstance(settings.options, AxinomOptions) and settings.options.com_key == COM_KEY
+
+
+# --- reading a message back (`drm-gateway token verify`) ----------------------------------------
+
+
+def test_verify_message_returns_the_claims_of_a_signed_message() -> None:
+    token = EntitlementSigner(options()).sign(KEY_IDS)
+    claims = axinom.verify_message(token, COM_KEY)
+    assert claims == decode_message(token)
+    assert axinom.entitled_key_ids(claims) == KEY_IDS
+
+
+def test_verify_message_refuses_another_key_a_changed_payload_and_garble() -> None:
+    token = EntitlementSigner(options()).sign(KEY_IDS)
+    with pytest.raises(ValueError, match="signature"):
+        axinom.verify_message(token, bytes(32))
+    header, payload, signature = token.split(".")
+    claims = decode_message(token)
+    claims["com_key_id"] = "00000000-0000-0000-0000-000000000000"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    with pytest.raises(ValueError, match="signature"):
+        axinom.verify_message(f"{header}.{forged}.{signature}", COM_KEY)
+    for garbled in ("", "a.b", "not.a.jwt", f"{payload}.{payload}.{signature}"):
+        with pytest.raises(ValueError):
+            axinom.verify_message(garbled, COM_KEY)
+
+
+def test_a_message_signed_with_another_alg_is_refused() -> None:
+    none_header = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode()
+    _, payload, signature = EntitlementSigner(options()).sign(KEY_IDS).split(".")
+    with pytest.raises(ValueError, match="HS256"):
+        axinom.verify_message(f"{none_header}.{payload}.{signature}", COM_KEY)
+
+
+def test_entitled_key_ids_reads_axinoms_published_example() -> None:
+    claims = json.loads(unb64url(AXINOM_PAYLOAD_SEGMENT))
+    assert axinom.entitled_key_ids(claims) == AXINOM_KEY_IDS
+
+
+@pytest.mark.parametrize("inline", [None, [], [{"id": "nope"}], ["0" * 32]])
+def test_entitled_key_ids_refuses_a_message_without_guid_key_ids(inline: Any) -> None:
+    with pytest.raises(ValueError):
+        axinom.entitled_key_ids({"message": {"content_keys_source": {"inline": inline}}})

@@ -533,3 +533,55 @@ async def test_nothing_secret_reaches_the_log(
     assert "provider_error" in logged  # the error line was written ...
     for secret in (SITE_KEY, ACCESS_KEY, token[:40], parts["policy"][:40], parts["hash"]):
         assert secret not in logged  # ... without a secret, the token or its parts
+
+
+# --- reading a token back (`drm-gateway token verify`) ----------------------------------------
+
+
+def test_decrypt_policy_undoes_the_encryption_and_refuses_another_site_key() -> None:
+    policy = {"policy_version": 2, "playback_policy": {"persistent": True}}
+    encrypted = encrypt_policy(json.dumps(policy), SITE_KEY.encode())
+    assert doverunner.decrypt_policy(encrypted, SITE_KEY.encode()) == policy
+    with pytest.raises(ValueError, match="does not decrypt"):
+        doverunner.decrypt_policy(encrypted, b"x" * 32)
+    with pytest.raises(ValueError, match="does not decrypt"):
+        doverunner.decrypt_policy("not base64!", SITE_KEY.encode())
+
+
+def test_token_hash_is_the_hash_a_built_token_carries() -> None:
+    token = decode_token(LicenseTokenBuilder(options()).build("fairplay", user_id="u", cid="c"))
+    assert doverunner.token_hash(ACCESS_KEY, token) == token["hash"]
+    assert doverunner.token_hash(ACCESS_KEY, token) == expected_hash(token, ACCESS_KEY)
+    assert doverunner.token_hash(ACCESS_KEY + "x", token) != token["hash"]
+
+
+def test_the_tutorial_token_is_read_back_to_its_published_inputs() -> None:
+    fields = {
+        "drm_type": "Widevine",
+        "site_id": "TUTO",
+        "user_id": "test-user",
+        "cid": "bigbuckbunny",
+        "policy": TUTORIAL_ENCRYPTED_RULE,
+        "timestamp": "2019-07-17T08:57:04Z",
+    }
+    assert doverunner.token_hash(TUTORIAL_ACCESS_KEY, fields) == TUTORIAL_HASH
+    policy = doverunner.decrypt_policy(TUTORIAL_ENCRYPTED_RULE, TUTORIAL_SITE_KEY)
+    assert policy == json.loads(TUTORIAL_RULE)
+
+
+def test_external_key_material_is_masked_for_display() -> None:
+    policy: dict[str, Any] = {
+        "playback_policy": {"persistent": False},
+        "external_key": {"mpeg_cenc": [{"key_id": "ab" * 16, "key": CENC_KEY, "cek": "0" * 64}]},
+    }
+    masked = doverunner.mask_key_material(policy)
+    assert CENC_KEY not in json.dumps(masked) and "0" * 64 not in json.dumps(masked)
+    assert masked["external_key"]["mpeg_cenc"][0]["key_id"] == "ab" * 16
+    assert masked["playback_policy"] == policy["playback_policy"]
+    assert policy["external_key"]["mpeg_cenc"][0]["key"] == CENC_KEY  # a copy
+
+
+def test_parse_timestamp_reads_what_the_builder_writes() -> None:
+    assert doverunner.parse_timestamp(doverunner.utc_timestamp(1_700_000_000)) == 1_700_000_000
+    with pytest.raises(ValueError):
+        doverunner.parse_timestamp("2024-01-01 00:00:00")

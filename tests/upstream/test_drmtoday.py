@@ -35,6 +35,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.observability.metrics import REGISTRY
+from proxy.upstream import drmtoday
 from proxy.upstream.base import ClientInfo, FairPlayCall, LicenseCall
 from proxy.upstream.drmtoday import (
     DrmTodayAuth,
@@ -590,3 +591,52 @@ async def test_no_secret_in_reprs_or_logs(
     assert "3000" in texts[0]  # the log line is there, with the provider's code
     for text in texts:
         assert SECRET not in text and hex_secret not in text and token not in text
+
+
+# -- reading credentials back (`drm-gateway token verify`) ---------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512"])
+def test_verify_token_returns_the_claims_of_a_token_it_signed(algorithm: str) -> None:
+    token_settings = UpfrontTokenSettings(secret=SECRET.encode(), algorithm=algorithm, kid="k7")
+    token = DrmTodayAuth(options(token=token_settings)).token("res-1", "user-1", "sess-1")
+    claims = drmtoday.verify_token(token, token_settings)
+    assert isinstance(claims["crt"], str) and isinstance(claims["optData"], str)
+    unpacked = drmtoday.unpack_claims(claims)
+    assert unpacked == decode_token(token)[1]
+    assert unpacked["crt"][0]["assetId"] == "res-1"
+    assert unpacked["optData"] == {"merchant": MERCHANT, "userId": "user-1", "sessionId": "sess-1"}
+
+
+def test_verify_token_refuses_another_secret_algorithm_or_kid_and_garble() -> None:
+    signed_with = UpfrontTokenSettings(secret=SECRET.encode(), kid="k1")
+    token = DrmTodayAuth(options(token=signed_with)).token("res-1", "u", "s")
+    others = {
+        "signature": UpfrontTokenSettings(secret=b"another-secret-of-32-bytes-or-more", kid="k1"),
+        "alg": UpfrontTokenSettings(secret=SECRET.encode(), algorithm="HS256", kid="k1"),
+        "kid": UpfrontTokenSettings(secret=SECRET.encode(), kid="k2"),
+    }
+    for reason, settings in others.items():
+        with pytest.raises(ValueError, match=reason):
+            drmtoday.verify_token(token, settings)
+    for garbled in ("", "a.b", "not.a.jwt"):
+        with pytest.raises(ValueError):
+            drmtoday.verify_token(garbled, signed_with)
+
+
+def test_unpack_claims_needs_json_strings() -> None:
+    for claims in ({"crt": [], "optData": "{}"}, {"crt": "[", "optData": "{}"}, {"crt": "[]"}):
+        with pytest.raises(ValueError):
+            drmtoday.unpack_claims(claims)
+
+
+def test_decode_custom_data_reads_what_the_auth_sends() -> None:
+    value = DrmTodayAuth(options(auth="custom_data", token=None)).custom_data("u-1", "s-1")
+    assert drmtoday.decode_custom_data(value) == {
+        "userId": "u-1",
+        "sessionId": "s-1",
+        "merchant": MERCHANT,
+    }
+    for garbled in ("not base64!", base64.b64encode(b"[1]").decode()):
+        with pytest.raises(ValueError):
+            drmtoday.decode_custom_data(garbled)

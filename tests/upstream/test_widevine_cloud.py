@@ -503,3 +503,47 @@ def test_a_provider_without_its_options_is_an_internal_error() -> None:
     )
     with pytest.raises(GatewayError, match="without its widevine-cloud section"):
         widevine_cloud.WidevineCloudProvider(bare)
+
+
+# --- reading an envelope back (`drm-gateway token verify`) ----------------------------------
+
+
+def test_read_envelope_takes_apart_what_envelope_builds() -> None:
+    body = widevine_cloud.envelope(_options(), CHALLENGE, RESOURCE)
+    outer, inner_bytes, inner = _decode_envelope(body)
+    opened = widevine_cloud.read_envelope(body)
+    assert (opened.request, dict(opened.message), opened.signer) == (inner_bytes, inner, PROVIDER)
+    assert opened.signature == base64.b64decode(outer["signature"])
+    assert widevine_cloud.signature_matches(opened, _options())
+
+
+def test_signature_matches_only_the_same_key_iv_padding_and_request() -> None:
+    opened = widevine_cloud.read_envelope(widevine_cloud.envelope(_options(), CHALLENGE, RESOURCE))
+    other_key = {"WIDEVINE_SIGNING_KEY": "00" * 32, "WIDEVINE_SIGNING_IV": IV_HEX}
+    reader = _reader(other_key)
+    wrong = widevine_cloud.parse_options(reader, _section(), "p.widevine-cloud")
+    assert wrong is not None and not widevine_cloud.signature_matches(opened, wrong)
+    assert not widevine_cloud.signature_matches(opened, _options(signature_padding="pkcs7"))
+    changed = widevine_cloud.Envelope(
+        opened.request.replace(b'"provider"', b'"provider" '),
+        opened.message,
+        opened.signature,
+        opened.signer,
+    )
+    assert not widevine_cloud.signature_matches(changed, _options())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"[]",
+        b'{"request": "e30=", "signature": "AA=="}',
+        b'{"request": "not base64", "signature": "AA==", "signer": "p"}',
+        b'{"request": "W10=", "signature": "AA==", "signer": "p"}',
+        b"[" * 100_000,
+    ],
+)
+def test_read_envelope_refuses_what_is_not_an_envelope(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        widevine_cloud.read_envelope(body)
