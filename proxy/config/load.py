@@ -68,10 +68,15 @@ class ServerSettings:
     trusted_proxies: tuple[Network, ...] = ()
 
 
+LogFormat = Literal["auto", "json", "console"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 @dataclass(frozen=True, slots=True)
 class LogSettings:
     level: str = "info"
-    format: Literal["auto", "json", "console"] = "auto"
+    format: LogFormat = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,12 +291,9 @@ def _parse_trusted_proxies(reader: ConfigReader, section: dict[str, Any]) -> tup
 
 def _parse_log(reader: ConfigReader, raw: Any) -> LogSettings:
     section = reader.mapping(raw, "log", {"level", "format"})
-    level = reader.value(section, "level", "log", str, "info")
-    if level not in ("debug", "info", "warning", "error"):
-        reader.problem("log.level", "must be one of debug, info, warning, error")
-    fmt = reader.value(section, "format", "log", str, "auto")
-    if fmt not in ("auto", "json", "console"):
-        reader.problem("log.format", "must be one of auto, json, console")
+    defaults = LogSettings()
+    level = reader.choice(section, "level", "log", LOG_LEVELS, defaults.level)
+    fmt = reader.choice(section, "format", "log", LOG_FORMATS, defaults.format)
     return LogSettings(level=level, format=fmt)
 
 
@@ -334,7 +336,7 @@ def _parse_routing(
     if default and providers and default not in providers:
         known = ", ".join(sorted(providers))
         reader.problem("routing.default_provider", f"unknown provider '{default}' (known: {known})")
-    elif default in providers and providers[default].needs_drm_resource_id:
+    elif default is not None and default in providers and providers[default].needs_drm_resource_id:
         reader.problem(
             "routing.default_provider",
             f"'{default}' needs a drmResourceId, so assets without one would have nowhere to go",

@@ -17,6 +17,8 @@ from proxy.upstream.fairplay import REQUEST_FORMATS, RESPONSE_FORMATS, FairPlayF
 from proxy.upstream.http.client import Address, InvalidRequest, Origin, parse_origin
 from proxy.upstream.signer import (
     ALGORITHMS,
+    DEFAULT_TOKEN_HEADER,
+    DEFAULT_TOKEN_LIFETIME,
     SigningKey,
     TokenSettings,
     decode_hmac_secret,
@@ -95,6 +97,12 @@ class ProviderAuth:
     token: TokenSettings | None = None
 
 
+DEFAULT_CONNECT_TIMEOUT = 1.0
+DEFAULT_TOTAL_TIMEOUT = 5.0
+DEFAULT_MAX_RESPONSE_BYTES = 1_048_576
+DEFAULT_MAX_CONNECTIONS = 256
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSettings:
     name: str
@@ -104,11 +112,11 @@ class ProviderSettings:
     kind: str = "generic"
     needs_drm_resource_id: bool = False
     needs_key_ids: bool = False
-    connect_timeout: float = 1.0
-    total_timeout: float = 5.0
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    total_timeout: float = DEFAULT_TOTAL_TIMEOUT
     strip_response_headers: frozenset[str] = frozenset()
-    max_response_bytes: int = 1_048_576
-    max_connections: int = 256
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     fairplay: FairPlayFormats = field(default_factory=lambda: FairPlayFormats("binary", "binary"))
     # The kind's own settings (its config section, secrets included); None for `generic`, and
     # for every provider when the config was read without secrets (rules tooling).
@@ -208,12 +216,18 @@ def _parse_provider(
         needs_key_ids=kind is not None and kind.needs_key_ids,
         options=options,
         connect_timeout=reader.positive(
-            timeouts, "connect_seconds", f"{path}.timeouts", float, 1.0
+            timeouts, "connect_seconds", f"{path}.timeouts", float, DEFAULT_CONNECT_TIMEOUT
         ),
-        total_timeout=reader.positive(timeouts, "total_seconds", f"{path}.timeouts", float, 5.0),
+        total_timeout=reader.positive(
+            timeouts, "total_seconds", f"{path}.timeouts", float, DEFAULT_TOTAL_TIMEOUT
+        ),
         strip_response_headers=frozenset(str(h).lower() for h in strip),
-        max_response_bytes=reader.positive(section, "max_response_bytes", path, int, 1_048_576),
-        max_connections=reader.positive(section, "max_connections", path, int, 256),
+        max_response_bytes=reader.positive(
+            section, "max_response_bytes", path, int, DEFAULT_MAX_RESPONSE_BYTES
+        ),
+        max_connections=reader.positive(
+            section, "max_connections", path, int, DEFAULT_MAX_CONNECTIONS
+        ),
         fairplay=_fairplay_formats(reader, section, path, kind),
     )
 
@@ -321,14 +335,8 @@ def _parse_url(
 
 def _parse_fairplay_formats(reader: ConfigReader, raw: Any, path: str) -> FairPlayFormats:
     section = reader.mapping(raw, path, {"request", "response"})
-    request = reader.value(section, "request", path, str, "binary")
-    response = reader.value(section, "response", path, str, "binary")
-    if request not in REQUEST_FORMATS:
-        reader.problem(f"{path}.request", f"must be one of {', '.join(REQUEST_FORMATS)}")
-        request = "binary"
-    if response not in RESPONSE_FORMATS:
-        reader.problem(f"{path}.response", f"must be one of {', '.join(RESPONSE_FORMATS)}")
-        response = "binary"
+    request = reader.choice(section, "request", path, REQUEST_FORMATS, "binary")
+    response = reader.choice(section, "response", path, RESPONSE_FORMATS, "binary")
     return FairPlayFormats(request, response)
 
 
@@ -370,22 +378,25 @@ def _parse_auth(reader: ConfigReader, raw: Any, path: str) -> ProviderAuth:
 def _parse_jwt(reader: ConfigReader, section: dict[str, Any], path: str) -> TokenSettings | None:
     """A signed per-request token; key material comes from secrets and PEM files only."""
     before = len(reader.problems)
-    algorithm = reader.value(section, "algorithm", path, str, REQUIRED)
-    if algorithm is not None and algorithm not in ALGORITHMS:
+    named = reader.value(section, "algorithm", path, str, REQUIRED)
+    algorithm = next((known for known in ALGORITHMS if known == named), None)
+    if named is not None and algorithm is None:
         reader.problem(f"{path}.algorithm", f"must be one of {', '.join(ALGORITHMS)}")
-    keys = _parse_signing_keys(reader, section.get("keys"), f"{path}.keys", algorithm)
+    keys = _parse_signing_keys(reader, section.get("keys"), f"{path}.keys", named)
     header = reader.value(section, "header", path, str, None)
     query_param = reader.value(section, "query_param", path, str, None)
     claims = reader.value(section, "claims", path, dict, None)
-    if len(reader.problems) > before:
+    if len(reader.problems) > before or algorithm is None:
         return None
     settings = TokenSettings(
         algorithm=algorithm,
         keys=tuple(keys),
         active_kid=reader.value(section, "active_kid", path, str, keys[0].kid if keys else ""),
-        header=header if header or query_param else "X-Drm-Token",
+        header=header if header or query_param else DEFAULT_TOKEN_HEADER,
         query_param=query_param,
-        lifetime_seconds=reader.value(section, "lifetime_seconds", path, int, 60),
+        lifetime_seconds=reader.value(
+            section, "lifetime_seconds", path, int, DEFAULT_TOKEN_LIFETIME
+        ),
         nbf_skew_seconds=reader.value(section, "nbf_skew_seconds", path, int, None),
         issuer=reader.value(section, "issuer", path, str, None),
         **({"claims": claims} if claims is not None else {}),

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast, overload
 
 from proxy.problems import Problems, ProblemsError
+
+T = TypeVar("T")
+N = TypeVar("N", int, float)
+C = TypeVar("C", bound=str)
 
 
 class ConfigError(ProblemsError):
@@ -31,7 +35,21 @@ class ConfigReader(Problems):
             self.problem(f"{path}.{key}" if path else str(key), "unknown field")
         return raw
 
-    def value(self, raw: dict[str, Any], key: str, path: str, kind: type, default: Any) -> Any:
+    @overload
+    def value(
+        self, raw: Mapping[str, Any], key: str, path: str, kind: type[T], default: _Required | None
+    ) -> T | None: ...
+
+    @overload
+    def value(
+        self, raw: Mapping[str, Any], key: str, path: str, kind: type[T], default: T
+    ) -> T: ...
+
+    def value(
+        self, raw: Mapping[str, Any], key: str, path: str, kind: type[T], default: object
+    ) -> object:
+        """`raw[key]` checked to be a `kind` (an int passes as a float), else `default` and a
+        problem; a missing key is `default`, or a problem if that is REQUIRED (then None)."""
         full = f"{path}.{key}" if path else key
         if key not in raw:
             if default is REQUIRED:
@@ -45,8 +63,32 @@ class ConfigReader(Problems):
             return None if default is REQUIRED else default
         return value
 
-    def positive(self, raw: dict[str, Any], key: str, path: str, kind: type, default: Any) -> Any:
-        value = self.value(raw, key, path, kind, default)
+    def choice(
+        self, raw: Mapping[str, Any], key: str, path: str, choices: Sequence[C], default: C
+    ) -> C:
+        """`raw[key]`, one of `choices` (else `default` and a problem naming them)."""
+        value = self.value(raw, key, path, str, str(default))
+        for known in choices:
+            if value == known:
+                return known
+        self.problem(f"{path}.{key}" if path else key, f"must be one of {', '.join(choices)}")
+        return default
+
+    @overload
+    def positive(
+        self, raw: Mapping[str, Any], key: str, path: str, kind: type[N], default: _Required | None
+    ) -> N | None: ...
+
+    @overload
+    def positive(
+        self, raw: Mapping[str, Any], key: str, path: str, kind: type[N], default: N
+    ) -> N: ...
+
+    def positive(
+        self, raw: Mapping[str, Any], key: str, path: str, kind: type[N], default: object
+    ) -> object:
+        """`value`, and a problem unless it is greater than 0."""
+        value = self.value(raw, key, path, kind, cast(Any, default))
         if value is not None and value <= 0:
             self.problem(f"{path}.{key}", "must be greater than 0")
             return default
@@ -84,7 +126,7 @@ class _Required:
     """The marker for a field that has no default."""
 
 
-REQUIRED: Any = _Required()
+REQUIRED = _Required()
 _KIND_NAMES = {
     str: "a string",
     int: "an integer",

@@ -70,8 +70,8 @@ def parse_player_auth(reader: ConfigReader, raw: Any) -> PlayerAuthSettings:
     jwks = (
         reader.path(section["jwks_file"], f"{path}.jwks_file") if "jwks_file" in section else None
     )
-    algorithms = reader.value(section, "algorithms", path, list, ["RS256", "ES256"])
-    defaults = PlayerAuthSettings()
+    defaults = PlayerAuthSettings()  # every default is written once, there
+    algorithms = reader.value(section, "algorithms", path, list, list(defaults.algorithms))
     settings = PlayerAuthSettings(
         mode="jwt",
         algorithms=tuple(str(a) for a in algorithms),
@@ -82,11 +82,17 @@ def parse_player_auth(reader: ConfigReader, raw: Any) -> PlayerAuthSettings:
         ),
         issuer=reader.value(section, "issuer", path, str, None),
         audience=reader.value(section, "audience", path, str, None),
-        leeway_seconds=reader.value(section, "leeway_seconds", path, float, 30.0),
+        leeway_seconds=reader.value(
+            section, "leeway_seconds", path, float, defaults.leeway_seconds
+        ),
         max_lifetime_seconds=_max_lifetime(reader, section, path),
-        user_claim=reader.value(section, "user_claim", path, str, "sub"),
-        entitlements_claim=reader.value(section, "entitlements_claim", path, str, "entitlements"),
-        token_query_param=reader.value(section, "token_query_param", path, str, "token"),
+        user_claim=reader.value(section, "user_claim", path, str, defaults.user_claim),
+        entitlements_claim=reader.value(
+            section, "entitlements_claim", path, str, defaults.entitlements_claim
+        ),
+        token_query_param=reader.value(
+            section, "token_query_param", path, str, defaults.token_query_param
+        ),
         cache_size=reader.positive(section, "cache_size", path, int, defaults.cache_size),
         cache_ttl_seconds=reader.positive(
             section, "cache_ttl_seconds", path, float, defaults.cache_ttl_seconds

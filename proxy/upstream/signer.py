@@ -57,6 +57,10 @@ def _default_claims() -> dict[str, Any]:
     return {"drmResourceId": "{drm_resource_id}", "drm": "{drm}"}
 
 
+DEFAULT_TOKEN_HEADER = "X-Drm-Token"
+DEFAULT_TOKEN_LIFETIME = 60
+
+
 @dataclass(frozen=True, slots=True)
 class TokenSettings:
     """How one provider wants its per-request token built and sent."""
@@ -64,9 +68,9 @@ class TokenSettings:
     algorithm: Algorithm
     keys: tuple[SigningKey, ...]
     active_kid: str
-    header: str | None = "X-Drm-Token"
+    header: str | None = DEFAULT_TOKEN_HEADER
     query_param: str | None = None
-    lifetime_seconds: int = 60
+    lifetime_seconds: int = DEFAULT_TOKEN_LIFETIME
     nbf_skew_seconds: int | None = None
     claims: Mapping[str, Any] = field(default_factory=_default_claims)
     issuer: str | None = None
