@@ -7,8 +7,11 @@ import base64
 import hashlib
 import json
 import socket
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -136,6 +139,19 @@ async def key_status(
         http, f"{emulator.url}/keys/{resource}/{KEY_ID}", **{"X-Drm-Token": token}
     )
     return status, (error_code(body) if status != 200 else None)
+
+
+def emulate_help(kind: str) -> str:
+    """`drm-gateway emulate KIND --help` run as a user would: its output (exit 0 asserted)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "emulate", kind, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,10 @@ from proxy.dev.emulator import (
     RunningEmulator,
     derive_key,
     load_resource_ids,
-    start_emulator,
 )
 from proxy.dev.emulator.cli import parse_jwt_key, settings_from_args
 from proxy.dev.emulator.stats import RequestRecord, StatsRecorder
+from tests.dev.conftest import Launch
 from tests.dev.emulator_helpers import (
     API_KEY,
     BINARY_SPC,
@@ -58,28 +58,17 @@ Start = Callable[..., Awaitable[RunningEmulator]]
 
 
 @pytest.fixture
-async def start() -> AsyncIterator[Start]:
+def start(launch: Launch) -> Start:
     """Start emulators from EmulatorSettings keywords; all are stopped after the test."""
-    running: list[RunningEmulator] = []
 
     async def _start(**kwargs: Any) -> RunningEmulator:
         kwargs.setdefault("seed", SEED)
         kwargs.setdefault("resources", RESOURCES)
         if kwargs["kind"] == "legacy":
             kwargs.setdefault("api_key", API_KEY)
-        emulator = await start_emulator(EmulatorSettings(**kwargs))
-        running.append(emulator)
-        return emulator
+        return await launch(EmulatorSettings(**kwargs))
 
-    yield _start
-    for emulator in running:
-        await emulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    return _start
 
 
 AUTH = {"legacy": {"X-Api-Key": API_KEY}, "incoming": {"X-Drm-Token": "any-token"}}

@@ -7,10 +7,8 @@ import argparse
 import base64
 import hashlib
 import json
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,8 +17,10 @@ import aiohttp
 import jwt
 import pytest
 
-from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
+from proxy.dev.emulator import EmulatorSettings, RunningEmulator
 from proxy.dev.emulator.cli import register, settings_from_args
+from tests.dev.conftest import Launch
+from tests.dev.emulator_helpers import emulate_help
 
 COM_KEY_ID = "a9c1f3e2-5b7d-4e8f-9a0b-1c2d3e4f5a6b"  # the demo values of the brief
 COM_KEY_B64 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
@@ -43,25 +43,14 @@ Start = Callable[..., Awaitable[RunningEmulator]]
 
 
 @pytest.fixture
-async def start() -> AsyncIterator[Start]:
+def start(launch: Launch) -> Start:
     """Start Axinom emulators from EmulatorSettings keywords; stopped after the test."""
-    running: list[RunningEmulator] = []
 
     async def _start(**kwargs: Any) -> RunningEmulator:
         kwargs.setdefault("secrets", {"com_key_id": COM_KEY_ID, "com_key": COM_KEY_B64})
-        emulator = await start_emulator(EmulatorSettings(kind="axinom", **kwargs))
-        running.append(emulator)
-        return emulator
+        return await launch(EmulatorSettings(kind="axinom", **kwargs))
 
-    yield _start
-    for emulator in running:
-        await emulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    return _start
 
 
 def iso(delta_seconds: float) -> str:
@@ -337,14 +326,7 @@ async def test_nothing_secret_is_recorded_or_echoed(
 
 
 def test_cli_help_and_secret_overrides() -> None:
-    helped = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "emulate", "axinom", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-    assert helped.returncode == 0 and "--secret" in helped.stdout
+    assert "--secret" in emulate_help("axinom")
     parser = argparse.ArgumentParser(prog="drm-gateway")
     register(parser.add_subparsers(dest="command"))
     defaults = settings_from_args(parser.parse_args(["emulate", "axinom"]))

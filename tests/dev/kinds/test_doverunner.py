@@ -8,9 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,8 +19,10 @@ import pytest
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
+from proxy.dev.emulator import EmulatorSettings, RunningEmulator
 from proxy.dev.emulator.cli import register, settings_from_args
+from tests.dev.conftest import Launch
+from tests.dev.emulator_helpers import emulate_help
 
 # The demo site of the brief.
 SITE_ID = "DEMO"
@@ -136,25 +136,14 @@ def expected_key(seed: bytes, derivation_id: str, kid: bytes) -> bytes:
 
 
 @pytest.fixture
-async def start() -> AsyncIterator[Start]:
+def start(launch: Launch) -> Start:
     """Start DoveRunner emulators from EmulatorSettings keywords; stopped after the test."""
-    running: list[RunningEmulator] = []
 
     async def _start(**kwargs: Any) -> RunningEmulator:
         kwargs.setdefault("secrets", SECRETS)
-        emulator = await start_emulator(EmulatorSettings(kind="doverunner", **kwargs))
-        running.append(emulator)
-        return emulator
+        return await launch(EmulatorSettings(kind="doverunner", **kwargs))
 
-    yield _start
-    for emulator in running:
-        await emulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    return _start
 
 
 async def post(
@@ -536,14 +525,7 @@ async def test_clearkey_needs_the_request_body_so_get_is_not_served(
 
 
 def test_cli_help_and_secret_overrides() -> None:
-    helped = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "emulate", "doverunner", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-    assert helped.returncode == 0 and "--secret" in helped.stdout
+    assert "--secret" in emulate_help("doverunner")
     parser = argparse.ArgumentParser(prog="drm-gateway")
     register(parser.add_subparsers(dest="command"))
     defaults = settings_from_args(parser.parse_args(["emulate", "doverunner"]))

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,10 +20,11 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
+from proxy.dev.emulator import EmulatorSettings, RunningEmulator
 from proxy.dev.emulator.app import create_emulator_app
 from proxy.dev.emulator.cli import register, settings_from_args
 from proxy.dev.emulator.kinds.drmtoday import Refused, UpfrontTokenVerifier
+from tests.dev.conftest import Launch
 
 MERCHANT = "demo-merchant"
 SECRET = "demo-drmtoday-upfront-token-secret-0123456789abcdef0123456789ab"
@@ -97,29 +98,17 @@ def fairplay_form(spc: bytes = SPC, **fields: str) -> bytes:
 
 
 @pytest.fixture
-async def start() -> AsyncIterator[Start]:
-    running: list[RunningEmulator] = []
-
+def start(launch: Launch) -> Start:
     async def _start(**kwargs: Any) -> RunningEmulator:
         kwargs.setdefault("resources", RESOURCES)
-        emulator = await start_emulator(EmulatorSettings(kind="drmtoday", **kwargs))
-        running.append(emulator)
-        return emulator
+        return await launch(EmulatorSettings(kind="drmtoday", **kwargs))
 
-    yield _start
-    for emulator in running:
-        await emulator.stop()
+    return _start
 
 
 @pytest.fixture
 async def emulator(start: Start) -> RunningEmulator:
     return await start()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def post(

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -16,8 +14,10 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
+from proxy.dev.emulator import EmulatorSettings, RunningEmulator
 from proxy.dev.emulator.cli import register, settings_from_args
+from tests.dev.conftest import Launch
+from tests.dev.emulator_helpers import emulate_help
 
 ACCOUNT = "A1B2C3"  # the demo account of the brief
 WIDEVINE = "/widevine-php/widevine-foreignkey.php"
@@ -31,24 +31,13 @@ Start = Callable[..., Awaitable[RunningEmulator]]
 
 
 @pytest.fixture
-async def start() -> AsyncIterator[Start]:
+def start(launch: Launch) -> Start:
     """Start EZDRM emulators from EmulatorSettings keywords; stopped after the test."""
-    running: list[RunningEmulator] = []
 
     async def _start(**kwargs: Any) -> RunningEmulator:
-        emulator = await start_emulator(EmulatorSettings(kind="ezdrm", **kwargs))
-        running.append(emulator)
-        return emulator
+        return await launch(EmulatorSettings(kind="ezdrm", **kwargs))
 
-    yield _start
-    for emulator in running:
-        await emulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    return _start
 
 
 def synthetic(drm: str, challenge: bytes, provider: str = "ezdrm") -> bytes:
@@ -209,14 +198,7 @@ async def test_no_clearkey_or_key_route(start: Start, http: aiohttp.ClientSessio
 
 
 def test_cli_help_lists_the_kind_and_secret_overrides_the_account() -> None:
-    helped = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "emulate", "ezdrm", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-    assert helped.returncode == 0 and "--secret" in helped.stdout
+    assert "--secret" in emulate_help("ezdrm")
     parser = argparse.ArgumentParser(prog="drm-gateway")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["emulate", "ezdrm", "--secret", "account_id=77AA00"])

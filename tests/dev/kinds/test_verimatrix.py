@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -22,6 +22,7 @@ from proxy.cli.main import main
 from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
 from proxy.dev.emulator.cli import settings_from_args
 from proxy.dev.emulator.kinds import verimatrix
+from tests.dev.conftest import Launch
 from tests.dev.emulator_helpers import parse
 
 # The contract's demo values, written out here rather than read from the module under test.
@@ -36,27 +37,16 @@ Start = Callable[..., Awaitable[RunningEmulator]]
 
 
 @pytest.fixture
-async def start() -> AsyncIterator[Start]:
+def start(launch: Launch) -> Start:
     """Start Verimatrix emulators (demo secrets unless given); all stop after the test."""
-    running: list[RunningEmulator] = []
 
     async def _start(**secrets: str) -> RunningEmulator:
         settings = EmulatorSettings(
             kind="verimatrix", name="vmx-test", resources=RESOURCES, secrets=SECRETS | secrets
         )
-        emulator = await start_emulator(settings)
-        running.append(emulator)
-        return emulator
+        return await launch(settings)
 
-    yield _start
-    for emulator in running:
-        await emulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    return _start
 
 
 def token(

@@ -8,7 +8,7 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
 from proxy.dev.emulator.cli import settings_from_args
 from proxy.dev.emulator.kinds import widevine_cloud
+from tests.dev.conftest import Launch
 from tests.dev.emulator_helpers import parse, stats, synthetic
 
 PROVIDER = "widevine_test"
@@ -71,26 +72,15 @@ Start = Callable[..., Awaitable[RunningEmulator]]
 
 
 @pytest.fixture
-async def start() -> AsyncIterator[Start]:
+def start(launch: Launch) -> Start:
     """Start widevine-cloud emulators; ``secrets`` override the demo's."""
-    running: list[RunningEmulator] = []
 
     async def _start(**secrets: str) -> RunningEmulator:
         merged = {**widevine_cloud.DEMO_SECRETS, **secrets}
         settings = EmulatorSettings(kind=KIND, resources=RESOURCES, secrets=merged)
-        emulator = await start_emulator(settings)
-        running.append(emulator)
-        return emulator
+        return await launch(settings)
 
-    yield _start
-    for emulator in running:
-        await emulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    return _start
 
 
 @pytest.fixture
