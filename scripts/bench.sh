@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: install what the benchmark needs (only when missing), then run it.
 #   wrk and nginx from Debian's packages (apt-get update once, first); py-spy into the venv
-#   only with BENCH_PROFILE=1. Environment knobs: see tests/perf/bench.py (BENCH_DURATION,
+#   only with BENCH_PROFILE set. Environment knobs: see tests/perf/bench.py (BENCH_DURATION,
 #   BENCH_REPEATS, BENCH_CONNECTIONS, BENCH_CONFIGS, BENCH_PLAYER_AUTH, BENCH_PROFILE, ...).
 set -euo pipefail
 
@@ -23,7 +23,8 @@ if ((${#missing[@]})); then
         "${missing[@]}" >/dev/null
 fi
 
-if [ "${BENCH_PROFILE:-0}" = "1" ] && [ ! -x "$(dirname "$PYTHON")/py-spy" ]; then
+# BENCH_PROFILE: 1, or a comma list of the configs to profile (see tests/perf/bench.py).
+if [ "${BENCH_PROFILE:-0}" != "0" ] && [ ! -x "$(dirname "$PYTHON")/py-spy" ]; then
     "$PYTHON" -m pip install --quiet py-spy
 fi
 

@@ -9,15 +9,29 @@ itself measured ("upstream") and on core 0, beside wrk, when it stands behind a 
 
 Configurations: upstream, nginx-proxy (proxy_pass, keep-alive pool), bare-aiohttp
 (tests/perf/bare_proxy.py), gateway (full path, one worker, Widevine), gateway-fairplay (the
-same gateway, a FairPlay request transcoded both ways), gateway-2w (two workers).
+same gateway, a FairPlay request transcoded both ways), gateway-2w (two workers), and one
+`kind-<kind>` per provider kind (kind-doverunner, kind-axinom, kind-drmtoday, kind-ezdrm,
+kind-verimatrix, kind-widevine-cloud).
 The full path: player JWT verification, catalog lookup (warm cache over a 100,000-asset SQLite
 catalog), a 20-rule file (tests/perf/rules.yaml; the request matches rule 14), a per-request
 HS256 provider JWT, metrics, and JSON access logging to a file.
 
-Environment: BENCH_DURATION (s, default 10), BENCH_REPEATS (3), BENCH_CONNECTIONS ("1,32,64"),
-BENCH_CONFIGS (comma list, default all), BENCH_PLAYER_AUTH (auto|on|off), BENCH_PROFILE (1:
-py-spy profile of the gateway at 32 connections), BENCH_MICRO (0 skips micro-benchmarks and
-memory), BENCH_OUTPUT (bench-results.json), BENCH_KEEP (1 keeps the work dir).
+Provider kinds: a `kind-<kind>` row is the one-worker `gateway` with its generic `incoming`
+provider replaced by that kind's section (proxy/dev/demo_data/providers/<kind>.yaml, secrets
+from proxy/dev/kinds.py kind_env) pointed at the same nginx origin, which answers the kind's
+Widevine path with the kind's success envelope (raw license; DRMtoday `{"license": <base64>}`,
+raw with specConform; the Widevine API `{"status": "OK", "license": <base64>}`); each kind's
+license bytes are its own, so the check before measuring proves the kind's adapter answered.
+Kind rows run at 32 connections only; the generic baseline is the `gateway` row of the same
+run (added at 32 connections when BENCH_CONFIGS names kinds but not `gateway`). The report
+gives each kind's CPU per request as a ratio to it (target: at most 1.15).
+
+Environment: BENCH_DURATION (s, default 10), BENCH_REPEATS (3), BENCH_CONNECTIONS ("1,32,64";
+kind rows: 32 only), BENCH_CONFIGS (comma list, default all), BENCH_PLAYER_AUTH
+(auto|on|off), BENCH_PROFILE (1: py-spy profiles at 32 connections of the gateway and of
+every kind row measured; or a comma list of the configs to profile), BENCH_MICRO (0 skips
+micro-benchmarks and memory), BENCH_OUTPUT (bench-results.json), BENCH_KEEP (1 keeps the work
+dir).
 """
 
 from __future__ import annotations
@@ -37,6 +51,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from proxy.dev.kinds import kind_env
 from tests.perf import servers as srv
 from tests.perf.report import print_report, summarize
 from tests.perf.workload import (
@@ -44,16 +59,26 @@ from tests.perf.workload import (
     CKC,
     ENV,
     FAIRPLAY_BODY,
+    KIND_PREFIX,
+    KINDS,
     PLAYER_AUTH_SUPPORTED,
     WIDEVINE_BODY,
     bench_assets,
+    kind_config_path,
+    kind_license,
+    kind_route,
     write_workload,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 PERF = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
-CONFIGS = ("upstream", "nginx-proxy", "bare-aiohttp", "gateway", "gateway-fairplay", "gateway-2w")
+KIND_CONFIGS = tuple(KIND_PREFIX + kind for kind in KINDS)
+CONFIGS = (
+    "upstream", "nginx-proxy", "bare-aiohttp", "gateway", "gateway-fairplay", "gateway-2w",
+    *KIND_CONFIGS,
+)  # fmt: skip
+KIND_CONNECTIONS = 32  # kind rows, and the generic baseline they are compared with
 WARMUP_SECONDS = 2
 PORTS = ("upstream", "origin", "nginx-proxy", "bare", "gateway", "gateway-internal")
 
@@ -65,15 +90,24 @@ class Plan:
     connections: tuple[int, ...]
     configs: tuple[str, ...]
     player_auth: bool
-    profile: bool
+    profile: frozenset[str]  # the configs py-spy records
     micro: bool
+    baseline_only: bool = False  # `gateway` was added only as the kind rows' baseline
+
+    def connections_for(self, config: str) -> tuple[int, ...]:
+        """Kind rows at 32 connections only; `gateway` always includes 32 when they run."""
+        if config in KIND_CONFIGS or (config == "gateway" and self.baseline_only):
+            return (KIND_CONNECTIONS,)
+        if config == "gateway" and any(c in KIND_CONFIGS for c in self.configs):
+            return tuple(sorted({*self.connections, KIND_CONNECTIONS}))
+        return self.connections
 
     @property
     def expected_seconds(self) -> int:
-        measured = len(self.configs) * len(self.connections) * self.repeats * self.duration
-        overhead = (
-            len(self.configs) * (WARMUP_SECONDS + 4) + 20 + (self.duration if self.profile else 0)
-        )
+        cells = sum(len(self.connections_for(c)) for c in self.configs)
+        measured = cells * self.repeats * self.duration
+        profiled = len(self.profile & set(self.configs)) * self.duration
+        overhead = len(self.configs) * (WARMUP_SECONDS + 4) + 20 + profiled
         return measured + overhead + (60 if self.micro else 0)
 
 
@@ -94,6 +128,9 @@ def env_plan() -> Plan:
     unknown = set(configs) - set(CONFIGS)
     if unknown:
         raise SystemExit(f"unknown BENCH_CONFIGS {sorted(unknown)} (known: {', '.join(CONFIGS)})")
+    baseline_only = "gateway" not in configs and any(c in KIND_CONFIGS for c in configs)
+    if baseline_only:
+        configs = ("gateway", *configs)  # the kind rows' generic baseline, in the same run
     return Plan(
         duration=int(os.environ.get("BENCH_DURATION", "10")),
         repeats=int(os.environ.get("BENCH_REPEATS", "3")),
@@ -102,9 +139,25 @@ def env_plan() -> Plan:
         ),
         configs=configs,
         player_auth=_player_auth_switch(os.environ.get("BENCH_PLAYER_AUTH", "auto")),
-        profile=os.environ.get("BENCH_PROFILE") == "1",
+        profile=_profiled(os.environ.get("BENCH_PROFILE", ""), configs),
         micro=os.environ.get("BENCH_MICRO", "1") != "0",
+        baseline_only=baseline_only,
     )
+
+
+def _profiled(value: str, configs: tuple[str, ...]) -> frozenset[str]:
+    """BENCH_PROFILE: "1" is the one-worker gateway (its FairPlay row when measured alone) and
+    every kind row; else the configs named."""
+    if value in ("", "0"):
+        return frozenset()
+    if value == "1":
+        gateway = "gateway" if "gateway" in configs else "gateway-fairplay"
+        return frozenset({gateway, *KIND_CONFIGS})
+    names = frozenset(c for c in value.split(",") if c)
+    unknown = names - {"gateway", "gateway-fairplay", *KIND_CONFIGS}
+    if unknown:
+        raise SystemExit(f"BENCH_PROFILE names {sorted(unknown)}: only gateway rows are profiled")
+    return names
 
 
 def _player_auth_switch(value: str) -> bool:
@@ -123,13 +176,21 @@ def _player_auth_switch(value: str) -> bool:
 
 
 def start_upstream(bench: Bench, name: str, cpus: str) -> srv.Server:
+    """nginx `return 200`; the origin also answers each provider kind's Widevine path."""
     ckc_tag = "<ckc>" + base64.b64encode(CKC).decode() + "</ckc>"
     port = bench.ports["upstream" if name == "upstream" else "origin"]
-    conf = srv.nginx_upstream_conf(bench.workdir, name, port, ANSWER, ckc_tag)
+    routes = [] if name == "upstream" else [kind_route(kind) for kind in KINDS]
+    conf = srv.nginx_upstream_conf(bench.workdir, name, port, ANSWER, ckc_tag, routes)
     server = bench.servers.start(
         name, srv.nginx_argv(conf), cpus=cpus, log=bench.workdir / f"{name}.log"
     )
-    check(server, f"http://127.0.0.1:{port}/v1/license/widevine/x", {}, ANSWER.encode())
+    base = f"http://127.0.0.1:{port}"
+    check(server, f"{base}/v1/license/widevine/x", {}, ANSWER.encode())
+    for route in routes:
+        check(server, base + route.path, {}, route.body.encode())
+        if route.spec_conform_body is not None:
+            spec = route.spec_conform_body.encode()
+            check(server, f"{base}{route.path}?specConform=true", {}, spec)
     return server
 
 
@@ -145,6 +206,12 @@ def start_sut(bench: Bench, config: str) -> srv.Server:
     if config == "bare-aiohttp":
         argv = [sys.executable, "-m", "tests.perf.bare_proxy", str(ports["bare"]), origin]
         return bench.servers.start(config, argv, cpus="1", log=work / "bare.log", env=_env())
+    if config in KIND_CONFIGS:
+        kind = config.removeprefix(KIND_PREFIX)
+        return bench.servers.start(
+            config, gateway_argv(kind_config_path(work, config), 1), cpus="1",
+            log=work / f"access-{config}.log", env=_env(kind_env(kind)),
+        )  # fmt: skip
     workers = 2 if config == "gateway-2w" else 1
     return bench.servers.start(
         config, gateway_argv(work / "gateway.yaml", workers), cpus="0,1" if workers > 1 else "1",
@@ -170,10 +237,11 @@ def gateway_argv(config: Path, workers: int) -> list[str]:
     return [sys.executable, "-c", launch, str(config), str(workers)]
 
 
-def _env() -> dict[str, str]:
+def _env(secrets: dict[str, str] | None = None) -> dict[str, str]:
+    """The servers' environment: ours, the bench secrets and a kind's provider `secrets`."""
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"} | ENV
     env["PYTHONPATH"] = str(ROOT)
-    return env
+    return env | (secrets or {})
 
 
 def target(bench: Bench, config: str) -> tuple[str, str]:
@@ -235,7 +303,7 @@ def measure(bench: Bench, config: str, server: srv.Server) -> None:
     """Warm up, then every connection count `repeats` times; CPU is the server's own."""
     base_url, drm = target(bench, config)
     wrk(bench, base_url, drm, 32, WARMUP_SECONDS)  # warm caches, pools and the catalog
-    for connections in bench.plan.connections:
+    for connections in bench.plan.connections_for(config):
         for repeat in range(1, bench.plan.repeats + 1):
             cpu_before = server.cpu_seconds()
             raw = wrk(bench, base_url, drm, connections, bench.plan.duration)
@@ -244,7 +312,7 @@ def measure(bench: Bench, config: str, server: srv.Server) -> None:
             bench.runs.append(run)
             flag = "" if run["valid"] else "  INVALID (errors or non-2xx answers)"
             print(
-                f"  {config:<17} c{connections:<3} #{repeat}  {run['rps']:>9,.0f} req/s"
+                f"  {config:<19} c{connections:<3} #{repeat}  {run['rps']:>9,.0f} req/s"
                 f"  p50 {run['p50_ms']:.3f} ms  p99 {run['p99_ms']:.3f} ms"
                 f"  cpu {run['cpu_us_per_request']:.0f} us/req{flag}",
                 flush=True,
@@ -274,30 +342,46 @@ def run_record(
     }
 
 
-def run_gateway_configs(bench: Bench, todo: list[str]) -> None:
+def check_gateway(bench: Bench, config: str, server: srv.Server) -> None:
+    """The gateway answers the bench asset byte-exact: Widevine (and for the generic
+    provider FairPlay too); a kind row must hand back that kind's own license."""
     token = {"Authorization": f"Bearer {bench.extra['token']}"}
     url = f"http://127.0.0.1:{bench.ports['gateway']}/v1/license/"
     asset = bench_assets()[0]
+    if config in KIND_CONFIGS:
+        expected = kind_license(config.removeprefix(KIND_PREFIX))
+        check(server, f"{url}widevine/{asset}", token, expected)
+        return
+    check(server, f"{url}widevine/{asset}", token, ANSWER.encode())
+    check(server, f"{url}fairplay/{asset}", token, CKC, fairplay=True)
+
+
+def record_profile(bench: Bench, config: str, server: srv.Server) -> None:
+    """BENCH_PROFILE: py-spy records the gateway while wrk drives it at 32 connections."""
+    from tests.perf.profiling import profile_gateway
+
+    base_url, drm = target(bench, config)
+    bench.extra.setdefault("profiles", {})[config] = profile_gateway(
+        server,
+        bench.workdir / f"profile-{config}.txt",
+        bench.plan.duration,
+        partial(wrk, bench, base_url, drm, 32, bench.plan.duration),
+        title=config,
+    )
+
+
+def run_gateway_configs(bench: Bench, todo: list[str]) -> None:
     for config in todo:
         if config == "gateway-fairplay" and "gateway" in todo:
             continue  # measured on the one-worker gateway started for "gateway"
         server = start_sut(bench, config)
-        check(server, f"{url}widevine/{asset}", token, ANSWER.encode())
-        check(server, f"{url}fairplay/{asset}", token, CKC, fairplay=True)
+        check_gateway(bench, config, server)
         names = [config, "gateway-fairplay"] if config == "gateway" else [config]
         for name in (n for n in names if n in todo):
             print(f"{name}:", flush=True)
             measure(bench, name, server)
-        if config in ("gateway", "gateway-fairplay") and bench.plan.profile:
-            from tests.perf.profiling import profile_gateway
-
-            base_url, drm = target(bench, config)
-            bench.extra["profile"] = profile_gateway(
-                server,
-                bench.workdir / "profile.txt",
-                bench.plan.duration,
-                partial(wrk, bench, base_url, drm, 32, bench.plan.duration),
-            )
+        for name in (n for n in names if n in todo and n in bench.plan.profile):
+            record_profile(bench, name, server)
         bench.extra.setdefault("memory", {})[config] = [
             {"pid": pid, "process": comm, "rss_mib": round(rss / 1024, 1)}
             for pid, comm, rss, _ in server.members()
@@ -322,7 +406,7 @@ def run_all(bench: Bench) -> None:
             print(f"{config}:", flush=True)
             measure(bench, config, server)
             bench.servers.stop(server)
-    run_gateway_configs(bench, [c for c in todo if c.startswith("gateway")])
+    run_gateway_configs(bench, [c for c in todo if c.startswith("gateway") or c in KIND_CONFIGS])
 
 
 # --- main --------------------------------------------------------------------------------
@@ -346,14 +430,18 @@ def main() -> int:
     _require_tools()
     plan = env_plan()
     minutes, seconds = divmod(plan.expected_seconds, 60)
+    kinds = sum(c in KIND_CONFIGS for c in plan.configs)
     print(
-        f"bench: {len(plan.configs)} configs x {len(plan.connections)} connection counts x "
-        f"{plan.repeats} repeats x {plan.duration} s; expected about {minutes} min {seconds} s\n"
+        f"bench: {len(plan.configs) - kinds} configs x {len(plan.connections)} connection counts"
+        f" + {kinds} provider kinds x 1 (c{KIND_CONNECTIONS}), x {plan.repeats} repeats x "
+        f"{plan.duration} s; expected about {minutes} min {seconds} s\n"
         f"pinning: wrk (1 thread) on core 0; system under test on core 1; upstream on core 1 "
         f"alone, core 0 behind a proxy; gateway-2w on cores 0-1 (contended)\n"
         f"player auth: {'on (JWT verified, cached by token hash)' if plan.player_auth else 'OFF'}",
         flush=True,
     )
+    if plan.baseline_only:
+        print(f"gateway added at {KIND_CONNECTIONS} connections: the kind rows' baseline")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     workdir = Path(tempfile.mkdtemp(prefix="drm-gateway-bench-"))
     started = time.monotonic()
@@ -369,7 +457,9 @@ def main() -> int:
         if plan.micro:
             from tests.perf.microbench import run_all as run_micro
 
-            bench.extra["micro"], bench.extra["catalog_memory"] = run_micro()
+            micro, kind_ratios, memory = run_micro()
+            bench.extra["micro"], bench.extra["catalog_memory"] = micro, memory
+            bench.extra["micro_kind_vs_generic"] = kind_ratios
     finally:
         if os.environ.get("BENCH_KEEP") != "1":
             shutil.rmtree(workdir, ignore_errors=True)

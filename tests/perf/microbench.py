@@ -1,5 +1,6 @@
-"""Micro-benchmarks of the hot pure functions (timeit, microseconds per call), and the memory
-a 1,000,000-entry catalog cache takes (RSS of a fresh process, bytes per entry).
+"""Micro-benchmarks of the hot pure functions (timeit, microseconds per call), each provider
+kind's per-request building cost beside the generic JWT's, and the memory a 1,000,000-entry
+catalog cache takes (RSS of a fresh process, bytes per entry).
 
     .venv/bin/python -m tests.perf.microbench
 """
@@ -7,6 +8,7 @@ a 1,000,000-entry catalog cache takes (RSS of a fresh process, bytes per entry).
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import json
 import subprocess
@@ -20,9 +22,14 @@ from typing import Any
 from proxy.access.player_tokens import PlayerAuthenticator, PlayerAuthSettings, issue_token
 from proxy.catalog import CachedCatalog, CatalogEntry
 from proxy.catalog.sqlite import decode_row
+from proxy.config.providers import ProviderSettings, parse_providers
+from proxy.config.reader import ConfigReader
+from proxy.dev.demo import DEMO_KEY_ID
+from proxy.dev.kinds import kind_env, provider_section
 from proxy.observability import metrics
 from proxy.routing.file import load_rules_file
 from proxy.routing.rules import ProviderTraits, RequestContext, evaluate
+from proxy.upstream import axinom, doverunner, drmtoday, ezdrm, verimatrix, widevine_cloud
 from proxy.upstream.fairplay import encode_ckc, encode_spc, parse_ckc_response, parse_spc_request
 from proxy.upstream.http.reader import ResponseReader
 from proxy.upstream.signer import SigningKey, TokenContext, TokenSettings, TokenSigner
@@ -32,6 +39,10 @@ ROOT = PERF.parents[1]
 SECRET = b"bench-player-secret-0123456789abcdef"
 PROVIDERS = {"legacy": ProviderTraits(False), "incoming": ProviderTraits(True)}
 MEMORY_ENTRIES = 1_000_000
+GENERIC_TOKEN = "tokens.TokenSigner.sign HS256"
+# The request every kind case builds for: the bench's Widevine request (2 KB challenge).
+CHALLENGE = b"c" * 2048
+RESOURCE_ID, ASSET_ID, USER_ID, REQUEST_ID = "res-asset-00009", "asset-00009", "user-1", "req-1"
 
 
 def per_call_us(func: Callable[[], object], *, repeat: int = 5) -> float:
@@ -92,8 +103,84 @@ def token_cases() -> dict[str, Callable[[], object]]:
             active_kid="k1",
         )
     )
-    context = TokenContext("res-asset-00009", "asset-00009", "widevine", "user-1", "req-1")
-    return {"tokens.TokenSigner.sign HS256": lambda: signer.sign(context)}
+    context = TokenContext(RESOURCE_ID, ASSET_ID, "widevine", USER_ID, REQUEST_ID)
+    return {GENERIC_TOKEN: lambda: signer.sign(context)}
+
+
+def kind_settings(kind: str) -> ProviderSettings:
+    """The kind's dev provider section (proxy/dev/demo_data/providers), read as `serve` does."""
+    reader = ConfigReader(PERF, kind_env(kind))
+    section = provider_section(kind, "http://127.0.0.1:9")
+    settings = parse_providers(reader, {"incoming": section}).get("incoming")
+    if reader.problems or settings is None:
+        raise RuntimeError(f"{kind}: " + "; ".join(reader.problems))
+    return settings
+
+
+def kind_cases() -> dict[str, Callable[[], object]]:
+    """What each kind's adapter builds per Widevine request, with the builder it keeps."""
+    dove = kind_settings("doverunner").options
+    axi = kind_settings("axinom").options
+    dt = kind_settings("drmtoday").options
+    ez = kind_settings("ezdrm").options
+    vmx = kind_settings("verimatrix").options
+    wv = kind_settings("widevine-cloud").options
+    assert isinstance(dove, doverunner.DoveRunnerOptions)
+    assert isinstance(axi, axinom.AxinomOptions)
+    assert isinstance(dt, drmtoday.DrmTodayOptions)
+    assert isinstance(ez, ezdrm.EzdrmOptions)
+    assert isinstance(vmx, verimatrix.VerimatrixOptions)
+    assert isinstance(wv, widevine_cloud.WidevineCloudOptions)
+    tokens = doverunner.LicenseTokenBuilder(dove)
+    entitlements = axinom.EntitlementSigner(axi)
+    auth = drmtoday.DrmTodayAuth(dt)
+    vmx_signer = TokenSigner(vmx.token_settings())
+    context = TokenContext(RESOURCE_ID, ASSET_ID, "widevine", USER_ID, REQUEST_ID)
+    key_ids = (DEMO_KEY_ID,)
+    return {
+        KIND_CASES["doverunner"]: lambda: tokens.build(
+            "widevine", user_id=USER_ID, cid=RESOURCE_ID
+        ),
+        KIND_CASES["axinom"]: lambda: entitlements.sign(key_ids),
+        KIND_CASES["drmtoday"]: lambda: auth.headers(RESOURCE_ID, USER_ID, REQUEST_ID),
+        KIND_CASES["ezdrm"]: lambda: ezdrm.build_query(ez, USER_ID),
+        KIND_CASES["verimatrix"]: lambda: vmx_signer.sign(context),
+        KIND_CASES["widevine-cloud"]: lambda: widevine_cloud.envelope(wv, CHALLENGE, RESOURCE_ID),
+        # For scale: DoveRunner's AES is done once per provider, not per request.
+        "kind doverunner: encrypt_policy (AES-256-CBC; once at start-up)": lambda: (
+            doverunner.encrypt_policy(dove.policy_json, dove.site_key)
+        ),
+    }
+
+
+# Per kind, the name of its per-request building case (compared with GENERIC_TOKEN).
+KIND_CASES = {
+    "doverunner": "kind doverunner: LicenseTokenBuilder.build (SHA-256 hash, base64 JSON)",
+    "axinom": "kind axinom: EntitlementSigner.sign (HS256 JWT of the key ids)",
+    "drmtoday": "kind drmtoday: DrmTodayAuth.headers (HS512 upfront token)",
+    "ezdrm": "kind ezdrm: build_query (pX)",
+    "verimatrix": "kind verimatrix: TokenSigner.sign (HS256 JWT, kid header)",
+    "widevine-cloud": "kind widevine-cloud: envelope (2 KB challenge, SHA-1 + AES-256-CBC)",
+}
+
+
+def answer_cases() -> dict[str, Callable[[], object]]:
+    """Unwrapping the JSON envelopes two kinds answer with (a 1.5 KB license)."""
+    license_b64 = base64.b64encode(bytes(1536)).decode("ascii")
+    drmtoday_answer = json.dumps({"license": license_b64}).encode()
+    google_answer = json.dumps({"status": "OK", "license": license_b64}).encode()
+    return {
+        "kind drmtoday: unwrap_widevine (JSON answer)": lambda: drmtoday.unwrap_widevine(
+            drmtoday_answer
+        ),
+        "kind widevine-cloud: read_license": lambda: widevine_cloud.read_license(google_answer),
+    }
+
+
+def kind_ratios(micro: dict[str, float]) -> dict[str, float]:
+    """Each kind's request-building cost over the generic JWT's, from one run's figures."""
+    generic = micro[GENERIC_TOKEN]
+    return {kind: round(micro[name] / generic, 2) for kind, name in KIND_CASES.items()}
 
 
 def fairplay_cases() -> dict[str, Callable[[], object]]:
@@ -176,7 +263,11 @@ def metrics_cases() -> dict[str, Callable[[], object]]:
 
 def run_micro() -> dict[str, float]:
     cases: dict[str, Callable[[], object]] = {}
-    for group in (rules_cases, auth_cases, token_cases, fairplay_cases, http_cases, metrics_cases):
+    groups = (
+        rules_cases, auth_cases, token_cases, kind_cases, answer_cases, fairplay_cases,
+        http_cases, metrics_cases,
+    )  # fmt: skip
+    for group in groups:
         cases.update(group())
     results = {name: round(per_call_us(func), 2) for name, func in cases.items()}
     results["catalog.CachedCatalog.get, cache hit"] = round(catalog_hit_us(), 2)
@@ -227,12 +318,16 @@ def catalog_memory(entries: int = MEMORY_ENTRIES) -> dict[str, Any]:
     return result
 
 
-def run_all() -> tuple[dict[str, float], dict[str, Any]]:
-    """Run and print both sections; return (micro-benchmarks, catalog memory)."""
+def run_all() -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+    """Run and print both sections; return (micro-benchmarks, each kind's request-building
+    cost over the generic JWT's, catalog memory)."""
     print("\n## Micro-benchmarks (timeit, best of 5, microseconds per call)", flush=True)
     micro = run_micro()
+    ratios = kind_ratios(micro)
+    by_case = {name: ratios[kind] for kind, name in KIND_CASES.items()}
     for name, us in micro.items():
-        print(f"  {us:>9.2f} us  {name}")
+        ratio = f"  ({by_case[name]:.2f}x the generic JWT)" if name in by_case else ""
+        print(f"  {us:>9.2f} us  {name}{ratio}")
     print(f"\n## Memory: a CachedCatalog filled with {MEMORY_ENTRIES:,} entries", flush=True)
     memory = catalog_memory()
     print(
@@ -240,7 +335,7 @@ def run_all() -> tuple[dict[str, float], dict[str, Any]]:
         f"{memory['bytes_per_entry']} bytes per cached entry "
         "(asset id, drmResourceId, shared key-holder and tag sets, LRU bookkeeping)"
     )
-    return micro, memory
+    return micro, ratios, memory
 
 
 if __name__ == "__main__":

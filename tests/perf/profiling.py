@@ -1,4 +1,5 @@
-"""BENCH_PROFILE=1: a py-spy profile of the one-worker gateway under wrk at 32 connections.
+"""BENCH_PROFILE: py-spy profiles of one-worker gateways (generic, or a provider kind) under
+wrk at 32 connections.
 
 py-spy samples the gateway from outside (on core 0, beside wrk) while wrk drives it; only
 on-CPU samples are kept (no --idle). Reported: the share of samples whose innermost Python
@@ -94,7 +95,7 @@ def parse_collapsed(text: str) -> dict[str, Any]:
 
 
 def profile_gateway(
-    server: Any, output: Path, seconds: int, drive: Callable[[], object]
+    server: Any, output: Path, seconds: int, drive: Callable[[], object], *, title: str
 ) -> dict[str, Any]:
     """Record the gateway for `seconds` while `drive()` loads it; print and return the shares."""
     pyspy = Path(sys.executable).parent / "py-spy"
@@ -119,12 +120,12 @@ def profile_gateway(
         print("profile failed: py-spy wrote nothing (is ptrace permitted?)")
         return {}
     result = parse_collapsed(output.read_text())
-    print_profile(result)
+    print_profile(result, title)
     return result
 
 
-def print_profile(result: dict[str, Any]) -> None:
-    print(f"\n## py-spy profile of the gateway at 32 connections ({result['samples']} samples)")
+def print_profile(result: dict[str, Any], title: str) -> None:
+    print(f"\n## py-spy profile of {title} at 32 connections ({result['samples']} samples)")
     print("by area (innermost Python frame):")
     for name, share in result["by_area_percent"]:
         print(f"  {share:5.1f}%  {name}")

@@ -1,4 +1,5 @@
-"""The benchmark's results: medians and ranges per configuration, ratios, targets; the table."""
+"""The benchmark's results: medians and ranges per configuration, ratios, targets; the table;
+per provider kind, CPU per request against the generic `gateway` row of the same run."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ TARGETS = {
     "added_latency_c1_p50_ms": ("<=", 0.5),
     "added_latency_c1_p99_ms": ("<=", 1.5),
 }
+KIND_PREFIX = "kind-"
+KIND_CONNECTIONS = 32
+KIND_CPU_LIMIT = 1.15  # a kind's CPU per request over the generic JWT path's (issue 14)
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -69,6 +73,32 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return round(a - b, 3) if a is not None and b is not None else None
 
 
+def kind_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each provider kind's row at 32 connections: req/s and CPU per request (medians), their
+    ratios to the generic `gateway` row, and whether the CPU ratio passes the limit."""
+    base_rps = _median(rows, "gateway", KIND_CONNECTIONS, "rps")
+    base_cpu = _median(rows, "gateway", KIND_CONNECTIONS, "cpu_us_per_request")
+    kinds = []
+    for row in rows:
+        if not row["config"].startswith(KIND_PREFIX) or row["connections"] != KIND_CONNECTIONS:
+            continue
+        rps, cpu = row["rps"]["median"], row["cpu_us_per_request"]["median"]
+        ratio = _ratio(cpu, base_cpu)
+        kinds.append(
+            {
+                "config": row["config"],
+                "kind": row["config"].removeprefix(KIND_PREFIX),
+                "rps": rps,
+                "rps_vs_generic": _ratio(rps, base_rps),
+                "cpu_us_per_request": cpu,
+                "cpu_vs_generic": ratio,
+                "over_limit": ratio is not None and ratio > KIND_CPU_LIMIT,
+                "valid": row["valid_runs"] == row["runs"],
+            }
+        )
+    return kinds
+
+
 def summarize(
     runs: list[dict[str, Any]], plan: Any, extra: dict[str, Any], elapsed: float
 ) -> dict[str, Any]:
@@ -97,6 +127,14 @@ def summarize(
         }
         for name, (op, limit) in TARGETS.items()
     }
+    kinds = kind_rows(rows)
+    for kind in kinds:
+        value = kind["cpu_vs_generic"]
+        targets[f"{kind['config']}_cpu_vs_gateway_c32"] = {
+            "target": f"<= {KIND_CPU_LIMIT}",
+            "value": value,
+            "met": _met(value, "<=", KIND_CPU_LIMIT),
+        }
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
@@ -116,6 +154,12 @@ def summarize(
         "ratios": ratios,
         "added_latency_c1_ms": added,
         "targets": targets,
+        "kinds": {
+            "baseline": "gateway",
+            "connections": KIND_CONNECTIONS,
+            "cpu_limit": KIND_CPU_LIMIT,
+            "rows": kinds,
+        },
         "summary": rows,
         "runs": runs,
         **{key: value for key, value in extra.items() if key != "token"},
@@ -142,7 +186,7 @@ def print_report(results: dict[str, Any]) -> None:
         f"pinning: {results['pinning']}\n"
     )
     header = (
-        f"{'config':<17} {'conns':>5} {'req/s':>26} {'p50 ms':>22} {'p99 ms':>22} "
+        f"{'config':<19} {'conns':>5} {'req/s':>26} {'p50 ms':>22} {'p99 ms':>22} "
         f"{'cpu us/req':>18}"
     )
     print(header)
@@ -154,7 +198,7 @@ def print_report(results: dict[str, Any]) -> None:
             else f"  ({row['runs'] - row['valid_runs']} invalid)"
         )
         print(
-            f"{row['config']:<17} {row['connections']:>5} {_cell(row['rps'], ',.0f'):>26} "
+            f"{row['config']:<19} {row['connections']:>5} {_cell(row['rps'], ',.0f'):>26} "
             f"{_cell(row['p50_ms'], '.3f'):>22} {_cell(row['p99_ms'], '.3f'):>22} "
             f"{_cell(row['cpu_us_per_request'], '.0f'):>18}{bad}"
         )
@@ -166,10 +210,41 @@ def print_report(results: dict[str, Any]) -> None:
         "added latency at 1 connection (gateway - upstream): "
         f"p50 {added['p50']} ms, p99 {added['p99']} ms"
     )
+    print_kinds(results)
     print("\ntargets:")
     for name, target in results["targets"].items():
         verdict = {True: "met", False: "NOT met", None: "no verdict"}[target["met"]]
-        print(f"  {name:<28} {target['value']!s:>8}  (target {target['target']}): {verdict}")
+        print(f"  {name:<38} {target['value']!s:>8}  (target {target['target']}): {verdict}")
     for config, members in results.get("memory", {}).items():
         procs = ", ".join(f"{m['process']} {m['rss_mib']} MiB" for m in members)
         print(f"\nresident memory of {config} after its runs: {procs}")
+
+
+def print_kinds(results: dict[str, Any]) -> None:
+    """Per provider kind: req/s and CPU per request, and their ratios to the generic row."""
+    kinds = results.get("kinds", {}).get("rows", [])
+    if not kinds:
+        return
+    rows = results["summary"]
+    base_rps = _median(rows, "gateway", KIND_CONNECTIONS, "rps")
+    base_cpu = _median(rows, "gateway", KIND_CONNECTIONS, "cpu_us_per_request")
+    print(
+        f"\nprovider kinds at {KIND_CONNECTIONS} connections, against the generic JWT path "
+        f"(gateway: {_number(base_rps, ',.0f')} req/s, {_number(base_cpu, '.0f')} us/req); "
+        f"CPU limit {KIND_CPU_LIMIT}x:"
+    )
+    print(f"  {'kind':<16} {'req/s':>9} {'x generic':>10} {'cpu us/req':>11} {'x generic':>10}")
+    for kind in kinds:
+        flag = f"  OVER {KIND_CPU_LIMIT}x" if kind["over_limit"] else ""
+        flag += "" if kind["valid"] else "  (invalid runs)"
+        rps_ratio, cpu_ratio = (
+            _number(kind[k], ".3f") for k in ("rps_vs_generic", "cpu_vs_generic")
+        )
+        print(
+            f"  {kind['kind']:<16} {kind['rps']:>9,.0f} {rps_ratio:>10}"
+            f" {kind['cpu_us_per_request']:>11.1f} {cpu_ratio:>10}{flag}"
+        )
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)

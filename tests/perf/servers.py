@@ -13,6 +13,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -193,8 +194,49 @@ _UPSTREAM_SERVER = """\
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location /incoming/license/fairplay/ {{ return 200 "{ckc}"; }}
-        location / {{ return 200 "{answer}"; }}
+{routes}        location / {{ return 200 "{answer}"; }}
     }}"""
+
+_ROUTE = """\
+        location = {path} {{
+            default_type {content_type};
+{spec_conform}            return 200 '{body}';
+        }}
+"""
+_SPEC_CONFORM = """\
+            if ($arg_specConform = "true") {{ return 200 '{body}'; }}
+"""
+
+
+@dataclass(frozen=True)
+class Route:
+    """An exact path the origin answers 200 with `body`; with `spec_conform_body`, a request
+    whose query has `specConform=true` gets that instead (DRMtoday's raw Widevine answer)."""
+
+    path: str
+    body: str
+    content_type: str
+    spec_conform_body: str | None = None
+
+
+def _quoted(text: str) -> str:
+    """`text` for a single-quoted nginx string (which still expands `$name`)."""
+    if any(c in text for c in "'\\$\n"):
+        raise ValueError("an nginx answer must not hold quotes, backslashes, $ or newlines")
+    return text
+
+
+def _route_block(route: Route) -> str:
+    if any(c in route.path for c in " {};?"):
+        raise ValueError(f"{route.path!r} is not a plain path")
+    spec = route.spec_conform_body
+    return _ROUTE.format(
+        path=route.path,
+        content_type=route.content_type,
+        spec_conform="" if spec is None else _SPEC_CONFORM.format(body=_quoted(spec)),
+        body=_quoted(route.body),
+    )
+
 
 _PROXY_SERVER = """\
     upstream origin {{
@@ -221,9 +263,15 @@ def _nginx_conf(workdir: Path, name: str, body: str) -> Path:
     return path
 
 
-def nginx_upstream_conf(workdir: Path, name: str, port: int, answer: str, ckc: str) -> Path:
-    """nginx `return 200`: `answer` everywhere, `ckc` for the incoming provider's FairPlay."""
-    return _nginx_conf(workdir, name, _UPSTREAM_SERVER.format(port=port, answer=answer, ckc=ckc))
+def nginx_upstream_conf(
+    workdir: Path, name: str, port: int, answer: str, ckc: str, routes: Sequence[Route] = ()
+) -> Path:
+    """nginx `return 200`: `answer` everywhere, `ckc` for the incoming provider's FairPlay,
+    and each of `routes` at its exact path."""
+    server = _UPSTREAM_SERVER.format(
+        port=port, answer=answer, ckc=ckc, routes="".join(_route_block(r) for r in routes)
+    )
+    return _nginx_conf(workdir, name, server)
 
 
 def nginx_proxy_conf(workdir: Path, name: str, port: int, upstream_port: int) -> Path:

@@ -1,8 +1,12 @@
 """What the benchmark sends and serves: the catalog, the request paths, the player token, the
-upstream's answers and the gateway's config (the full path switched on)."""
+upstream's answers and the gateway's configs (the full path switched on): `gateway.yaml`
+(the generic `incoming` provider) and one `gateway-kind-<kind>.yaml` per provider kind."""
 
 from __future__ import annotations
 
+import base64
+import copy
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +16,8 @@ import yaml
 from proxy.access.player_tokens import issue_token
 from proxy.config import Config
 from proxy.dev.demo import demo_assets, write_demo_files
+from proxy.dev.kinds import KIND_ENV, provider_section
+from tests.perf.servers import Route
 
 PERF = Path(__file__).resolve().parent
 CATALOG_ASSETS = 100_000
@@ -32,6 +38,10 @@ CKC = b"\x00\x00\x00\x01" + bytes((i * 7 + 3) % 256 for i in range(1100))
 WIDEVINE_BODY = b"c" * BODY_BYTES
 FAIRPLAY_BODY = b"\x00\x00\x00\x01" + b"s" * (BODY_BYTES - 4)
 PLAYER_AUTH_SUPPORTED = "player_auth" in Config.__dataclass_fields__
+# The provider kinds with a dev provider section (proxy/dev/demo_data/providers): every kind
+# but `generic`, which `gateway.yaml`'s own `incoming` provider is.
+KINDS: tuple[str, ...] = tuple(KIND_ENV)
+KIND_PREFIX = "kind-"
 
 
 def bench_assets() -> list[str]:
@@ -44,8 +54,36 @@ def bench_assets() -> list[str]:
     return assets[:BENCH_ASSETS]
 
 
+def kind_license(kind: str) -> bytes:
+    """The Widevine license the origin serves for `kind`: as long as ANSWER, and the kind's
+    own, so a check proves the request went through that kind's adapter (legacy gets ANSWER)."""
+    return (f"{kind}-license-" * ANSWER_BYTES)[:ANSWER_BYTES].encode("ascii")
+
+
+def kind_route(kind: str) -> Route:
+    """The kind's Widevine URL path on the origin, answered with the kind's success envelope
+    (what its adapter unwraps: proxy/upstream/drmtoday.py unwrap_widevine,
+    widevine_cloud.py read_license; the others take the body as the license)."""
+    path = provider_section(kind, "")["license_urls"]["widevine"].split("?", 1)[0]
+    license_ = kind_license(kind).decode("ascii")
+    encoded = base64.b64encode(kind_license(kind)).decode("ascii")
+    if kind == "drmtoday":  # JSON unless the URL asks specConform=true
+        body = json.dumps({"license": encoded}, separators=(",", ":"))
+        return Route(path, body, "application/json", spec_conform_body=license_)
+    if kind == "widevine-cloud":
+        body = json.dumps({"status": "OK", "license": encoded}, separators=(",", ":"))
+        return Route(path, body, "application/json")
+    return Route(path, license_, "application/octet-stream")
+
+
+def kind_config_path(workdir: Path, config: str) -> Path:
+    """Where the gateway config of a `kind-<kind>` bench configuration is written."""
+    return workdir / f"gateway-{config}.yaml"
+
+
 def write_workload(workdir: Path, ports: Mapping[str, int], *, player_auth: bool) -> str:
-    """Write the catalog, the wrk path files and gateway.yaml; return the player token."""
+    """Write the catalog, the wrk path files, gateway.yaml and each kind's gateway config;
+    return the player token."""
     print(f"work dir {workdir}; writing a {CATALOG_ASSETS:,}-asset SQLite catalog", flush=True)
     db = write_demo_files(workdir / "catalog", CATALOG_ASSETS)
     assets = bench_assets()
@@ -55,6 +93,9 @@ def write_workload(workdir: Path, ports: Mapping[str, int], *, player_auth: bool
         )
     config = gateway_config(ports, db, player_auth=player_auth)
     (workdir / "gateway.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for kind in KINDS:
+        text = yaml.safe_dump(kind_gateway_config(config, kind), sort_keys=False)
+        kind_config_path(workdir, KIND_PREFIX + kind).write_text(text)
     return issue_token(
         secret_or_private_key=PLAYER_SECRET.encode(),
         algorithm="HS256",
@@ -118,4 +159,13 @@ def gateway_config(ports: Mapping[str, int], db: Path, *, player_auth: bool) -> 
         }
     elif PLAYER_AUTH_SUPPORTED:
         config["player_auth"] = {"mode": "none"}
+    return config
+
+
+def kind_gateway_config(generic: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The same full path with the `incoming` provider replaced by `kind`'s section, on the
+    same nginx origin (the rules, catalog, player auth and logging unchanged)."""
+    config = copy.deepcopy(dict(generic))
+    origin = config["providers"]["incoming"]["base_url"]
+    config["providers"]["incoming"] = provider_section(kind, origin)
     return config
