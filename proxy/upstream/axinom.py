@@ -47,18 +47,17 @@ from proxy.errors import (
     GatewayError,
     InternalError,
     UpstreamAuthFailed,
-    UpstreamBadResponse,
     UpstreamRejected,
 )
-from proxy.observability import metrics
+from proxy.upstream.adapter import Adapter, options_of
 from proxy.upstream.base import (
     FairPlayCall,
-    KeyCall,
     LicenseCall,
     ProviderAnswer,
     ProviderKind,
 )
-from proxy.upstream.fairplay import BINARY_CONTENT_TYPE, FairPlayFormats, parse_ckc_response
+from proxy.upstream.fairplay import BINARY_CONTENT_TYPE, FairPlayFormats
+from proxy.upstream.signer import segment_bytes, segment_json
 from proxy.upstream.transport import ProviderFault, ProviderTransport
 
 MESSAGE_HEADER = "X-AxDRM-Message"
@@ -293,32 +292,18 @@ def _soap_fault_string(body: bytes) -> str:
 # --- the client ---------------------------------------------------------------------------------
 
 
-class AxinomProvider:
+class AxinomProvider(Adapter):
     """An Axinom DRM License Service: one `/AcquireLicense` endpoint per DRM system."""
 
     def __init__(self, settings: ProviderSettings) -> None:
-        options = settings.options
-        if not isinstance(options, AxinomOptions):
-            raise TypeError(f"provider {settings.name!r}: its axinom section was not read")
-        self.settings = settings
-        self.name = settings.name
-        self.signer = EntitlementSigner(options)
-        self.transport = ProviderTransport(
+        transport = ProviderTransport(
             settings,
             read_fault=read_fault,
             known_errors=KNOWN_ERRORS,
             strip=(MESSAGE_HEADER, ERROR_HEADER),
         )
-        self._tokens_signed = metrics.TOKENS_SIGNED.labels(self.name)
-
-    def endpoint(self, drm: str) -> UrlTemplate | None:
-        return self.settings.endpoint(drm)
-
-    async def open(self) -> None:
-        await self.transport.open()
-
-    async def close(self) -> None:
-        await self.transport.close()
+        super().__init__(settings, transport)
+        self.signer = EntitlementSigner(options_of(settings, AxinomOptions))
 
     async def license(self, call: LicenseCall, endpoint: UrlTemplate) -> ProviderAnswer:
         headers = {MESSAGE_HEADER: self._message(call.entry.key_ids)}
@@ -328,28 +313,19 @@ class AxinomProvider:
         )
 
     async def fairplay(self, call: FairPlayCall, endpoint: UrlTemplate) -> ProviderAnswer:
-        metrics.labelled(metrics.FAIRPLAY_TRANSCODES, call.spc.fmt, "binary").inc()
         headers = {MESSAGE_HEADER: self._message(call.entry.key_ids)}
+        body, content_type = self.spc_body(call)  # the raw SPC
         answer = await self.transport.post(
-            call, endpoint, call.spc.spc, content_type=BINARY_CONTENT_TYPE, headers=headers
+            call, endpoint, body, content_type=content_type, headers=headers
         )
-        try:
-            ckc = parse_ckc_response(answer.body, "binary")
-        except UpstreamBadResponse:
-            self.transport.bad_response("bad_ckc")
-            raise
-        return ProviderAnswer(ckc, BINARY_CONTENT_TYPE, answer.headers)
-
-    async def key(self, call: KeyCall, endpoint: UrlTemplate) -> bytes:
-        # Never routed here: the kind serves no HLS AES-128 keys, so it has no key endpoint.
-        raise InternalError("The axinom provider kind serves no HLS AES-128 keys.")
+        return self.ckc_answer(answer)
 
     def _message(self, key_ids: tuple[str, ...]) -> str:
         if not key_ids:
             # The rules' key-id guard keeps such assets away; reaching here is our bug.
             raise InternalError("The gateway could not build the provider request.")
         token = self.signer.sign(key_ids)
-        self._tokens_signed.inc()
+        self.tokens_signed.inc()
         return token
 
 
@@ -362,10 +338,10 @@ def verify_message(token: str, com_key: bytes) -> dict[str, Any]:
     parts = token.split(".")
     if len(parts) != 3:
         raise ValueError("not a JWT (header.payload.signature)")
-    header, claims = _segment_json(parts[0]), _segment_json(parts[1])
+    header, claims = segment_json(parts[0]), segment_json(parts[1])
     if header.get("alg") != "HS256":
         raise ValueError("the header's alg is not HS256")
-    signature = _segment_bytes(parts[2])
+    signature = segment_bytes(parts[2])
     expected = hmac.new(com_key, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest()
     if not hmac.compare_digest(signature, expected):
         raise ValueError("the signature does not match the communication key")
@@ -384,23 +360,6 @@ def entitled_key_ids(claims: Mapping[str, Any]) -> tuple[str, ...]:
     if not all(isinstance(i, str) and GUID.match(i) for i in ids):
         raise ValueError("an inline key id is not a GUID")
     return tuple(str(i).replace("-", "").lower() for i in ids)
-
-
-def _segment_bytes(segment: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError("a segment is not base64url") from None
-
-
-def _segment_json(segment: str) -> dict[str, Any]:
-    try:
-        document = json.loads(_segment_bytes(segment))
-    except (ValueError, RecursionError):
-        raise ValueError("a segment is not base64url JSON") from None
-    if not isinstance(document, dict):
-        raise ValueError("a segment is not a JSON object")
-    return document
 
 
 KIND = ProviderKind(

@@ -56,21 +56,18 @@ from proxy.config.providers import ProviderSettings, UrlTemplate
 from proxy.config.reader import REQUIRED, ConfigReader
 from proxy.errors import (
     GatewayError,
-    InternalError,
     MissingResourceId,
     UpstreamAuthFailed,
-    UpstreamBadResponse,
 )
-from proxy.observability import metrics
+from proxy.upstream.adapter import Adapter, options_of
 from proxy.upstream.base import (
     Call,
     FairPlayCall,
-    KeyCall,
     LicenseCall,
     ProviderAnswer,
     ProviderKind,
 )
-from proxy.upstream.fairplay import FairPlayFormats, encode_spc, parse_ckc_response
+from proxy.upstream.fairplay import FairPlayFormats
 from proxy.upstream.transport import ProviderFault, ProviderTransport
 
 HEADERS = ("pallycon-customdata-v2", "doverunner-customdata-v2")
@@ -311,31 +308,16 @@ def _auth_failed(_: int) -> GatewayError:
 # --- the client -------------------------------------------------------------------------------
 
 
-class DoveRunnerProvider:
+class DoveRunnerProvider(Adapter):
     """A DoveRunner license service, reached with a license token built per request."""
 
     def __init__(self, settings: ProviderSettings) -> None:
-        options = settings.options
-        if not isinstance(options, DoveRunnerOptions):
-            raise TypeError(f"provider {settings.name!r} was configured without its secrets")
-        self.settings = settings
-        self.name = settings.name
+        transport = ProviderTransport(settings, read_fault=read_fault, known_errors=KNOWN_ERRORS)
+        super().__init__(settings, transport)
+        options = options_of(settings, DoveRunnerOptions)
         self.header = options.header
         self.site_id = options.site_id
         self.tokens = LicenseTokenBuilder(options)
-        self.transport = ProviderTransport(
-            settings, read_fault=read_fault, known_errors=KNOWN_ERRORS
-        )
-        self._tokens_signed = metrics.labelled(metrics.TOKENS_SIGNED, self.name)
-
-    def endpoint(self, drm: str) -> UrlTemplate | None:
-        return self.settings.endpoint(drm)
-
-    async def open(self) -> None:
-        await self.transport.open()
-
-    async def close(self) -> None:
-        await self.transport.close()
 
     async def license(self, call: LicenseCall, endpoint: UrlTemplate) -> ProviderAnswer:
         if call.drm == CLEARKEY:
@@ -350,28 +332,17 @@ class DoveRunnerProvider:
         )
 
     async def fairplay(self, call: FairPlayCall, endpoint: UrlTemplate) -> ProviderAnswer:
-        wanted = self.settings.fairplay  # fixed by the kind: form in, base64 out
-        metrics.labelled(metrics.FAIRPLAY_TRANSCODES, call.spc.fmt, wanted.request).inc()
-        # No assetId: DoveRunner's form has the spc field only (the cid is in the token).
-        body, content_type = encode_spc(call.spc.spc, wanted.request)
-        answer = await self._post(call, endpoint, body, content_type)
-        try:
-            ckc = parse_ckc_response(answer.body, wanted.response)
-        except UpstreamBadResponse:
-            self.transport.bad_response("bad_ckc")
-            raise
-        return ProviderAnswer(ckc, "application/octet-stream", answer.headers)
-
-    async def key(self, call: KeyCall, endpoint: UrlTemplate) -> bytes:
-        """Never called: this kind serves no HLS AES-128 keys (the config refuses a key_url)."""
-        raise InternalError()
+        # Form in, base64 CKC out; no assetId: DoveRunner's form has the spc field only (the
+        # cid is in the token).
+        body, content_type = self.spc_body(call)
+        return self.ckc_answer(await self._post(call, endpoint, body, content_type))
 
     async def _post(
         self, call: Call, endpoint: UrlTemplate, body: bytes, content_type: str
     ) -> ProviderAnswer:
         cid = _cid(call)
         token = self.tokens.build(call.drm, user_id=call.client.user_id or NO_USER, cid=cid)
-        self._tokens_signed.inc()
+        self.tokens_signed.inc()
         headers = {self.header: token}
         return await self.transport.post(
             call, endpoint, body, content_type=content_type, headers=headers

@@ -55,18 +55,18 @@ from urllib.parse import quote
 
 from proxy.config.providers import ProviderSettings, UrlTemplate
 from proxy.config.reader import REQUIRED, ConfigReader
-from proxy.errors import InternalError, MissingResourceId, UpstreamAuthFailed, UpstreamBadResponse
+from proxy.errors import MissingResourceId, UpstreamAuthFailed, UpstreamBadResponse
 from proxy.observability import metrics
+from proxy.upstream.adapter import Adapter, options_of
 from proxy.upstream.base import (
     Call,
     FairPlayCall,
-    KeyCall,
     LicenseCall,
     ProviderAnswer,
     ProviderKind,
 )
-from proxy.upstream.fairplay import FairPlayFormats, encode_spc, parse_ckc_response
-from proxy.upstream.signer import decode_hmac_secret
+from proxy.upstream.fairplay import FairPlayFormats, encode_spc
+from proxy.upstream.signer import decode_hmac_secret, segment_bytes, segment_json
 from proxy.upstream.transport import ProviderFault, ProviderTransport
 
 AUTH_MODES = ("token", "custom_data", "both")
@@ -378,34 +378,21 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 # -- the client ----------------------------------------------------------------------------
 
 
-class DrmTodayProvider:
+class DrmTodayProvider(Adapter):
     """A DRMtoday merchant: upfront token and/or custom data, JSON-wrapped Widevine, base64
     FairPlay CKCs."""
 
     def __init__(self, settings: ProviderSettings) -> None:
-        options = settings.options
-        if not isinstance(options, DrmTodayOptions):
-            raise ValueError(f"provider {settings.name!r} has no drmtoday section")
-        self.settings = settings
-        self.name = settings.name
-        self.options = options
-        self.auth = DrmTodayAuth(options)
-        self.transport = ProviderTransport(
+        transport = ProviderTransport(
             settings,
             read_fault=read_fault,
             known_errors=KNOWN_ERRORS,
             strip=(RESP_CODE_HEADER, "x-dt-client-info", "x-dt-error-message"),
+            json_answers=True,  # Widevine licenses come in a JSON envelope
         )
-        self._tokens_signed = metrics.TOKENS_SIGNED.labels(self.name)
-
-    def endpoint(self, drm: str) -> UrlTemplate | None:
-        return self.settings.endpoint(drm)
-
-    async def open(self) -> None:
-        await self.transport.open()
-
-    async def close(self) -> None:
-        await self.transport.close()
+        super().__init__(settings, transport)
+        self.options = options_of(settings, DrmTodayOptions)
+        self.auth = DrmTodayAuth(self.options)
 
     async def license(self, call: LicenseCall, endpoint: UrlTemplate) -> ProviderAnswer:
         answer = await self._post(call, endpoint, call.challenge, call.content_type)
@@ -422,23 +409,14 @@ class DrmTodayProvider:
         body, content_type = fairplay_form(
             call.spc.spc, _resource_id(call), self.options.variant_id
         )
-        answer = await self._post(call, endpoint, body, content_type)
-        try:
-            ckc = parse_ckc_response(answer.body, "base64")
-        except UpstreamBadResponse:
-            self.transport.bad_response("bad_ckc")
-            raise
-        return ProviderAnswer(ckc, BINARY, answer.headers)
-
-    async def key(self, call: KeyCall, endpoint: UrlTemplate) -> bytes:
-        raise InternalError("DRMtoday serves no HLS AES-128 keys.")
+        return self.ckc_answer(await self._post(call, endpoint, body, content_type))
 
     async def _post(
         self, call: Call, endpoint: UrlTemplate, body: bytes, content_type: str | None
     ) -> ProviderAnswer:
         headers = self.auth.headers(_resource_id(call), call.client.user_id, call.request_id)
         if AUTH_TOKEN_HEADER in headers:
-            self._tokens_signed.inc()
+            self.tokens_signed.inc()
         return await self.transport.post(
             call, endpoint, body, content_type=content_type, headers=headers
         )
@@ -463,14 +441,14 @@ def verify_token(token: str, settings: UpfrontTokenSettings) -> dict[str, Any]:
     parts = token.split(".")
     if len(parts) != 3:
         raise ValueError("not a JWT (header.payload.signature)")
-    header, claims = _segment_json(parts[0]), _segment_json(parts[1])
+    header, claims = segment_json(parts[0]), segment_json(parts[1])
     if header.get("alg") != settings.algorithm:
         raise ValueError(f"the header's alg is not {settings.algorithm}")
     if settings.kid is not None and header.get("kid") != settings.kid:
         raise ValueError(f"the header's kid is not {settings.kid!r}")
     signing_input = f"{parts[0]}.{parts[1]}".encode()
     expected = _HmacKey(settings.secret, HASHES[settings.algorithm]).sign(signing_input)
-    if not hmac.compare_digest(_segment_bytes(parts[2]), expected):
+    if not hmac.compare_digest(segment_bytes(parts[2]), expected):
         raise ValueError("the signature does not match the shared secret")
     return claims
 
@@ -498,23 +476,6 @@ def decode_custom_data(value: str) -> dict[str, Any]:
         raise ValueError("not base64 of a JSON object") from None
     if not isinstance(document, dict):
         raise ValueError("not base64 of a JSON object")
-    return document
-
-
-def _segment_bytes(segment: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError("a segment is not base64url") from None
-
-
-def _segment_json(segment: str) -> dict[str, Any]:
-    try:
-        document = json.loads(_segment_bytes(segment))
-    except (ValueError, RecursionError):
-        raise ValueError("a segment is not base64url JSON") from None
-    if not isinstance(document, dict):
-        raise ValueError("a segment is not a JSON object")
     return document
 
 

@@ -43,17 +43,16 @@ from urllib.parse import quote
 
 from proxy.config.providers import ProviderSettings, UrlTemplate
 from proxy.config.reader import ConfigReader
-from proxy.errors import GatewayError, InternalError, UpstreamBadResponse, UpstreamRejected
-from proxy.observability import metrics
+from proxy.errors import GatewayError, UpstreamRejected
+from proxy.upstream.adapter import Adapter, options_of
 from proxy.upstream.base import (
     Call,
     FairPlayCall,
-    KeyCall,
     LicenseCall,
     ProviderAnswer,
     ProviderKind,
 )
-from proxy.upstream.fairplay import BINARY_CONTENT_TYPE, FairPlayFormats, parse_ckc_response
+from proxy.upstream.fairplay import BINARY_CONTENT_TYPE, FairPlayFormats
 from proxy.upstream.transport import ProviderFault, ProviderTransport
 
 FAIRPLAY = FairPlayFormats("binary", "binary")
@@ -136,27 +135,13 @@ def read_fault(status: int, headers: Mapping[str, str], body: bytes) -> Provider
 # --- the client -------------------------------------------------------------------------------
 
 
-class EzdrmProvider:
+class EzdrmProvider(Adapter):
     """One EZDRM account: raw bodies, the account and CustomData in the query."""
 
     def __init__(self, settings: ProviderSettings) -> None:
-        if not isinstance(settings.options, EzdrmOptions):
-            raise ValueError(f"provider '{settings.name}': its ezdrm section was not read")
-        self.settings = settings
-        self.name = settings.name
-        self.options = settings.options
-        self.transport = ProviderTransport(
-            settings, read_fault=read_fault, known_errors=KNOWN_ERRORS
-        )
-
-    def endpoint(self, drm: str) -> UrlTemplate | None:
-        return self.settings.endpoint(drm)
-
-    async def open(self) -> None:
-        await self.transport.open()
-
-    async def close(self) -> None:
-        await self.transport.close()
+        transport = ProviderTransport(settings, read_fault=read_fault, known_errors=KNOWN_ERRORS)
+        super().__init__(settings, transport)
+        self.options = options_of(settings, EzdrmOptions)
 
     async def license(self, call: LicenseCall, endpoint: UrlTemplate) -> ProviderAnswer:
         return await self.transport.post(
@@ -169,20 +154,11 @@ class EzdrmProvider:
         )
 
     async def fairplay(self, call: FairPlayCall, endpoint: UrlTemplate) -> ProviderAnswer:
-        metrics.labelled(metrics.FAIRPLAY_TRANSCODES, call.spc.fmt, FAIRPLAY.request).inc()
+        body, content_type = self.spc_body(call)  # the raw SPC
         answer = await self.transport.post(
-            call, endpoint, call.spc.spc, content_type=BINARY_CONTENT_TYPE, query=self._query(call)
+            call, endpoint, body, content_type=content_type, query=self._query(call)
         )
-        try:
-            ckc = parse_ckc_response(answer.body, FAIRPLAY.response)
-        except UpstreamBadResponse:
-            self.transport.bad_response("bad_ckc")
-            raise
-        return ProviderAnswer(ckc, BINARY_CONTENT_TYPE, answer.headers)
-
-    async def key(self, call: KeyCall, endpoint: UrlTemplate) -> bytes:
-        # Never reached: the kind serves no aes128, so the config refuses a key_url for it.
-        raise InternalError("EZDRM serves no HLS AES-128 keys.")
+        return self.ckc_answer(answer)
 
     def _query(self, call: Call) -> str:
         return build_query(self.options, call.client.user_id)

@@ -12,7 +12,7 @@ from multidict import CIMultiDict
 from proxy.config.providers import ProviderSettings, UrlTemplate
 from proxy.domain import AES_KEY_BYTES
 from proxy.errors import UpstreamBadResponse
-from proxy.observability import metrics
+from proxy.upstream.adapter import Adapter
 from proxy.upstream.base import (
     Call,
     FairPlayCall,
@@ -22,49 +22,28 @@ from proxy.upstream.base import (
     ProviderKind,
     url_values,
 )
-from proxy.upstream.fairplay import encode_spc, parse_ckc_response
 from proxy.upstream.http.client import Address
 from proxy.upstream.signer import TokenContext, TokenSigner
 from proxy.upstream.transport import ProviderTransport, forward_headers, with_query
 
 
-class GenericProvider:
+class GenericProvider(Adapter):
     """A provider configured entirely by URL templates, an auth section and FairPlay formats."""
 
     def __init__(self, settings: ProviderSettings) -> None:
-        self.settings = settings
-        self.name = settings.name
-        self.transport = ProviderTransport(settings)
+        super().__init__(settings, ProviderTransport(settings))
         auth = settings.auth
         self._static = {auth.header: auth.value} if auth.header and auth.value else {}
         self.signer = TokenSigner(auth.token) if auth.token is not None else None
-        self._tokens_signed = metrics.TOKENS_SIGNED.labels(self.name)
-
-    def endpoint(self, drm: str) -> UrlTemplate | None:
-        return self.settings.endpoint(drm)
-
-    async def open(self) -> None:
-        await self.transport.open()
-
-    async def close(self) -> None:
-        await self.transport.close()
 
     async def license(self, call: LicenseCall, endpoint: UrlTemplate) -> ProviderAnswer:
         return await self._post(call, endpoint, call.challenge, call.content_type)
 
     async def fairplay(self, call: FairPlayCall, endpoint: UrlTemplate) -> ProviderAnswer:
-        wanted = self.settings.fairplay
-        metrics.labelled(metrics.FAIRPLAY_TRANSCODES, call.spc.fmt, wanted.request).inc()
         # The gateway checked a body assetId names this asset; without one, the path's goes.
         asset_id = call.spc.asset_id or call.entry.asset_id
-        body, content_type = encode_spc(call.spc.spc, wanted.request, asset_id=asset_id)
-        answer = await self._post(call, endpoint, body, content_type)
-        try:
-            ckc = parse_ckc_response(answer.body, wanted.response)
-        except UpstreamBadResponse:
-            self.transport.bad_response("bad_ckc")
-            raise
-        return ProviderAnswer(ckc, "application/octet-stream", answer.headers)
+        body, content_type = self.spc_body(call, asset_id=asset_id)
+        return self.ckc_answer(await self._post(call, endpoint, body, content_type))
 
     async def key(self, call: KeyCall, endpoint: UrlTemplate) -> bytes:
         url, headers = self._request(call, endpoint, None)
@@ -107,7 +86,7 @@ class GenericProvider:
                 request_id=call.request_id,
             )
         )
-        self._tokens_signed.inc()
+        self.tokens_signed.inc()
         if self.signer.query_param:
             return {}, f"{self.signer.query_param}={token}"
         assert self.signer.header is not None

@@ -407,3 +407,22 @@ class TokenSigner:
         payload.update(self._static_tail)
         signing_input = self._prefix + _b64(_JSON.encode(payload).encode("ascii"))
         return (signing_input + b"." + _b64(self._sign(signing_input, self._key))).decode("ascii")
+
+
+def segment_bytes(segment: str) -> bytes:
+    """One JWT segment, base64url with or without padding, decoded (ValueError if not)."""
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError("a segment is not base64url") from None
+
+
+def segment_json(segment: str) -> dict[str, Any]:
+    """A JWT header or claims segment as its JSON object (ValueError if it is none)."""
+    try:
+        document = json.loads(segment_bytes(segment))
+    except (ValueError, RecursionError):
+        raise ValueError("a segment is not base64url JSON") from None
+    if not isinstance(document, dict):
+        raise ValueError("a segment is not a JSON object")
+    return document

@@ -94,12 +94,13 @@ ReadFault = Callable[[int, Mapping[str, str], bytes], ProviderFault | None]
 OTHER_PROVIDER_ERROR = "other"
 
 
-def status_rule(status: int, body: bytes) -> StatusRule | None:
-    """The rule refusing this answer, or None when it is a usable success."""
+def status_rule(status: int, body: bytes, *, json_errors: bool = True) -> StatusRule | None:
+    """The rule refusing this answer, or None when it is a usable success. `json_errors`
+    False: the kind's own reader judges JSON bodies (its successes are JSON envelopes)."""
     if 200 <= status < 300:
         if not body:
             return _EMPTY
-        return _ERROR_JSON if looks_like_json_error(body) else None
+        return _ERROR_JSON if json_errors and looks_like_json_error(body) else None
     return _BY_STATUS.get(status) or _BY_CLASS.get(status // 100, _OTHER)
 
 
@@ -142,16 +143,20 @@ class ProviderTransport:
         read_fault: ReadFault | None = None,
         known_errors: Collection[str] = (),
         strip: Collection[str] = (),
+        json_answers: bool = False,
     ) -> None:
         """`read_fault` finds the provider's own error code in an answer; codes outside
         `known_errors` are counted as "other" so the metric label stays bounded. `strip`
-        names response headers the kind never passes to players."""
+        names response headers the kind never passes to players. `json_answers`: the kind's
+        successes are JSON envelopes, so `read_fault` alone says which JSON is an error (the
+        generic error-in-2xx sniffing would parse every answer once more)."""
         self.settings = settings
         self.name = settings.name
         self._strip = (
             _ALWAYS_STRIPPED | settings.strip_response_headers | {h.lower() for h in strip}
         )
         self._read_fault = read_fault
+        self._sniff_json_errors = not (json_answers and read_fault is not None)
         self._known_errors = frozenset(known_errors)
         self._client: HttpClient | None = None
 
@@ -228,7 +233,7 @@ class ProviderTransport:
         )
         code = self._bounded(fault.code) if fault is not None else "-"
         self._observe(drm, started, metrics.status_class(status), code)
-        rule = status_rule(status, data)
+        rule = status_rule(status, data, json_errors=self._sniff_json_errors)
         if fault is not None:
             self._refuse(status, _fault_rule(fault, rule), code)
         elif rule is not None:

@@ -36,17 +36,16 @@ from urllib.parse import quote
 
 from proxy.config.providers import ProviderSettings, UrlTemplate
 from proxy.config.reader import REQUIRED, ConfigReader
-from proxy.errors import NoProvider, UpstreamAuthFailed, UpstreamBadResponse
-from proxy.observability import metrics
+from proxy.errors import UpstreamAuthFailed
+from proxy.upstream.adapter import Adapter, options_of
 from proxy.upstream.base import (
     Call,
     FairPlayCall,
-    KeyCall,
     LicenseCall,
     ProviderAnswer,
     ProviderKind,
 )
-from proxy.upstream.fairplay import FairPlayFormats, encode_spc, parse_ckc_response
+from proxy.upstream.fairplay import FairPlayFormats
 from proxy.upstream.signer import (
     ALGORITHMS,
     Algorithm,
@@ -256,32 +255,17 @@ def _error_json_text(body: bytes) -> bytes | None:
     return json.dumps(document).encode()
 
 
-class VerimatrixProvider:
+class VerimatrixProvider(Adapter):
     """A Verimatrix Multi-DRM license server, one signed JWT per request."""
 
     def __init__(self, settings: ProviderSettings) -> None:
-        options = settings.options
-        if not isinstance(options, VerimatrixOptions):
-            raise ValueError(f"provider {settings.name!r} has no parsed verimatrix section")
-        self.settings = settings
-        self.name = settings.name
-        self.transport = ProviderTransport(
-            settings, read_fault=read_fault, known_errors=KNOWN_ERRORS
-        )
+        transport = ProviderTransport(settings, read_fault=read_fault, known_errors=KNOWN_ERRORS)
+        super().__init__(settings, transport)
+        options = options_of(settings, VerimatrixOptions)
         # Keys are parsed once here; signing per request costs what the generic JWT path does.
         self.signer = TokenSigner(options.token_settings())
         self._prefix = "Bearer " if options.scheme == "bearer" else ""
         self._in_query = options.token_in == "query"
-        self._tokens_signed = metrics.TOKENS_SIGNED.labels(self.name)
-
-    def endpoint(self, drm: str) -> UrlTemplate | None:
-        return self.settings.endpoint(drm)
-
-    async def open(self) -> None:
-        await self.transport.open()
-
-    async def close(self) -> None:
-        await self.transport.close()
 
     async def license(self, call: LicenseCall, endpoint: UrlTemplate) -> ProviderAnswer:
         """Widevine and PlayReady: the challenge as the body, byte-exact."""
@@ -289,19 +273,8 @@ class VerimatrixProvider:
 
     async def fairplay(self, call: FairPlayCall, endpoint: UrlTemplate) -> ProviderAnswer:
         """`{"spc": ...}` in, the CKC out of `{"ckc": ...}`."""
-        metrics.labelled(metrics.FAIRPLAY_TRANSCODES, call.spc.fmt, FAIRPLAY.request).inc()
-        body, content_type = encode_spc(call.spc.spc, FAIRPLAY.request)
-        answer = await self._post(call, endpoint, body, content_type)
-        try:
-            ckc = parse_ckc_response(answer.body, FAIRPLAY.response)
-        except UpstreamBadResponse:
-            self.transport.bad_response("bad_ckc")
-            raise
-        return ProviderAnswer(ckc, "application/octet-stream", answer.headers)
-
-    async def key(self, call: KeyCall, endpoint: UrlTemplate) -> bytes:
-        """Never called: the kind serves no HLS AES-128 keys (the config refuses a key_url)."""
-        raise NoProvider("Verimatrix Multi-DRM serves no HLS AES-128 keys.")
+        body, content_type = self.spc_body(call)
+        return self.ckc_answer(await self._post(call, endpoint, body, content_type))
 
     async def _post(
         self, call: Call, endpoint: UrlTemplate, body: bytes, content_type: str | None
@@ -326,7 +299,7 @@ class VerimatrixProvider:
                 request_id=call.request_id,
             )
         )
-        self._tokens_signed.inc()
+        self.tokens_signed.inc()
         return token
 
 

@@ -50,9 +50,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from proxy.config.providers import ProviderSettings, UrlTemplate
 from proxy.config.reader import REQUIRED, ConfigReader
-from proxy.errors import InternalError, MissingResourceId, UpstreamAuthFailed, UpstreamBadResponse
-from proxy.observability import metrics
-from proxy.upstream.base import FairPlayCall, KeyCall, LicenseCall, ProviderAnswer, ProviderKind
+from proxy.errors import MissingResourceId, NoProvider, UpstreamAuthFailed, UpstreamBadResponse
+from proxy.upstream.adapter import Adapter, options_of
+from proxy.upstream.base import FairPlayCall, LicenseCall, ProviderAnswer, ProviderKind
 from proxy.upstream.transport import ProviderFault, ProviderTransport
 
 KIND_NAME: Final = "widevine-cloud"
@@ -337,28 +337,15 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-class WidevineCloudProvider:
+class WidevineCloudProvider(Adapter):
     """A provider speaking Google's Widevine license proxy API."""
 
     def __init__(self, settings: ProviderSettings) -> None:
-        if not isinstance(settings.options, WidevineCloudOptions):
-            raise InternalError(
-                f"Provider {settings.name!r} was configured without its {KIND_NAME} section."
-            )
-        self.settings = settings
-        self.name = settings.name
-        self.options = settings.options
-        self.transport = ProviderTransport(settings, read_fault=read_fault, known_errors=STATUSES)
-        self._signed = metrics.TOKENS_SIGNED.labels(self.name)
-
-    def endpoint(self, drm: str) -> UrlTemplate | None:
-        return self.settings.endpoint(drm)
-
-    async def open(self) -> None:
-        await self.transport.open()
-
-    async def close(self) -> None:
-        await self.transport.close()
+        transport = ProviderTransport(
+            settings, read_fault=read_fault, known_errors=STATUSES, json_answers=True
+        )
+        super().__init__(settings, transport)
+        self.options = options_of(settings, WidevineCloudOptions)
 
     async def license(self, call: LicenseCall, endpoint: UrlTemplate) -> ProviderAnswer:
         """Wrap the challenge in a signed envelope; unwrap the license from the answer."""
@@ -368,7 +355,7 @@ class WidevineCloudProvider:
                 f"Asset {call.entry.asset_id!r} has no drmResourceId; no request was signed."
             )
         body = envelope(self.options, call.challenge, content_id)
-        self._signed.inc()
+        self.tokens_signed.inc()
         answer = await self.transport.post(call, endpoint, body, content_type=JSON_CONTENT_TYPE)
         license_ = read_license(answer.body)
         if license_ is None:
@@ -377,10 +364,8 @@ class WidevineCloudProvider:
         return ProviderAnswer(license_, "application/octet-stream", answer.headers)
 
     async def fairplay(self, call: FairPlayCall, endpoint: UrlTemplate) -> ProviderAnswer:
-        raise InternalError(f"Kind {KIND_NAME} serves Widevine only, not FairPlay.")
-
-    async def key(self, call: KeyCall, endpoint: UrlTemplate) -> bytes:
-        raise InternalError(f"Kind {KIND_NAME} serves Widevine only, not HLS AES-128 keys.")
+        """Never called: the kind serves Widevine only (the config refuses other URLs)."""
+        raise NoProvider(f"Kind {KIND_NAME} serves Widevine only, not FairPlay.")
 
 
 KIND = ProviderKind(

@@ -125,3 +125,10 @@ async def test_an_answer_without_a_provider_error_passes(
     url = fault_transport.base + "fine"  # type: ignore[attr-defined]
     answer = await fault_transport.send("POST", url, drm="widevine", body=b"x", headers={})
     assert answer.body == b"\x08\x04license"
+
+
+def test_a_kind_whose_answers_are_json_judges_them_itself() -> None:
+    envelope = b'{"status": "OK", "error": null, "license": "AAAA"}'
+    assert status_rule(200, envelope) is not None  # generic sniffing: looks like an error
+    assert status_rule(200, envelope, json_errors=False) is None
+    assert status_rule(200, b"", json_errors=False) is not None  # empty is still refused

@@ -492,7 +492,7 @@ async def test_no_secret_or_body_reaches_the_logs(
         assert text not in logs
 
 
-def test_a_provider_without_its_options_is_an_internal_error() -> None:
+def test_a_provider_without_its_options_is_refused() -> None:
     settings = _provider_settings("http://127.0.0.1:1")
     bare = ProviderSettings(
         name=settings.name,
@@ -501,7 +501,7 @@ def test_a_provider_without_its_options_is_an_internal_error() -> None:
         auth=settings.auth,
         kind="widevine-cloud",
     )
-    with pytest.raises(GatewayError, match="without its widevine-cloud section"):
+    with pytest.raises(TypeError, match="without its widevine-cloud section"):
         widevine_cloud.WidevineCloudProvider(bare)
 
 
