@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from proxy.dev.emulator import derive_key
+from proxy.dev.emulator.app import start_site
 from proxy.dev.media import (
     SHAKA_DIST,
     SHAKA_PLAYER,
@@ -73,15 +74,7 @@ async def start_player_server(
     app.router.add_get("/player.html", _player_page)
     app.router.add_static("/shaka/", shaka_dist)
     app.router.add_static("/media/", media)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound = runner.addresses[0][1]
+    runner, bound = await start_site(app, host, port)
     return PlayerServer(f"http://{host}:{bound}", runner)
 
 

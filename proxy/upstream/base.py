@@ -17,6 +17,7 @@ from proxy.config.providers import ProviderSettings, UrlTemplate
 from proxy.config.reader import ConfigReader
 from proxy.domain import ALL_DRMS, KEY_DRM, KeyId
 from proxy.upstream.fairplay import FairPlayFormats, SpcRequest
+from proxy.upstream.signer import TokenContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,18 @@ class KeyCall:
 
 
 Call = LicenseCall | FairPlayCall | KeyCall
+
+
+def token_context(call: Call) -> TokenContext:
+    """What a provider token may be built from, for one call."""
+    entry = call.entry
+    return TokenContext(
+        drm_resource_id=entry.drm_resource_id,
+        asset_id=entry.asset_id,
+        drm=call.drm,
+        user_id=call.client.user_id,
+        request_id=call.request_id,
+    )
 
 
 def url_values(call: Call) -> dict[str, str]:

@@ -20,10 +20,11 @@ from proxy.upstream.base import (
     LicenseCall,
     ProviderAnswer,
     ProviderKind,
+    token_context,
     url_values,
 )
 from proxy.upstream.http.client import Address
-from proxy.upstream.signer import TokenContext, TokenSigner
+from proxy.upstream.signer import TokenSigner
 from proxy.upstream.transport import ProviderTransport, forward_headers, with_query
 
 
@@ -77,15 +78,7 @@ class GenericProvider(Adapter):
         """Headers to add, and a query suffix, that authenticate this request upstream."""
         if self.signer is None:
             return self._static, ""
-        token = self.signer.sign(
-            TokenContext(
-                drm_resource_id=call.entry.drm_resource_id,
-                asset_id=call.entry.asset_id,
-                drm=call.drm,
-                user_id=call.client.user_id,
-                request_id=call.request_id,
-            )
-        )
+        token = self.signer.sign(token_context(call))
         self.tokens_signed.inc()
         if self.signer.query_param:
             return {}, f"{self.signer.query_param}={token}"

@@ -44,13 +44,13 @@ from proxy.upstream.base import (
     LicenseCall,
     ProviderAnswer,
     ProviderKind,
+    token_context,
 )
 from proxy.upstream.fairplay import FairPlayFormats
 from proxy.upstream.signer import (
     ALGORITHMS,
     Algorithm,
     SigningKey,
-    TokenContext,
     TokenSettings,
     TokenSigner,
     decode_hmac_secret,
@@ -290,15 +290,7 @@ class VerimatrixProvider(Adapter):
         )
 
     def _sign(self, call: Call) -> str:
-        token = self.signer.sign(
-            TokenContext(
-                drm_resource_id=call.entry.drm_resource_id,
-                asset_id=call.entry.asset_id,
-                drm=call.drm,
-                user_id=call.client.user_id,
-                request_id=call.request_id,
-            )
-        )
+        token = self.signer.sign(token_context(call))
         self.tokens_signed.inc()
         return token
 

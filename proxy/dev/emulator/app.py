@@ -349,6 +349,14 @@ async def start_emulator(
 ) -> RunningEmulator:
     """Start an emulator on ``host:port`` (port 0: an ephemeral one) in the running loop."""
     app = create_emulator_app(settings)
+    runner, bound_port = await start_site(app, host, port, access_log=access_log)
+    return RunningEmulator(runner=runner, host=host, port=bound_port)
+
+
+async def start_site(
+    app: web.Application, host: str, port: int, *, access_log: bool = False
+) -> tuple[web.AppRunner, int]:
+    """Serve `app` on `host:port` (0: an ephemeral port); the runner and the bound port."""
     kwargs: dict[str, Any] = {} if access_log else {"access_log": None}
     runner = web.AppRunner(app, shutdown_timeout=1.0, **kwargs)
     await runner.setup()
@@ -358,5 +366,4 @@ async def start_emulator(
     except BaseException:
         await runner.cleanup()
         raise
-    bound_port = int(runner.addresses[0][1])
-    return RunningEmulator(runner=runner, host=host, port=bound_port)
+    return runner, int(runner.addresses[0][1])
