@@ -118,6 +118,8 @@ class ProviderSettings:
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     fairplay: FairPlayFormats = field(default_factory=lambda: FairPlayFormats("binary", "binary"))
+    # `generic`: the provider's own error codes counted by name (others count as "other").
+    provider_errors: frozenset[str] = frozenset()
     # The kind's own settings (its config section, secrets included); None for `generic`, and
     # for every provider when the config was read without secrets (rules tooling).
     options: object | None = field(default=None, repr=False)
@@ -169,7 +171,9 @@ _PROVIDER_FIELDS = {
     "max_response_bytes",
     "max_connections",
     "fairplay",
+    "provider_errors",
 }
+_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 def _parse_provider(
@@ -203,6 +207,7 @@ def _parse_provider(
     for header in strip:
         if not isinstance(header, str) or not HEADER_NAME.match(header):
             reader.problem(f"{path}.strip_response_headers", f"{header!r} is not a header name")
+    errors = _provider_errors(reader, section, path, kind_name, kind)
     options = None
     if auth and kind is not None and kind.options is not None:
         options = kind.options(reader, section.get(kind_name), f"{path}.{kind_name}")
@@ -215,6 +220,7 @@ def _parse_provider(
         needs_drm_resource_id=bool(needs_id),
         needs_key_ids=kind is not None and kind.needs_key_ids,
         options=options,
+        provider_errors=errors,
         connect_timeout=reader.positive(
             timeouts, "connect_seconds", f"{path}.timeouts", float, DEFAULT_CONNECT_TIMEOUT
         ),
@@ -261,6 +267,24 @@ def _needs_drm_resource_id(
             f"is {str(fixed).lower()} for kind '{kind_name}' (its protocol decides)",
         )
     return fixed
+
+
+def _provider_errors(
+    reader: ConfigReader,
+    section: dict[str, Any],
+    path: str,
+    kind_name: str,
+    kind: ProviderKind | None,
+) -> frozenset[str]:
+    """`provider_errors`: the error codes a generic provider answers with (`errorCode`), each
+    its own value of the `provider_error` metric label; other kinds know their provider's."""
+    codes = reader.value(section, "provider_errors", path, list, [])
+    if codes and kind is not None and kind.options is not None:
+        reader.problem(f"{path}.provider_errors", f"kind '{kind_name}' knows its provider's codes")
+    for code in codes:
+        if not isinstance(code, str) or not _ERROR_CODE.match(code):
+            reader.problem(f"{path}.provider_errors", f"{code!r} is not an error code")
+    return frozenset(str(code) for code in codes)
 
 
 def _check_served(

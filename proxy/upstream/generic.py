@@ -7,6 +7,9 @@ emulated legacy and incoming providers do.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+
 from multidict import CIMultiDict
 
 from proxy.config.providers import ProviderSettings, UrlTemplate
@@ -25,14 +28,23 @@ from proxy.upstream.base import (
 )
 from proxy.upstream.http.client import Address
 from proxy.upstream.signer import TokenSigner
-from proxy.upstream.transport import ProviderTransport, forward_headers, with_query
+from proxy.upstream.transport import (
+    ProviderFault,
+    ProviderTransport,
+    forward_headers,
+    looks_like_json_error,
+    with_query,
+)
 
 
 class GenericProvider(Adapter):
     """A provider configured entirely by URL templates, an auth section and FairPlay formats."""
 
     def __init__(self, settings: ProviderSettings) -> None:
-        super().__init__(settings, ProviderTransport(settings))
+        transport = ProviderTransport(
+            settings, read_fault=read_json_fault, known_errors=settings.provider_errors
+        )
+        super().__init__(settings, transport)
         auth = settings.auth
         self._static = {auth.header: auth.value} if auth.header and auth.value else {}
         self.signer = TokenSigner(auth.token) if auth.token is not None else None
@@ -84,6 +96,16 @@ class GenericProvider(Adapter):
             return {}, f"{self.signer.query_param}={token}"
         assert self.signer.header is not None
         return {self.signer.header: token}, ""
+
+
+def read_json_fault(status: int, headers: Mapping[str, str], body: bytes) -> ProviderFault | None:
+    """The `errorCode` (or `error_code`) of a JSON error answer, as many providers send one;
+    the status table decides the gateway error."""
+    if body[:1] != b"{" or not looks_like_json_error(body):
+        return None
+    document = json.loads(body)
+    code = document.get("errorCode", document.get("error_code"))
+    return ProviderFault(str(code)) if isinstance(code, str | int) else None
 
 
 KIND = ProviderKind(client=GenericProvider)

@@ -289,3 +289,35 @@ def test_rules_view_reads_provider_traits_without_any_secret(tmp_path: Path) -> 
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"providers\.legacy\.license_urls\.widevine: not a URL"):
         load_rules_view(path)
+
+
+def test_provider_errors_are_codes_and_only_for_generic_providers() -> None:
+    raw = base()
+    raw["providers"]["legacy"]["provider_errors"] = ["EMULATED_FAULT", "has space", 7]
+    found = problems_of(raw)
+    assert "providers.legacy.provider_errors: 'has space' is not an error code" in found
+    assert "providers.legacy.provider_errors: 7 is not an error code" in found
+    good = base()
+    good["providers"]["legacy"]["provider_errors"] = ["EMULATED_FAULT"]
+    config = parse_config(good, base_dir=Path("/srv"), env=ENV)
+    assert config.providers["legacy"].provider_errors == {"EMULATED_FAULT"}
+
+
+def test_a_kind_knows_its_own_error_codes_and_serves_only_its_drm_systems() -> None:
+    from proxy.dev.kinds import kind_env, provider_section
+
+    raw = base()
+    section = provider_section("widevine-cloud", "http://127.0.0.1:2")
+    section["provider_errors"] = ["X"]
+    section["license_urls"]["fairplay"] = "/fairplay"
+    section["key_url"] = "/keys/{key_id}"
+    section["needs_drm_resource_id"] = False
+    raw["providers"]["incoming"] = section
+    found = problems_of(raw, {**ENV, **kind_env("widevine-cloud")})
+    assert found == [
+        "providers.incoming.needs_drm_resource_id: is true for kind 'widevine-cloud' "
+        "(its protocol decides)",
+        "providers.incoming.license_urls.fairplay: kind 'widevine-cloud' does not serve fairplay",
+        "providers.incoming.key_url: kind 'widevine-cloud' does not serve HLS AES-128 keys",
+        "providers.incoming.provider_errors: kind 'widevine-cloud' knows its provider's codes",
+    ]

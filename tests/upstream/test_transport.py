@@ -132,3 +132,38 @@ def test_a_kind_whose_answers_are_json_judges_them_itself() -> None:
     assert status_rule(200, envelope) is not None  # generic sniffing: looks like an error
     assert status_rule(200, envelope, json_errors=False) is None
     assert status_rule(200, b"", json_errors=False) is not None  # empty is still refused
+
+
+async def test_a_generic_provider_counts_its_json_error_codes(aiohttp_server: Any) -> None:
+    from proxy.upstream.generic import GenericProvider, read_json_fault
+
+    assert read_json_fault(500, {}, b'{"errorCode": "EMULATED_FAULT"}') == ProviderFault(
+        "EMULATED_FAULT"
+    )
+    assert read_json_fault(200, {}, b'{"license": "x"}') is None
+    assert read_json_fault(200, {}, b"\x08\x04") is None
+    settings = ProviderSettings(
+        name="generic-codes",
+        license_urls={},
+        key_url=None,
+        auth=ProviderAuth(),
+        provider_errors=frozenset({"known_code"}),
+    )
+    provider = GenericProvider(settings)
+    await provider.open()
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"errorCode": request.path.strip("/")}, status=503)
+
+    app = web.Application()
+    app.router.add_post("/{code}", answer)
+    server = await aiohttp_server(app)
+    try:
+        for code, label in (("known_code", "known_code"), ("new_code", "other")):
+            with pytest.raises(UpstreamUnavailable) as info:
+                await provider.transport.send(
+                    "POST", str(server.make_url(f"/{code}")), drm="widevine", headers={}
+                )
+            assert info.value.provider_error == label
+    finally:
+        await provider.close()
