@@ -257,7 +257,7 @@ def test_the_demo_player_page_plays_through_the_gateway(demo: Demo, tmp_path: Pa
     decision = explain(demo.banner, asset)
     licenses = [
         line
-        for line in map(json.loads, re.findall(r'^\{"component": "access".*$', demo.log(), re.M))
+        for line in map(json.loads, re.findall(r'^\{"component": ?"access".*$', demo.log(), re.M))
         if line["method"] == "POST"
         and line["route"] == "/v1/license/{drm}/{asset_id}"
         and (line["drm"], line["asset_id"]) == ("clearkey", asset)
