@@ -1,4 +1,5 @@
-"""Emulated DRM license/key providers (``drm-gateway emulate legacy|incoming``).
+"""Emulated DRM license/key providers (``drm-gateway emulate legacy|incoming|<kind>``;
+``kinds/`` has one per commercial provider kind, written from its documentation).
 
 Shares no code with the gateway's codecs, token signer or auth, so a gateway bug cannot be
 mirrored here and still pass the tests.
