@@ -108,6 +108,9 @@ class ImportReport:
     added: int
     updated: int
     rejected: list[Rejection]
+    # The file stayed in WAL mode (a reader held it open): a read-only mount cannot open it
+    # until the next import, or a gateway that opens it immutable (see SqliteCatalog).
+    left_in_wal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +222,11 @@ def format_import_report(report: ImportReport, *, max_rejections: int = 50) -> s
     ]
     if len(report.rejected) > max_rejections:
         lines.append(f"  ... and {len(report.rejected) - max_rejections} more")
+    if report.left_in_wal:
+        lines.append(
+            "note: the file stays in WAL mode (a reader had it open); copy or mount it "
+            "read-only only after an import that ends without readers"
+        )
     return "\n".join(lines)
 
 
@@ -465,10 +473,25 @@ def _load(records: Iterator[_Record], db: Path, report: Callable[[int], None]) -
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        left_in_wal = not _leave_wal(conn)
     finally:
         conn.close()
     # Duplicates within the file were rejected, so every accepted row was an add or an update.
-    return ImportReport(added=added, updated=accepted - added, rejected=rejected)
+    return ImportReport(
+        added=added, updated=accepted - added, rejected=rejected, left_in_wal=left_in_wal
+    )
+
+
+def _leave_wal(conn: sqlite3.Connection) -> bool:
+    """Back to a rollback journal once written: a WAL file needs its -shm and -wal beside it,
+    which a read-only mount (the usual way to ship a catalog to gateways) cannot create.
+    False when a reader holds the file, which keeps it in WAL until the next import."""
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        mode = conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
+    except sqlite3.OperationalError:  # locked by a reader
+        return False
+    return str(mode).lower() == "delete"
 
 
 def _store(

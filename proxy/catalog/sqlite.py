@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -21,8 +23,12 @@ from typing import TypeAlias
 
 from proxy.catalog.base import CatalogEntry
 from proxy.errors import CatalogUnavailable
+from proxy.observability.logs import get_logger
 
 SCHEMA_VERSION = 2
+# How often a lookup compares the file against the one it opened (a rename over it).
+REPLACED_CHECK_SECONDS = 1.0
+log = get_logger("catalog")
 
 # Run one statement at a time (not executescript, which commits first), so the importer can
 # create or migrate the schema inside its write transaction: two imports never race an ALTER.
@@ -82,8 +88,20 @@ def ensure_schema(path: Path) -> None:
 
 
 def read_only_uri(path: Path) -> str:
-    """The `file:` URI that opens `path` read-only (percent-encoded, absolute)."""
-    return f"{path.resolve().as_uri()}?mode=ro"
+    """The `file:` URI that opens `path` read-only (percent-encoded, absolute).
+
+    Where its folder cannot be written (a read-only mount), also `immutable=1`: SQLite then
+    needs no lock, journal, -wal or -shm file, none of which it could create there. Nothing
+    rewrites a file in place on such a mount; a new catalog arrives as a new file (a rename
+    or a remount), which `SqliteCatalog` notices and reopens."""
+    immutable = "" if os.access(path.resolve().parent, os.W_OK) else "&immutable=1"
+    return f"{path.resolve().as_uri()}?mode=ro{immutable}"
+
+
+def file_identity(path: Path) -> tuple[int, int, int, int]:
+    """What changes when the file is replaced or rewritten: device, inode, size, mtime."""
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 @lru_cache(maxsize=4096)
@@ -134,12 +152,16 @@ class SqliteCatalog:
                 f"catalog database {path} does not exist"
             )
         self._path = path
-        self._uri = read_only_uri(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-sqlite")
-        # Touched only by the executor thread: the connection, and whether its file has the
-        # key_ids column (rechecked per lookup while it has not: an import may migrate it).
+        # Touched only by the executor thread: the connection, whether its file has the
+        # key_ids column (rechecked per lookup while it has not: an import may migrate it),
+        # the identity of the file it opened and when that was last compared, and the last
+        # failure logged (each distinct one is logged once).
         self._conn: sqlite3.Connection | None = None
         self._has_key_ids = False
+        self._identity: tuple[int, int, int, int] | None = None
+        self._checked = 0.0
+        self._failure: str | None = None
         self._closed = False
 
     @property
@@ -172,13 +194,46 @@ class SqliteCatalog:
     def _guarded(self, func: _Job, arg: str) -> CatalogEntry | None:
         """Run `func` on the executor thread, mapping database errors to CatalogUnavailable."""
         try:
+            self._reopen_if_replaced()
             if self._conn is None:
-                self._conn = sqlite3.connect(self._uri, uri=True, timeout=2.0)
-            return func(self._conn, arg)
+                self._conn = self._connect()
+            result = func(self._conn, arg)
         except (sqlite3.Error, ValueError, OSError) as exc:
             # Reopen next time: the file may have been repaired or replaced meanwhile.
             self._disconnect()
+            self._log_failure(exc)
             raise CatalogUnavailable() from exc
+        self._failure = None
+        return result
+
+    def _connect(self) -> sqlite3.Connection:
+        identity = file_identity(self._path)
+        conn = sqlite3.connect(read_only_uri(self._path), uri=True, timeout=2.0)
+        self._identity, self._checked = identity, time.monotonic()
+        return conn
+
+    def _reopen_if_replaced(self) -> None:
+        """Drop the connection when the file was replaced (a new catalog renamed over it) or
+        rewritten: an open connection would keep reading the old inode. Checked at most every
+        REPLACED_CHECK_SECONDS, so a cache miss costs one stat() now and then."""
+        now = time.monotonic()
+        if self._conn is None or now - self._checked < REPLACED_CHECK_SECONDS:
+            return
+        self._checked = now
+        try:
+            replaced = file_identity(self._path) != self._identity
+        except OSError:
+            return  # gone: the readiness ping says so; the open file still answers
+        if replaced:
+            log.info("catalog_reopened", path=str(self._path))
+            self._disconnect()
+
+    def _log_failure(self, exc: BaseException) -> None:
+        """Say once, with the path and SQLite's own words, why the catalog cannot be read."""
+        why = f"{type(exc).__name__}: {exc}"
+        if why != self._failure:
+            self._failure = why
+            log.warning("catalog_unavailable", path=str(self._path), error=why)
 
     def _lookup(self, conn: sqlite3.Connection, asset_id: str) -> CatalogEntry | None:
         if not self._has_key_ids:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +23,8 @@ from proxy.catalog import (
     SqliteCatalog,
     build_catalog,
 )
+from proxy.catalog import sqlite as sqlite_backend
+from proxy.catalog.importer import import_file
 from proxy.catalog.sqlite import create_schema, decode_row, ensure_schema, read_only_uri
 from proxy.errors import CatalogUnavailable
 
@@ -300,3 +307,123 @@ def test_new_and_migrated_files_have_the_same_columns(tmp_path: Path, schema_1_d
             conn.close()
 
     assert columns(schema_1_db) == columns(tmp_path / "new.db")
+
+
+# --- shipping a catalog: read-only mounts, files renamed over, failures said once ----------
+
+ROOT = Path(__file__).resolve().parents[2]
+# Opens the catalog the way the gateway does, from a mount where nothing can be written.
+_READ_ON_MOUNT = """
+import asyncio, sys
+from pathlib import Path
+from proxy.catalog import SqliteCatalog
+async def main():
+    catalog = SqliteCatalog(Path(sys.argv[1]))
+    try:
+        await catalog.ping()
+        entry = await catalog.get("movie-1")
+        print(entry.drm_resource_id)
+    finally:
+        await catalog.close()
+asyncio.run(main())
+"""
+
+
+def _on_read_only_mount(folder: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """Run `command` where `folder` is bind-mounted read-only at `<folder>-ro` (in a private
+    mount namespace: nothing leaks to the machine); pytest.skip where that is not allowed."""
+    mount_point = folder.with_name(folder.name + "-ro")
+    mount_point.mkdir(exist_ok=True)
+    script = (
+        f"mount --bind {folder} {mount_point} && mount -o remount,bind,ro {mount_point} "
+        f'&& exec "$@"'
+    )
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", "true"], capture_output=True, text=True
+    )
+    if shutil.which("unshare") is None or probe.returncode != 0:
+        pytest.skip(f"no read-only bind mount here ({probe.stderr.strip() or 'no unshare'})")
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", *command],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def test_an_import_leaves_a_file_any_read_only_mount_can_open(tmp_path: Path) -> None:
+    folder = tmp_path / "catalog"
+    folder.mkdir()
+    source = folder / "export.csv"
+    source.write_text("asset_id,drm_resource_id,key_holders,tags\nmovie-1,res-1,,\n")
+    report = import_file(source, folder / "catalog.db")
+    assert not report.left_in_wal
+    conn = sqlite3.connect(folder / "catalog.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    conn.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["catalog.db", "export.csv"]
+    done = _on_read_only_mount(
+        folder,
+        sys.executable,
+        "-c",
+        _READ_ON_MOUNT,
+        str(folder.with_name("catalog-ro") / "catalog.db"),
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "res-1"), done.stderr
+
+
+def test_a_file_left_in_wal_mode_is_read_immutable_from_a_read_only_mount(tmp_path: Path) -> None:
+    folder = tmp_path / "wal"
+    folder.mkdir()
+    db = write_db(folder / "catalog.db", ROWS)
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode = WAL")  # as an import with a reader attached leaves it
+    conn.close()
+    mounted = str(folder.with_name("wal-ro") / "catalog.db")
+    done = _on_read_only_mount(folder, sys.executable, "-c", _READ_ON_MOUNT, mounted)
+    assert (done.returncode, done.stdout.strip()) == (0, "res-1"), done.stderr
+    audit = _on_read_only_mount(
+        folder, sys.executable, "-m", "proxy.cli", "catalog", "audit", "--db", mounted
+    )
+    assert audit.returncode == 0 and "3 assets, 1 without a drm_resource_id" in audit.stdout, (
+        audit.stderr
+    )
+    assert read_only_uri(db).endswith("?mode=ro")  # where the folder is writable: no immutable
+
+
+async def test_a_catalog_renamed_over_the_open_one_is_reopened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "REPLACED_CHECK_SECONDS", 0.05)
+    db = write_db(tmp_path / "catalog.db", ROWS)
+    catalog = SqliteCatalog(db)
+    try:
+        first = await catalog.get("movie-1")
+        assert first is not None and first.drm_resource_id == "res-1"
+        fresh = write_db(tmp_path / "new.db", [("movie-1", "res-1-v2", None, [])])
+        os.replace(fresh, db)  # how a new export is published
+        await asyncio.sleep(0.1)
+        second = await catalog.get("movie-1")
+        assert second is not None and second.drm_resource_id == "res-1-v2"
+        assert await catalog.get("movie-2") is None  # the old file's rows are gone
+    finally:
+        await catalog.close()
+
+
+async def test_a_catalog_that_cannot_be_read_says_why_once(
+    tmp_path: Path, log_buffer: io.StringIO
+) -> None:
+    db = tmp_path / "catalog.db"
+    db.write_bytes(b"this is not a database, " * 100)
+    catalog = SqliteCatalog(db)
+    try:
+        for _ in range(3):
+            with pytest.raises(CatalogUnavailable):
+                await catalog.get("movie-1")
+    finally:
+        await catalog.close()
+    lines = [json.loads(line) for line in log_buffer.getvalue().splitlines()]
+    said = [line for line in lines if line.get("event") == "catalog_unavailable"]
+    assert len(said) == 1
+    assert said[0]["path"] == str(db) and "not a database" in said[0]["error"]
