@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from proxy.catalog.base import Catalog, CatalogEntry
+from proxy.catalog.missing import MissingStore, MissingTitles
 from proxy.config import Config, UrlTemplate
 from proxy.domain import KEY_DRM, AssetId, KeyId
 from proxy.errors import (
@@ -86,8 +87,14 @@ class Gateway:
         catalog: Catalog,
         providers: Mapping[str, ProviderClient],
         rules: RulesWatcher,
+        *,
+        missing: MissingStore | None = None,
     ) -> None:
         self.config = config
+        # Titles requested without a drmResourceId (GET /admin/missing lists them).
+        if missing is None:
+            missing = MissingTitles(max_titles=config.missing.max_titles)
+        self.missing = missing
         self.catalog = catalog
         self.providers = providers
         self.rules = rules
@@ -144,9 +151,13 @@ class Gateway:
         info.drm, info.asset_id = drm, asset_id
         entry = await self.catalog.get(asset_id)
         if entry is None:
+            self.missing.forget(asset_id)  # left the catalog: nothing to propagate
             raise UnknownAsset()
         if entry.drm_resource_id is None:
             metrics.labelled(metrics.ASSETS_WITHOUT_RESOURCE_ID, drm).inc()
+            self.missing.record(asset_id, drm)
+        else:  # a title that gained its id leaves the list (a dict miss for every other)
+            self.missing.forget(asset_id)
         return entry
 
     def decide(self, info: RequestInfo, entry: CatalogEntry, client: ClientInfo) -> Route:

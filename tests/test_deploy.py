@@ -240,9 +240,19 @@ REQUIRED_PANELS = [
     ("Upstream failures", "drm_gateway_upstream_bad_responses_total", "kind"),
     ("gateway vs upstream", "drm_gateway_upstream_duration_seconds_bucket", "0.99"),
     (
-        "Assets without drmResourceId per minute",
+        "Titles without drmResourceId, and requests",
+        "drm_gateway_titles_without_resource_id",
+        "sum(drm_gateway_titles_without_resource_id{",
+    ),
+    (
+        "Titles without drmResourceId, and requests",
         "drm_gateway_assets_without_resource_id_total",
         "* 60",
+    ),
+    (
+        "Titles without drmResourceId per replica",
+        "drm_gateway_titles_without_resource_id",
+        "by (instance, pod)",
     ),
     ("Catalog hit ratio", "drm_gateway_catalog_lookups_total", "hit"),
     ("Decisions by rule", "drm_gateway_routing_decisions_total", "rule"),
@@ -261,6 +271,18 @@ def test_required_panel_exists(title: str, series: str, text: str) -> None:
     assert series in series_used(exprs) and text in exprs
 
 
+def test_missing_titles_panel_leads_with_the_gauge_of_titles() -> None:
+    # Titles, not requests: the request counter stays, as the second query.
+    panel = next(p for p in _panels(dashboard()) if p["title"].startswith("Titles without"))
+    first, second = (t["expr"] for t in panel["targets"])
+    assert series_used(first) == {"drm_gateway_titles_without_resource_id"}
+    assert series_used(second) == {"drm_gateway_assets_without_resource_id_total"}
+    table = next(
+        p for p in _panels(dashboard()) if p["title"].endswith("drmResourceId per replica")
+    )
+    assert table["type"] == "table"
+
+
 def test_latency_panel_compares_gateway_and_upstream_quantiles() -> None:
     panel = next(p for p in _panels(dashboard()) if p["title"].startswith("Latency p50"))
     exprs = [t["expr"] for t in panel["targets"]]
@@ -276,6 +298,7 @@ REQUIRED_ALERTS = {
     "DrmGatewayHighErrorRatio",
     "DrmGatewayHighLatencyP99",
     "DrmGatewayAssetsWithoutResourceIdSpike",
+    "DrmGatewayNewTitlesWithoutResourceId",
     "DrmGatewayRulesReloadFailed",
     "DrmGatewayRulesFileInvalid",
     "DrmGatewayRulesVersionMismatch",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +36,25 @@ class Catalog(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class HttpCatalogSettings:
+    """The `http` backend: a metadata service answering `GET {base_url}/assets/{asset_id}`.
+
+    `auth_header` and `token` come together or not at all; the token is sent as the header's
+    whole value (so a bearer token's secret holds `Bearer ...`). `ca_file` adds a private CA
+    to the system's for an https `base_url`; certificates are always verified.
+    """
+
+    base_url: str
+    auth_header: str | None = None
+    token: str | None = field(default=None, repr=False)
+    connect_timeout: float = 1.0
+    total_timeout: float = 2.0
+    max_response_bytes: int = 65_536
+    max_connections: int = 64
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CatalogSettings:
     backend: str = "sqlite"
     path: Path | None = None
@@ -43,3 +62,4 @@ class CatalogSettings:
     negative_ttl_seconds: float = 30.0
     stale_seconds: float = 600.0
     max_entries: int = 1_000_000
+    http: HttpCatalogSettings | None = None  # for backend `http`

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from proxy.catalog.base import Catalog, CatalogSettings
 from proxy.catalog.cache import CachedCatalog, Observer
+from proxy.catalog.http import HttpCatalog
 from proxy.catalog.sqlite import SqliteCatalog
 
 BackendFactory = Callable[[CatalogSettings], Catalog]
@@ -17,8 +18,15 @@ def _build_sqlite(settings: CatalogSettings) -> Catalog:
     return SqliteCatalog(settings.path)
 
 
+def _build_http(settings: CatalogSettings) -> Catalog:
+    if settings.http is None:
+        raise ValueError("catalog backend 'http' needs its 'http' settings")
+    return HttpCatalog(settings.http)
+
+
 _BACKENDS: dict[str, BackendFactory] = {
     "sqlite": _build_sqlite,
+    "http": _build_http,
 }
 
 KNOWN_BACKENDS: tuple[str, ...] = tuple(sorted(_BACKENDS))

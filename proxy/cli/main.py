@@ -1,4 +1,4 @@
-"""`drm-gateway` commands: serve, demo, config check, catalog import/audit, emulate."""
+"""`drm-gateway` commands: serve, demo, config check, catalog import/audit/sync, emulate."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import importlib
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from proxy.catalog import CatalogSettings
 from proxy.config import Config, ConfigError, RulesView, load_config, load_rules_view
 from proxy.domain import ALL_DRMS
 from proxy.observability.logs import configure_logging
+from proxy.routing.rules import ProviderTraits
 
 
 def _print_problems(source: Path, problems: list[str]) -> None:
@@ -73,66 +75,299 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _catalog_db(args: argparse.Namespace) -> Path:
-    if args.db is not None:
-        return Path(args.db)
-    if args.config is None:
+    if args.db is None:
         raise SystemExit("give --db PATH or --config FILE")
-    config = _load_or_exit(args.config)
-    if config.catalog.path is None:
-        raise SystemExit(f"{args.config}: catalog backend '{config.catalog.backend}' has no file")
-    return config.catalog.path
+    return Path(args.db)
+
+
+def _catalog_progress(verb: str) -> Any:
+    """A progress callback rewriting one stderr line: `<verb> N lines (P%)`."""
+
+    def progress(lines: int, done: int, total: int) -> None:
+        share = f" ({100 * done // total}%)" if total else ""
+        print(f"\r{verb} {lines:,} lines{share}", end="", file=sys.stderr, flush=True)
+
+    return progress
 
 
 def cmd_catalog_import(args: argparse.Namespace) -> int:
     from proxy.catalog.importer import CatalogImportError, format_import_report, import_file
 
-    def progress(lines: int, done: int, total: int) -> None:
-        share = f" ({100 * done // total}%)" if total else ""
-        print(f"\rimported {lines:,} lines{share}", end="", file=sys.stderr, flush=True)
-
+    db, providers = _catalog_source(args)
     try:
-        report = import_file(args.file, _catalog_db(args), progress=progress)
+        report = import_file(
+            args.file,
+            db,
+            progress=_catalog_progress("imported"),
+            providers=providers,
+            allow_rejects=args.allow_rejects,
+        )
     except CatalogImportError as exc:
         print(f"\nimport failed: {exc}", file=sys.stderr)
         return 1
     print(file=sys.stderr)
     print(format_import_report(report))
-    return 0
+    # Rejected rows fail the command (an export job should notice) unless they are allowed.
+    return 0 if report.applied and (args.allow_rejects or not report.rejected) else 1
 
 
-def _audit_source(args: argparse.Namespace) -> tuple[Path, tuple[str, ...] | None]:
-    """The catalog file to audit, and the configured providers that need key ids (None
-    without --config). Read like the rules tooling: no secret is needed to audit."""
+def _catalog_source(
+    args: argparse.Namespace,
+) -> tuple[Path, Mapping[str, ProviderTraits] | None]:
+    """The catalog file (--db, else the config's), and the configured providers' traits (None
+    without --config). Read like the rules tooling: no secret is needed."""
     if args.config is None:
         return _catalog_db(args), None
     view = _rules_view_or_exit(args.config, routing=True)
     assert view.catalog is not None  # asked for with routing=True
-    needing = tuple(sorted(name for name, p in view.providers.items() if p.needs_key_ids))
     if args.db is not None:
-        return Path(args.db), needing
+        return Path(args.db), view.providers
     if view.catalog.path is None:
         raise SystemExit(f"{args.config}: catalog backend '{view.catalog.backend}' has no file")
-    return view.catalog.path, needing
+    return view.catalog.path, view.providers
 
 
 def cmd_catalog_audit(args: argparse.Namespace) -> int:
-    from proxy.catalog.importer import CatalogImportError, audit, format_audit_report
+    import json
 
-    db, key_id_providers = _audit_source(args)
+    from proxy.catalog.importer import (
+        CatalogImportError,
+        audit,
+        audit_report_json,
+        format_audit_report,
+    )
+
+    db, providers = _catalog_source(args)
     if not db.is_file():
         print(f"{db}: no such catalog database", file=sys.stderr)
         return 1
+    needing = None
+    if providers is not None:
+        needing = tuple(sorted(name for name, p in providers.items() if p.needs_key_ids))
     try:
-        report = audit(db, limit=args.limit, key_id_providers=key_id_providers)
+        report = audit(db, limit=args.limit, key_id_providers=needing, providers=providers)
     except CatalogImportError as exc:
         print(f"audit failed: {exc}", file=sys.stderr)
         return 1
-    print(format_audit_report(report))
-    if key_id_providers is None:
+    if args.format == "json":
+        print(json.dumps(audit_report_json(report), indent=2))
+    else:
+        print(format_audit_report(report))
+    if providers is None:
         print(
-            "key ids not checked: give --config to check them for the providers that need them",
+            "key ids and servability not checked: give --config to check them against the "
+            "configured providers",
             file=sys.stderr,
         )
+    return 0
+
+
+def cmd_catalog_sync(args: argparse.Namespace) -> int:
+    from proxy.catalog.importer import CatalogImportError
+    from proxy.catalog.sync import (
+        SyncOptions,
+        SyncUsageError,
+        format_diff,
+        parse_source,
+        parse_target,
+        sync,
+    )
+
+    providers = _rules_view_or_exit(args.config).providers if args.config else None
+    try:
+        source, target = parse_source(args.source), parse_target(args.to)
+    except SyncUsageError as exc:
+        print(f"drm-gateway catalog sync: {exc}", file=sys.stderr)
+        return 2
+    options = SyncOptions(
+        prune=args.prune,
+        dry_run=args.dry_run,
+        force=args.force,
+        allow_rejects=args.allow_rejects,
+        max_prune_share=args.max_prune_share,
+        providers=providers,
+        sample=args.sample,
+    )
+
+    reading = _catalog_progress("read")
+    line_open = [False]  # a progress line to end before the next message
+
+    def progress(lines: int, done: int, total: int) -> None:
+        line_open[0] = True
+        reading(lines, done, total)
+
+    def note(phase: str) -> None:
+        print(("\n" if line_open[0] else "") + f"{phase}...", file=sys.stderr, flush=True)
+        line_open[0] = False
+
+    def show(diff: Any, rejected: Any) -> None:
+        print(format_diff(diff, rejected), flush=True)
+
+    started = time.monotonic()
+    try:
+        report = sync(source, target, options, show=show, progress=progress, note=note)
+    except CatalogImportError as exc:
+        print(f"\nsync failed: {exc}", file=sys.stderr)
+        return 1
+    elapsed = time.monotonic() - started
+    if report.refusal is not None:
+        verb = "would refuse" if args.dry_run else "refused, nothing written"
+        print(f"{verb}: {report.refusal}")
+        return 1
+    print(
+        f"dry run: nothing written ({elapsed:.1f} s)"
+        if args.dry_run
+        else f"applied to {target.path} in one transaction ({elapsed:.1f} s)"
+    )
+    return 0
+
+
+def _share_arg(text: str) -> float:
+    try:
+        share = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1 (0.05 is 5%)")
+    return share
+
+
+def _add_catalog_commands(commands: Any) -> Any:
+    """The `catalog` command and its import, audit and sync subcommands; returns the
+    subcommands' parsers (for other catalog tools to join)."""
+    catalog = commands.add_parser("catalog", help="catalog tools")
+    catalog_cmds = catalog.add_subparsers(dest="catalog_command", required=True)
+    imp = catalog_cmds.add_parser(
+        "import",
+        help="load CSV or JSON Lines into the catalog",
+        description="Exit 0: imported; 1: rows rejected (nothing imported unless "
+        "--allow-rejects) or the import failed; 2: usage or config problem.",
+    )
+    imp.add_argument("file", type=Path)
+    _add_catalog_source(imp)
+    _add_allow_rejects(imp)
+    imp.set_defaults(func=cmd_catalog_import)
+    aud = catalog_cmds.add_parser(
+        "audit",
+        help="report assets lacking a drmResourceId or key ids, or that no provider can serve",
+    )
+    _add_catalog_source(aud)
+    aud.add_argument("--limit", type=int, default=50, help="list at most this many (default 50)")
+    aud.add_argument("--format", choices=("text", "json"), default="text")
+    aud.set_defaults(func=cmd_catalog_audit)
+    _add_sync_command(catalog_cmds)
+    return catalog_cmds
+
+
+def _add_allow_rejects(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-rejects",
+        action="store_true",
+        help="write the valid rows even if some are rejected, and exit 0",
+    )
+
+
+def _add_sync_command(catalog_cmds: Any) -> None:
+    sync = catalog_cmds.add_parser(
+        "sync",
+        help="make a SQLite catalog match an export (or another catalog), diff shown first",
+        description="Prints the diff, then applies it in one transaction. Exit 0: applied "
+        "(or a clean dry run); 1: rows rejected, a refused prune, or a failure (nothing "
+        "written); 2: usage or config problem.",
+    )
+    sync.add_argument("source", help="CSV / JSON Lines export, or a SQLite catalog file")
+    sync.add_argument("--to", required=True, help="the SQLite catalog file to update")
+    sync.add_argument(
+        "--config", type=Path, help="check key holders against this config's providers"
+    )
+    sync.add_argument("--prune", action="store_true", help="delete what the source lacks")
+    sync.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+    sync.add_argument(
+        "--force", action="store_true", help="prune beyond --max-prune-share (or with rejects)"
+    )
+    sync.add_argument(
+        "--max-prune-share",
+        type=_share_arg,
+        default=0.05,
+        help="--prune refuses to delete more than this share of the target (default 0.05)",
+    )
+    sync.add_argument(
+        "--sample", type=int, default=10, help="asset ids shown per kind of change (default 10)"
+    )
+    _add_allow_rejects(sync)
+    sync.set_defaults(func=cmd_catalog_sync)
+
+
+def _missing_usage(message: object) -> int:
+    """A usage problem of `catalog missing`: said on stderr, exit status 2."""
+    print(f"drm-gateway catalog missing: {message}", file=sys.stderr)
+    return 2
+
+
+def _missing_table(data: dict[str, Any]) -> str:
+    """The JSON answer of /admin/missing as aligned columns, most requested first."""
+    rows = [("asset_id", "count", "by_drm", "first_seen", "last_seen")]
+    for title in data["titles"]:
+        by_drm = " ".join(f"{drm}:{n}" for drm, n in sorted(title["by_drm"].items()))
+        rows.append(
+            (
+                title["asset_id"],
+                str(title["count"]),
+                by_drm,
+                title["first_seen"],
+                title["last_seen"],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    )
+
+
+def cmd_catalog_missing(args: argparse.Namespace) -> int:
+    import json
+    import os
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    token = os.environ.get(args.token_env, "")
+    if not token:
+        return _missing_usage(f"environment variable {args.token_env} (the admin token) is empty")
+    url = urllib.parse.urlsplit(args.url)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        return _missing_usage(f"--url must be http(s)://host:port, not {args.url!r}")
+    query = urllib.parse.urlencode(
+        {"limit": args.limit, "format": "csv" if args.format == "csv" else "json"}
+    )
+    request = urllib.request.Request(
+        f"{args.url.rstrip('/')}/admin/missing?{query}",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            body = response.read().decode()
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("message", exc.reason)
+        except ValueError:
+            message = exc.reason
+        print(f"{args.url}: HTTP {exc.code}: {message}", file=sys.stderr)
+        return 2 if exc.code == 400 else 1
+    except (OSError, ValueError) as exc:  # refused, timed out, no such host
+        print(f"{args.url}: cannot fetch the list ({exc})", file=sys.stderr)
+        return 1
+    if args.format != "table":
+        print(body, end="" if body.endswith("\n") else "\n")
+        return 0
+    data = json.loads(body)
+    print(_missing_table(data))
+    print(
+        f"{len(data['titles'])} of {data['total']} titles listed ({data['scope']}); "
+        f"{data['evicted']} evicted to stay within {data['max_titles']}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -327,9 +562,55 @@ def _add_token_commands(commands: Any) -> None:
     verify.set_defaults(func=cmd_token_verify)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _add_catalog_missing(catalog_cmds: Any) -> None:
+    missing = catalog_cmds.add_parser(
+        "missing",
+        help="list titles requested without a drmResourceId (from a running gateway)",
+        description="Fetches GET /admin/missing from a running gateway's internal port and "
+        "prints its list, most requested first. The list lives in that replica's memory "
+        "(traffic it served since it started, bounded by missing.max_titles), so this asks "
+        "the replica: give each replica's internal URL to see them all. Exit 0: listed; "
+        "1: the gateway refused the token or did not answer; 2: usage (no token, bad URL "
+        "or limit).",
+    )
+    missing.add_argument(
+        "--url", required=True, help="the replica's internal URL, e.g. http://10.0.3.7:9090"
+    )
+    missing.add_argument(
+        "--token-env",
+        required=True,
+        metavar="NAME",
+        help="environment variable holding the admin token (never given on the command line)",
+    )
+    missing.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="table (default), or the endpoint's JSON or CSV as it sends it",
+    )
+    missing.add_argument(
+        "--limit", type=_positive, default=100, help="list at most this many (default 100)"
+    )
+    missing.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the gateway"
+    )
+    missing.set_defaults(func=cmd_catalog_missing)
+
+
 def _add_catalog_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, help="SQLite catalog file")
-    parser.add_argument("--config", type=Path, help="take the catalog file from this config")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="take the catalog file from this config, and check against its providers",
+    )
 
 
 _LAYERS_HELP = (
@@ -389,18 +670,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     check.add_argument("file", type=Path, nargs="+", help=_LAYERS_HELP)
     check.set_defaults(func=cmd_config_check)
 
-    catalog = commands.add_parser("catalog", help="catalog tools")
-    catalog_cmds = catalog.add_subparsers(dest="catalog_command", required=True)
-    imp = catalog_cmds.add_parser("import", help="load CSV or JSON Lines into the catalog")
-    imp.add_argument("file", type=Path)
-    _add_catalog_source(imp)
-    imp.set_defaults(func=cmd_catalog_import)
-    aud = catalog_cmds.add_parser(
-        "audit", help="report assets lacking a drmResourceId, or key ids a provider needs"
-    )
-    _add_catalog_source(aud)
-    aud.add_argument("--limit", type=int, default=50, help="list at most this many (default 50)")
-    aud.set_defaults(func=cmd_catalog_audit)
+    catalog_cmds = _add_catalog_commands(commands)
+    _add_catalog_missing(catalog_cmds)
 
     _add_rules_commands(commands)
     _add_token_commands(commands)

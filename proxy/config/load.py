@@ -18,8 +18,12 @@ import yaml
 from proxy.access.client_address import Network, parse_network
 from proxy.access.cors import CorsPolicy
 from proxy.access.player_tokens import PlayerAuthSettings
-from proxy.catalog.base import CatalogSettings
+from proxy.catalog.base import CatalogSettings, HttpCatalogSettings
+from proxy.catalog.http import create_ssl_context, parse_base_url
+from proxy.catalog.missing import MissingSettings
+from proxy.catalog.registry import KNOWN_BACKENDS
 from proxy.config.providers import (
+    HEADER_NAME,
     ProviderAuth,
     ProviderSettings,
     UrlTemplate,
@@ -109,6 +113,7 @@ class Config:
     cors: CorsPolicy | None = None
     rate_limits: RateLimits = field(default_factory=RateLimits)
     source: Path | None = None
+    missing: MissingSettings = field(default_factory=MissingSettings)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -183,6 +188,7 @@ def parse_config(
     player_auth = parse_player_auth(reader, top.get("player_auth"))
     cors = parse_cors(reader, top.get("cors"))
     rate_limits = parse_rate_limits(reader, top.get("rate_limit"))
+    missing = _parse_missing(reader, top.get("missing"))
     if reader.problems:
         raise ConfigError(reader.problems)
     return Config(
@@ -197,6 +203,7 @@ def parse_config(
         cors,
         rate_limits,
         source,
+        missing=missing,
     )
 
 
@@ -221,7 +228,11 @@ def load_rules_view(path: Path, *, routing: bool = False) -> RulesView:
     top = reader.mapping(raw, "", _TOP_SECTIONS)
     providers = parse_providers(reader, top.get("providers"), auth=False)
     routing_settings = _parse_routing(reader, top.get("routing"), providers) if routing else None
-    catalog = _parse_catalog(reader, top.get("catalog")) if routing else None
+    catalog = None
+    if routing:  # `rules explain` looks assets up: a catalog service's token is needed then
+        catalog_reader = ConfigReader(path.parent, os.environ)
+        catalog = _parse_catalog(catalog_reader, top.get("catalog"))
+        reader.problems.extend(catalog_reader.problems)
     if reader.problems:
         raise ConfigError(reader.problems)
     return RulesView({name: p.traits for name, p in providers.items()}, routing_settings, catalog)
@@ -238,6 +249,7 @@ _TOP_SECTIONS = {
     "player_auth",
     "cors",
     "rate_limit",
+    "missing",
 }
 
 
@@ -300,14 +312,23 @@ def _parse_log(reader: ConfigReader, raw: Any) -> LogSettings:
 def _parse_catalog(reader: ConfigReader, raw: Any) -> CatalogSettings:
     path = "catalog"
     allowed = {"backend", "path", "ttl_seconds", "negative_ttl_seconds", "stale_seconds"}
-    section = reader.mapping(raw, path, allowed | {"max_entries"})
+    section = reader.mapping(raw, path, allowed | {"max_entries", "http"})
     defaults = CatalogSettings()
     backend = reader.value(section, "backend", path, str, "sqlite")
+    known = backend in KNOWN_BACKENDS
+    if backend is not None and not known:
+        names = ", ".join(KNOWN_BACKENDS)
+        reader.problem("catalog.backend", f"unknown catalog backend '{backend}' (known: {names})")
     db_path = None
     if backend == "sqlite":
         db_path = reader.path(section.get("path"), "catalog.path")
-    elif backend is not None:
-        reader.problem("catalog.backend", f"unknown catalog backend '{backend}' (known: sqlite)")
+    elif known and "path" in section:
+        reader.problem("catalog.path", "is only for backend 'sqlite'")
+    http = None
+    if backend == "http":
+        http = _parse_catalog_http(reader, section.get("http"))
+    elif known and "http" in section:
+        reader.problem("catalog.http", "is only for backend 'http'")
     return CatalogSettings(
         backend=backend or "sqlite",
         path=db_path,
@@ -317,7 +338,79 @@ def _parse_catalog(reader: ConfigReader, raw: Any) -> CatalogSettings:
         ),
         stale_seconds=reader.value(section, "stale_seconds", path, float, defaults.stale_seconds),
         max_entries=reader.positive(section, "max_entries", path, int, defaults.max_entries),
+        http=http,
     )
+
+
+_CATALOG_HTTP_FIELDS = {
+    "base_url",
+    "auth_header",
+    "token",
+    "timeouts",
+    "max_response_bytes",
+    "max_connections",
+    "ca_file",
+}
+
+
+def _parse_catalog_http(reader: ConfigReader, raw: Any) -> HttpCatalogSettings | None:
+    """`catalog.http`: the metadata service's base URL, credentials, limits (None if bad)."""
+    path = "catalog.http"
+    if raw is None:
+        reader.problem(path, "is missing, and has no default")
+        return None
+    section = reader.mapping(raw, path, _CATALOG_HTTP_FIELDS)
+    defaults = HttpCatalogSettings(base_url="")
+    base_url = reader.value(section, "base_url", path, str, REQUIRED)
+    if isinstance(base_url, str):  # (value() hands back the REQUIRED marker when missing)
+        try:
+            parse_base_url(base_url)
+        except ValueError as exc:
+            reader.problem(f"{path}.base_url", str(exc))
+    header = reader.value(section, "auth_header", path, str, None)
+    if header is not None and not HEADER_NAME.fullmatch(header):
+        reader.problem(f"{path}.auth_header", "must be an HTTP header name")
+    token = reader.secret(section["token"], f"{path}.token") if "token" in section else None
+    if token is not None and any(char in token for char in "\r\n\x00"):
+        reader.problem(f"{path}.token", "must not contain a line break or NUL")
+    if ("auth_header" in section) != ("token" in section):
+        reader.problem(path, "'auth_header' and 'token' go together: set both or neither")
+    timeouts = reader.mapping(
+        section.get("timeouts"), f"{path}.timeouts", {"connect_seconds", "total_seconds"}
+    )
+    ca_file = reader.path(section["ca_file"], f"{path}.ca_file") if "ca_file" in section else None
+    if ca_file is not None and not ca_file.is_file():
+        reader.problem(f"{path}.ca_file", f"{ca_file} does not exist")
+    elif ca_file is not None:
+        try:
+            create_ssl_context(ca_file)
+        except OSError:
+            reader.problem(f"{path}.ca_file", f"{ca_file} holds no PEM CA certificate")
+    return HttpCatalogSettings(
+        base_url=base_url if isinstance(base_url, str) else "",
+        auth_header=header,
+        token=token,
+        connect_timeout=reader.positive(
+            timeouts, "connect_seconds", f"{path}.timeouts", float, defaults.connect_timeout
+        ),
+        total_timeout=reader.positive(
+            timeouts, "total_seconds", f"{path}.timeouts", float, defaults.total_timeout
+        ),
+        max_response_bytes=reader.positive(
+            section, "max_response_bytes", path, int, defaults.max_response_bytes
+        ),
+        max_connections=reader.positive(
+            section, "max_connections", path, int, defaults.max_connections
+        ),
+        ca_file=ca_file,
+    )
+
+
+def _parse_missing(reader: ConfigReader, raw: Any) -> MissingSettings:
+    """`missing`: the titles requested without a drmResourceId that a replica remembers."""
+    section = reader.mapping(raw, "missing", {"max_titles"})
+    default = MissingSettings().max_titles
+    return MissingSettings(reader.positive(section, "max_titles", "missing", int, default))
 
 
 def _parse_routing(

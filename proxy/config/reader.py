@@ -54,6 +54,7 @@ class ConfigReader(Problems):
         if key not in raw:
             if default is REQUIRED:
                 self.problem(full, "is missing, and has no default")
+                return None
             return default
         value = raw[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):

@@ -79,6 +79,21 @@ ASSETS_WITHOUT_RESOURCE_ID = Counter(
     ["drm"],
     registry=REGISTRY,
 )
+TITLES_WITHOUT_RESOURCE_ID = Gauge(
+    "drm_gateway_titles_without_resource_id",
+    "Distinct titles requested without a drmResourceId that this replica holds in its list "
+    "(GET /admin/missing names them; bounded by missing.max_titles).",
+    registry=REGISTRY,
+    # Under --workers each worker keeps its own list: the sum over live workers (a title seen
+    # by two workers counts twice), so a new title in any worker shows as an increase.
+    multiprocess_mode="livesum",
+)
+TITLES_WITHOUT_RESOURCE_ID_EVICTED = Counter(
+    "drm_gateway_titles_without_resource_id_evicted_total",
+    "Titles dropped from the list of titles without a drmResourceId to stay within "
+    "missing.max_titles (the least recently seen first).",
+    registry=REGISTRY,
+)
 CATALOG_LOOKUPS = Counter(
     "drm_gateway_catalog_lookups_total",
     "Catalog lookups by result: hit, miss, coalesced, negative_hit, stale, error.",
@@ -251,6 +266,7 @@ def initialise(
     for drm in DRM_SYSTEMS:
         _zero_requests(drm, NO_PROVIDER)
         labelled(ASSETS_WITHOUT_RESOURCE_ID, drm)
+    TITLES_WITHOUT_RESOURCE_ID.set(0)  # a new process holds no list yet
     for values, metric in (
         (CATALOG_RESULTS, CATALOG_LOOKUPS),
         (RELOAD_RESULTS, RULES_RELOADS),

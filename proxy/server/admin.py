@@ -5,13 +5,18 @@ Every admin call is logged with what was asked and the result; never the token.
 
 from __future__ import annotations
 
+import csv
 import hmac
+import io
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
 from proxy.catalog import CachedCatalog
+from proxy.catalog.missing import MissingListing, MissingStore, MissingTitle
 from proxy.domain import ALL_DRMS, parse_asset_id
 from proxy.errors import BadRequest, GatewayError, NotFound, Unauthorized
 from proxy.observability.logs import get_logger
@@ -21,6 +26,7 @@ from proxy.routing.watcher import RulesWatcher
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 RULES = web.AppKey("rules_watcher", RulesWatcher)
 ADMIN_CATALOG = web.AppKey("admin_catalog", CachedCatalog)
+MISSING = web.AppKey("missing_titles", MissingStore)
 
 log = get_logger("admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -93,8 +99,93 @@ async def catalog_entry(request: web.Request) -> web.Response:
 
 async def invalidate_cache(request: web.Request) -> web.Response:
     asset = request.query.get("asset")
-    dropped = request.app[ADMIN_CATALOG].invalidate(parse_asset_id(asset) if asset else None)
-    return web.json_response({"dropped": dropped})
+    asset_id = parse_asset_id(asset) if asset else None
+    catalog = request.app[ADMIN_CATALOG]
+    dropped = catalog.invalidate(asset_id)
+    answer: dict[str, Any] = {"dropped": dropped}
+    missing = request.app.get(MISSING)
+    if asset_id is not None and missing is not None and asset_id in missing:
+        answer["missing_resolved"] = await _recheck_missing(catalog, missing, asset_id)
+    return web.json_response(answer)
+
+
+async def _recheck_missing(catalog: CachedCatalog, missing: MissingStore, asset_id: str) -> bool:
+    """Look a listed title up afresh: it leaves the missing list if it now has its
+    drmResourceId (or left the catalog). A catalog failure leaves it listed."""
+    try:
+        entry = await catalog.get(asset_id)
+    except GatewayError:
+        return False
+    if entry is not None and entry.drm_resource_id is None:
+        return False
+    return missing.forget(asset_id)
+
+
+# /admin/missing: the default and largest `limit`.
+MISSING_LIMIT_DEFAULT = 100
+MISSING_LIMIT_MAX = 100_000
+MISSING_FORMATS = ("json", "csv")
+_CSV_DRMS = ALL_DRMS  # one count column per DRM system, in this order
+
+
+def _missing_limit(text: str | None) -> int:
+    if text is None:
+        return MISSING_LIMIT_DEFAULT
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MISSING_LIMIT_MAX:
+        raise BadRequest(f"limit must be a whole number from 1 to {MISSING_LIMIT_MAX}.")
+    return int(text)
+
+
+def _timestamp(seconds: float) -> str:
+    """ISO 8601 in UTC to the second, e.g. 2025-01-31T12:00:00Z."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _title_json(title: MissingTitle) -> dict[str, Any]:
+    return {
+        "asset_id": title.asset_id,
+        "count": title.count,
+        "by_drm": dict(title.by_drm),
+        "first_seen": _timestamp(title.first_seen),
+        "last_seen": _timestamp(title.last_seen),
+    }
+
+
+def _missing_csv(listing: MissingListing) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["asset_id", "count", *_CSV_DRMS, "first_seen", "last_seen"])
+    for title in listing.titles:
+        per_drm = [title.by_drm.get(drm, 0) for drm in _CSV_DRMS]
+        writer.writerow(
+            [
+                title.asset_id,
+                title.count,
+                *per_drm,
+                *map(_timestamp, (title.first_seen, title.last_seen)),
+            ]
+        )
+    return out.getvalue()
+
+
+async def list_missing(request: web.Request) -> web.Response:
+    """Titles requested without a drmResourceId, most requested first (this replica's)."""
+    limit = _missing_limit(request.query.get("limit"))
+    fmt = request.query.get("format", "json")
+    if fmt not in MISSING_FORMATS:
+        raise BadRequest(f"format must be one of {', '.join(MISSING_FORMATS)}.")
+    listing = await request.app[MISSING].listing(limit)
+    if fmt == "csv":
+        return web.Response(text=_missing_csv(listing), content_type="text/csv", charset="utf-8")
+    return web.json_response(
+        {
+            "scope": listing.scope,
+            "total": listing.total,
+            "evicted": listing.evicted,
+            "max_titles": listing.max_titles,
+            "titles": [_title_json(title) for title in listing.titles],
+        }
+    )
 
 
 def add_admin_routes(app: web.Application) -> None:
@@ -103,3 +194,4 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/admin/explain", require_admin(explain_decision))
     app.router.add_get("/admin/catalog/{asset_id}", require_admin(catalog_entry))
     app.router.add_post("/admin/cache/invalidate", require_admin(invalidate_cache))
+    app.router.add_get("/admin/missing", require_admin(list_missing))

@@ -19,12 +19,13 @@ from proxy import __version__
 from proxy.access.guard import PlayerGuard
 from proxy.access.player_tokens import TOKEN_REFUSALS
 from proxy.catalog import CachedCatalog, build_catalog
+from proxy.catalog.missing import MissingTitles
 from proxy.config import Config
 from proxy.gateway import Gateway
 from proxy.observability import metrics
 from proxy.observability.logs import get_logger
 from proxy.routing.watcher import RulesWatcher
-from proxy.server.admin import ADMIN_CATALOG, ADMIN_TOKEN, RULES, add_admin_routes
+from proxy.server.admin import ADMIN_CATALOG, ADMIN_TOKEN, MISSING, RULES, add_admin_routes
 from proxy.server.middleware import create_middleware
 from proxy.server.protocol import GatewayRunner
 from proxy.server.routes import CERTIFICATE, GATEWAY, GUARD, MAX_BODY, add_public_routes
@@ -69,7 +70,12 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
-    gateway = Gateway(app[CONFIG], app[CATALOG], app[PROVIDERS], app[RULES])
+    missing = MissingTitles(
+        max_titles=app[CONFIG].missing.max_titles,
+        on_size=metrics.TITLES_WITHOUT_RESOURCE_ID.set,
+        on_eviction=metrics.TITLES_WITHOUT_RESOURCE_ID_EVICTED.inc,
+    )
+    gateway = Gateway(app[CONFIG], app[CATALOG], app[PROVIDERS], app[RULES], missing=missing)
     app[GATEWAY] = gateway
     yield
     await gateway.close()
@@ -140,6 +146,7 @@ def create_internal_app(public: web.Application) -> web.Application:
     app[PUBLIC_APP] = public
     app[RULES] = public[RULES]
     app[ADMIN_CATALOG] = public[CATALOG]
+    app[MISSING] = public[GATEWAY].missing
     admin_token = public[CONFIG].admin_token
     if admin_token:
         app[ADMIN_TOKEN] = admin_token

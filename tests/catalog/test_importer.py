@@ -16,10 +16,12 @@ from proxy.catalog.importer import (
     ImportReport,
     Rejection,
     audit,
+    audit_report_json,
     format_audit_report,
     format_import_report,
     import_file,
 )
+from proxy.routing.rules import ProviderTraits
 
 HEADER = "asset_id,drm_resource_id,key_holders,tags\n"
 
@@ -589,3 +591,71 @@ def test_format_audit_report_with_key_ids(keyed_db: Path) -> None:
     assert format_audit_report(AuditReport(0, 0, [], ("incoming",))) == (
         "0 assets, 0 without a drm_resource_id\n0 without key ids, which incoming needs"
     )
+
+
+# --- checks against the configured providers, all-or-nothing -------------------------------
+
+PROVIDER_TRAITS = {
+    "legacy": ProviderTraits(needs_drm_resource_id=False),
+    "incoming": ProviderTraits(needs_drm_resource_id=True, needs_key_ids=True),
+}
+
+
+def test_rows_are_checked_against_the_configured_providers(tmp_path: Path) -> None:
+    src = write(
+        tmp_path / "cat.csv",
+        HEADER.replace("tags\n", "tags,key_ids\n")
+        + "ok,r-1,legacy|incoming,,\n"
+        + "typo,r-2,legcy|incoming,,\n"
+        + "no-id,,incoming,,00112233445566778899aabbccddeeff\n"
+        + "no-kids,r-4,incoming,,\n"
+        + "anyone,,,,\n",
+    )
+    report = import_file(src, tmp_path / "c.db", providers=PROVIDER_TRAITS)
+    assert report.rejected == [
+        Rejection(3, "key holder 'legcy' not configured (providers: incoming, legacy)"),
+        Rejection(4, "no configured provider can serve it: incoming needs a drm_resource_id"),
+        Rejection(5, "no configured provider can serve it: incoming needs key ids"),
+    ]
+    assert set(rows_in(tmp_path / "c.db")) == {"ok", "anyone"}
+
+
+def test_an_old_export_is_not_held_to_key_ids_it_cannot_carry(tmp_path: Path) -> None:
+    src = write(tmp_path / "cat.csv", HEADER + "kept,r-1,incoming,\n")
+    assert not import_file(src, tmp_path / "c.db", providers=PROVIDER_TRAITS).rejected
+
+
+def test_allow_rejects_false_writes_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    import_file(write(tmp_path / "first.csv", HEADER + "old,r-0,,\n"), db)
+    src = write(tmp_path / "cat.csv", HEADER + "new,r-1,,\nbad id,,,\n")
+    report = import_file(src, db, allow_rejects=False)
+    assert (report.applied, report.added, len(report.rejected)) == (False, 1, 1)
+    assert set(rows_in(db)) == {"old"}
+    assert format_import_report(report).splitlines()[0] == (
+        "nothing imported: 1 added, 0 updated, 1 rejected (would be)"
+    )
+
+
+def test_audit_with_providers_reports_unservable_assets(tmp_path: Path) -> None:
+    src = write(tmp_path / "cat.csv", HEADER + "a,r-1,legacy,,\nb,,incoming,\nc,r-3,ghost,\n")
+    db = tmp_path / "c.db"
+    import_file(src, db)
+    report = audit(db, providers=PROVIDER_TRAITS, limit=1)
+    assert report.unservable is not None
+    assert (report.unservable.count, report.unservable.sample) == (
+        2,
+        [("b", "no configured provider can serve it: incoming needs a drm_resource_id")],
+    )
+    assert report.unservable.by_cause == {
+        "unknown_holder": 1,
+        "no_drm_resource_id": 1,
+        "no_key_ids": 0,
+        "no_key_holder": 0,
+    }
+    assert audit_report_json(report)["unservable"] == {
+        "providers": ["incoming", "legacy"],
+        "count": 2,
+        "by_cause": report.unservable.by_cause,
+        "sample": [{"asset_id": "b", "reason": report.unservable.sample[0][1]}],
+    }

@@ -191,9 +191,10 @@ async def test_build_catalog_wraps_sqlite_in_the_cache(tmp_path: Path) -> None:
 
 
 def test_build_catalog_rejects_an_unknown_backend() -> None:
-    with pytest.raises(ValueError, match=r"^unknown catalog backend 'redis' \(known: sqlite\)$"):
+    known = ", ".join(KNOWN_BACKENDS)
+    with pytest.raises(ValueError, match=rf"^unknown catalog backend 'redis' \(known: {known}\)$"):
         build_catalog(CatalogSettings(backend="redis"))
-    assert KNOWN_BACKENDS == ("sqlite",)
+    assert KNOWN_BACKENDS == ("http", "sqlite")
 
 
 def test_build_catalog_sqlite_needs_a_path() -> None:

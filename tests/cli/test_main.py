@@ -178,7 +178,12 @@ def test_catalog_import_and_audit(tmp_path: Path) -> None:
     lines.append("bad id,r-x,,")
     source.write_text("\n".join(lines) + "\n")
     db = tmp_path / "catalog.db"
+    # A rejected row fails the import, which then writes nothing...
     result = run("catalog", "import", str(source), "--db", str(db))
+    assert result.returncode == 1, result.stderr
+    assert "nothing imported" in result.stdout and "line 22" in result.stdout
+    # ...unless rejects are allowed: the other rows go in, exit 0, the line still shown.
+    result = run("catalog", "import", str(source), "--db", str(db), "--allow-rejects")
     assert result.returncode == 0, result.stderr
     assert "20" in result.stdout and "line 22" in result.stdout
     assert "imported" in result.stderr  # progress goes to stderr
@@ -229,7 +234,7 @@ def test_catalog_import_with_key_ids_then_audit(tmp_path: Path) -> None:
     source = tmp_path / "assets.csv"
     source.write_text("\n".join(KEYED_ROWS) + "\n")
     db = tmp_path / "catalog.db"
-    result = run("catalog", "import", str(source), "--db", str(db))
+    result = run("catalog", "import", str(source), "--db", str(db), "--allow-rejects")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "5 added, 0 updated, 2 rejected",
@@ -241,14 +246,17 @@ def test_catalog_import_with_key_ids_then_audit(tmp_path: Path) -> None:
     result = run("catalog", "audit", "--db", str(db))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "5 assets, 0 without a drm_resource_id (0.0%)\n"
-    assert "key ids not checked: give --config" in result.stderr
+    assert "key ids and servability not checked: give --config" in result.stderr
 
     # With one (read like the rules tooling: no secret in the environment is needed).
     config = tmp_path / "gateway.yaml"
     config.write_text(yaml.safe_dump(gateway_raw_config(db, "http://a", "http://b")))
     result = run("catalog", "audit", "--config", str(config), unset=tuple(ENV))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == "no configured provider needs key ids"
+    assert result.stdout.splitlines()[-2:] == [
+        "no configured provider needs key ids",
+        "0 that no configured provider (incoming, legacy) can serve (0.0%)",
+    ]
 
 
 def test_catalog_audit_reports_key_ids_a_configured_provider_needs(
@@ -265,7 +273,7 @@ def test_catalog_audit_reports_key_ids_a_configured_provider_needs(
     source = tmp_path / "assets.csv"
     source.write_text("\n".join(KEYED_ROWS) + "\n")
     db = tmp_path / "catalog.db"
-    assert main(["catalog", "import", str(source), "--db", str(db)]) == 0
+    assert main(["catalog", "import", str(source), "--db", str(db), "--allow-rejects"]) == 0
     config = keyed_config(tmp_path, db)
     for env in ENV:
         monkeypatch.delenv(env, raising=False)
@@ -279,17 +287,21 @@ def test_catalog_audit_reports_key_ids_a_configured_provider_needs(
         "2 without key ids, which incoming needs (40.0%)",
         "  unkeyed-1",
         "  ... and 1 more",
+        # held only by incoming, which needs key ids: nobody can serve it
+        "1 that no configured provider (incoming, legacy) can serve (20.0%)",
+        "  by cause: no_key_ids 1",
+        "  unkeyed-2: no configured provider can serve it: incoming needs key ids",
     ]
     assert err == ""
 
     other = tmp_path / "other.db"  # --db wins over the config's catalog file
-    assert main(["catalog", "import", str(source), "--db", str(other)]) == 0
+    assert main(["catalog", "import", str(source), "--db", str(other), "--allow-rejects"]) == 0
     other_source = tmp_path / "more.csv"
     other_source.write_text("asset_id,drm_resource_id,key_holders,tags\nlate,r-9,,\n")
     assert main(["catalog", "import", str(other_source), "--db", str(other)]) == 0
     capsys.readouterr()
     assert main(["catalog", "audit", "--config", str(config), "--db", str(other)]) == 0
-    assert capsys.readouterr().out.splitlines()[1:] == [
+    assert capsys.readouterr().out.splitlines()[1:5] == [
         "3 without key ids, which incoming needs (50.0%)",
         "  late",
         "  unkeyed-1",

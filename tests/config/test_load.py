@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from proxy.catalog import KNOWN_BACKENDS
 from proxy.config import (
     ConfigError,
     UrlTemplate,
@@ -68,7 +69,8 @@ def test_every_problem_is_reported_at_once() -> None:
     )
     assert "providers.legacy.timeouts.total_seconds: must be a number" in problems
     assert "providers.legacy.colour: unknown field" in problems
-    assert "catalog.backend: unknown catalog backend 'mongo' (known: sqlite)" in problems
+    known = ", ".join(KNOWN_BACKENDS)
+    assert f"catalog.backend: unknown catalog backend 'mongo' (known: {known})" in problems
     assert len(problems) == 8
 
 
