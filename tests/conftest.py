@@ -6,7 +6,10 @@ import base64
 import csv
 import io
 import os
+import shutil
 import socket
+import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,3 +277,72 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server for one test, on a unix socket under the test's temp dir."""
+
+    process: subprocess.Popen[bytes]
+    socket_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def stop(self) -> None:
+        """Kill it (by its PID) and wait for it; a no-op once stopped."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server (no persistence, no TCP port) started for the test, stopped after."""
+    if not Path(REDIS_SERVER).is_file():
+        pytest.fail(
+            "redis-server is not installed: the Redis catalog tests need Debian's "
+            "`redis-server` package (scripts/install-tools.sh installs it)"
+        )
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = start_redis_server(directory)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def start_redis_server(directory: Path) -> RedisServer:
+    """redis-server on `directory`/redis.sock, answering PING (also to restart one there)."""
+    sock = directory / "redis.sock"
+    with (directory / "redis.log").open("ab") as out:
+        process = subprocess.Popen(
+            [REDIS_SERVER, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+             "--save", "", "--appendonly", "no", "--dir", str(directory)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    server = RedisServer(process, sock)
+    deadline = time.monotonic() + 10
+    while not _answers_ping(sock):
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            log = (directory / "redis.log").read_text(errors="replace")
+            pytest.fail(f"redis-server did not start:\n{log}")
+        time.sleep(0.01)
+    return server
+
+
+def _answers_ping(sock: Path) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(1)
+            client.connect(str(sock))
+            client.sendall(b"PING\r\n")
+            return client.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False

@@ -55,6 +55,28 @@ class HttpCatalogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisCatalogSettings:
+    """The `redis` backend: one hash per asset at `{key_prefix}asset:{asset_id}`, and changed
+    asset ids announced on `channel` (None: `{key_prefix}changes`).
+
+    `url` is `redis://`, `rediss://` (TLS, certificates and host name verified) or
+    `unix://`; the password comes from a secret, never from the URL.
+    """
+
+    url: str
+    password: str | None = field(default=None, repr=False)
+    key_prefix: str = "drm-gateway:"
+    channel: str | None = None
+    connect_timeout: float = 1.0
+    timeout: float = 1.0
+
+    @property
+    def changes_channel(self) -> str:
+        """The channel changed asset ids are published on."""
+        return self.channel if self.channel is not None else f"{self.key_prefix}changes"
+
+
+@dataclass(frozen=True, slots=True)
 class CatalogSettings:
     backend: str = "sqlite"
     path: Path | None = None
@@ -63,3 +85,4 @@ class CatalogSettings:
     stale_seconds: float = 600.0
     max_entries: int = 1_000_000
     http: HttpCatalogSettings | None = None  # for backend `http`
+    redis: RedisCatalogSettings | None = None  # for backend `redis`

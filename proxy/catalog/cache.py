@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from cachetools import LRUCache
 
@@ -112,6 +112,16 @@ class CachedCatalog:
             return dropped
         self._inflight.pop(asset_id, None)
         return 0 if self._entries.pop(asset_id, None) is None else 1
+
+    def invalidate_many(self, asset_ids: Iterable[str]) -> int:
+        """Forget these assets (announced as changed); return how many cached entries were
+        dropped. Backend answers already on their way are not cached (as for invalidate)."""
+        self._generation += 1
+        dropped = 0
+        for asset_id in asset_ids:
+            self._inflight.pop(asset_id, None)
+            dropped += self._entries.pop(asset_id, None) is not None
+        return dropped
 
     async def _fetch_shared(self, asset_id: str) -> CatalogEntry | None:
         """Join the in-flight backend call for `asset_id`, or make it; stale on failure."""

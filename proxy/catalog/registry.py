@@ -7,6 +7,7 @@ from collections.abc import Callable
 from proxy.catalog.base import Catalog, CatalogSettings
 from proxy.catalog.cache import CachedCatalog, Observer
 from proxy.catalog.http import HttpCatalog
+from proxy.catalog.redis import RedisCatalog
 from proxy.catalog.sqlite import SqliteCatalog
 
 BackendFactory = Callable[[CatalogSettings], Catalog]
@@ -24,9 +25,16 @@ def _build_http(settings: CatalogSettings) -> Catalog:
     return HttpCatalog(settings.http)
 
 
+def _build_redis(settings: CatalogSettings) -> Catalog:
+    if settings.redis is None:
+        raise ValueError("catalog backend 'redis' needs its 'redis' settings")
+    return RedisCatalog(settings.redis)
+
+
 _BACKENDS: dict[str, BackendFactory] = {
     "sqlite": _build_sqlite,
     "http": _build_http,
+    "redis": _build_redis,
 }
 
 KNOWN_BACKENDS: tuple[str, ...] = tuple(sorted(_BACKENDS))

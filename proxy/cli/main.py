@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from proxy.catalog import CatalogSettings
 from proxy.config import Config, ConfigError, RulesView, load_config, load_rules_view
@@ -93,15 +93,18 @@ def _catalog_progress(verb: str) -> Any:
 def cmd_catalog_import(args: argparse.Namespace) -> int:
     from proxy.catalog.importer import CatalogImportError, format_import_report, import_file
 
-    db, providers = _catalog_source(args)
     try:
-        report = import_file(
-            args.file,
-            db,
-            progress=_catalog_progress("imported"),
-            providers=providers,
-            allow_rejects=args.allow_rejects,
-        )
+        if args.to is not None:
+            report = _import_to_redis(args)
+        else:
+            db, providers = _catalog_source(args)
+            report = import_file(
+                args.file,
+                db,
+                progress=_catalog_progress("imported"),
+                providers=providers,
+                allow_rejects=args.allow_rejects,
+            )
     except CatalogImportError as exc:
         print(f"\nimport failed: {exc}", file=sys.stderr)
         return 1
@@ -109,6 +112,47 @@ def cmd_catalog_import(args: argparse.Namespace) -> int:
     print(format_import_report(report))
     # Rejected rows fail the command (an export job should notice) unless they are allowed.
     return 0 if report.applied and (args.allow_rejects or not report.rejected) else 1
+
+
+def _usage_exit(message: str) -> NoReturn:
+    print(f"drm-gateway catalog import: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _import_to_redis(args: argparse.Namespace) -> Any:
+    """`catalog import FILE --to redis://...`: the export into a Redis catalog (exit 2 on a
+    usage problem: --db given too, a bad URL, an unset password variable)."""
+    import os
+
+    from proxy.catalog.base import RedisCatalogSettings
+    from proxy.catalog.redis import check_url, import_to_redis
+
+    if args.db is not None:
+        _usage_exit("give either --db or --to, not both")
+    try:
+        check_url(args.to)
+    except ValueError as exc:
+        _usage_exit(f"--to {exc}")
+    password = None
+    if args.password_env is not None:
+        password = os.environ.get(args.password_env) or None
+        if password is None:
+            _usage_exit(f"--password-env: environment variable {args.password_env} is not set")
+    settings = RedisCatalogSettings(
+        url=args.to, password=password, key_prefix=args.key_prefix, channel=args.channel
+    )
+    providers = None
+    if args.config is not None:
+        providers = _rules_view_or_exit(args.config).providers
+    return asyncio.run(
+        import_to_redis(
+            args.file,
+            settings,
+            progress=_catalog_progress("imported"),
+            providers=providers,
+            allow_rejects=args.allow_rejects,
+        )
+    )
 
 
 def _catalog_source(
@@ -245,6 +289,7 @@ def _add_catalog_commands(commands: Any) -> Any:
     )
     imp.add_argument("file", type=Path)
     _add_catalog_source(imp)
+    _add_redis_target(imp)
     _add_allow_rejects(imp)
     imp.set_defaults(func=cmd_catalog_import)
     aud = catalog_cmds.add_parser(
@@ -257,6 +302,21 @@ def _add_catalog_commands(commands: Any) -> Any:
     aud.set_defaults(func=cmd_catalog_audit)
     _add_sync_command(catalog_cmds)
     return catalog_cmds
+
+
+def _add_redis_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--to",
+        metavar="URL",
+        help="import into the Redis catalog at this redis://, rediss:// or unix:// URL",
+    )
+    parser.add_argument(
+        "--password-env", metavar="NAME", help="the Redis password is in this variable"
+    )
+    parser.add_argument("--key-prefix", default="drm-gateway:", help="as catalog.redis.key_prefix")
+    parser.add_argument(
+        "--channel", help="as catalog.redis.channel (default: the key prefix + 'changes')"
+    )
 
 
 def _add_allow_rejects(parser: argparse.ArgumentParser) -> None:

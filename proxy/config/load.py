@@ -18,9 +18,10 @@ import yaml
 from proxy.access.client_address import Network, parse_network
 from proxy.access.cors import CorsPolicy
 from proxy.access.player_tokens import PlayerAuthSettings
-from proxy.catalog.base import CatalogSettings, HttpCatalogSettings
+from proxy.catalog.base import CatalogSettings, HttpCatalogSettings, RedisCatalogSettings
 from proxy.catalog.http import create_ssl_context, parse_base_url
 from proxy.catalog.missing import MissingSettings
+from proxy.catalog.redis import check_url as check_redis_url
 from proxy.catalog.registry import KNOWN_BACKENDS
 from proxy.config.providers import (
     HEADER_NAME,
@@ -312,7 +313,7 @@ def _parse_log(reader: ConfigReader, raw: Any) -> LogSettings:
 def _parse_catalog(reader: ConfigReader, raw: Any) -> CatalogSettings:
     path = "catalog"
     allowed = {"backend", "path", "ttl_seconds", "negative_ttl_seconds", "stale_seconds"}
-    section = reader.mapping(raw, path, allowed | {"max_entries", "http"})
+    section = reader.mapping(raw, path, allowed | {"max_entries", "http", "redis"})
     defaults = CatalogSettings()
     backend = reader.value(section, "backend", path, str, "sqlite")
     known = backend in KNOWN_BACKENDS
@@ -329,6 +330,11 @@ def _parse_catalog(reader: ConfigReader, raw: Any) -> CatalogSettings:
         http = _parse_catalog_http(reader, section.get("http"))
     elif known and "http" in section:
         reader.problem("catalog.http", "is only for backend 'http'")
+    redis = None
+    if backend == "redis":
+        redis = _parse_catalog_redis(reader, section.get("redis"))
+    elif known and "redis" in section:
+        reader.problem("catalog.redis", "is only for backend 'redis'")
     return CatalogSettings(
         backend=backend or "sqlite",
         path=db_path,
@@ -339,6 +345,51 @@ def _parse_catalog(reader: ConfigReader, raw: Any) -> CatalogSettings:
         stale_seconds=reader.value(section, "stale_seconds", path, float, defaults.stale_seconds),
         max_entries=reader.positive(section, "max_entries", path, int, defaults.max_entries),
         http=http,
+        redis=redis,
+    )
+
+
+_CATALOG_REDIS_FIELDS = {"url", "password", "key_prefix", "channel", "timeouts"}
+
+
+def _parse_catalog_redis(reader: ConfigReader, raw: Any) -> RedisCatalogSettings | None:
+    """`catalog.redis`: the server's URL, the password from a secret, key prefix, channel."""
+    path = "catalog.redis"
+    if raw is None:
+        reader.problem(path, "is missing, and has no default")
+        return None
+    section = reader.mapping(raw, path, _CATALOG_REDIS_FIELDS)
+    defaults = RedisCatalogSettings(url="")
+    url = reader.value(section, "url", path, str, REQUIRED)
+    if isinstance(url, str):  # (value() hands back the REQUIRED marker when missing)
+        try:
+            check_redis_url(url)
+        except ValueError as exc:
+            reader.problem(f"{path}.url", str(exc))
+    password = None
+    if "password" in section:
+        password = reader.secret(section["password"], f"{path}.password")
+    key_prefix = reader.value(section, "key_prefix", path, str, defaults.key_prefix)
+    channel = reader.value(section, "channel", path, str, None)
+    for name, value in (("key_prefix", key_prefix), ("channel", channel)):
+        if value is not None and any(char <= " " for char in value):
+            reader.problem(f"{path}.{name}", "must not contain spaces or control characters")
+    if channel == "":
+        reader.problem(f"{path}.channel", "must not be empty")
+    timeouts = reader.mapping(
+        section.get("timeouts"), f"{path}.timeouts", {"connect_seconds", "command_seconds"}
+    )
+    return RedisCatalogSettings(
+        url=url if isinstance(url, str) else "",
+        password=password,
+        key_prefix=key_prefix,
+        channel=channel or None,
+        connect_timeout=reader.positive(
+            timeouts, "connect_seconds", f"{path}.timeouts", float, defaults.connect_timeout
+        ),
+        timeout=reader.positive(
+            timeouts, "command_seconds", f"{path}.timeouts", float, defaults.timeout
+        ),
     )
 
 

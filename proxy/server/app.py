@@ -20,6 +20,7 @@ from proxy.access.guard import PlayerGuard
 from proxy.access.player_tokens import TOKEN_REFUSALS
 from proxy.catalog import CachedCatalog, build_catalog
 from proxy.catalog.missing import MissingTitles
+from proxy.catalog.redis import RedisCatalog
 from proxy.config import Config
 from proxy.gateway import Gateway
 from proxy.observability import metrics
@@ -50,6 +51,22 @@ async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CATALOG] = build_catalog(settings, observe=_count_catalog_lookup)
     yield
     await app[CATALOG].close()
+
+
+async def _catalog_changes_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With the Redis backend: drop each asset announced as changed from the cache, and clear
+    it whole on every (re)subscription, since announcements made meanwhile are lost."""
+    catalog = app[CATALOG]
+    backend = catalog.backend
+    if not isinstance(backend, RedisCatalog):
+        yield
+        return
+    follower = asyncio.get_running_loop().create_task(
+        backend.follow_changes(catalog.invalidate_many, catalog.invalidate)
+    )
+    yield
+    follower.cancel()
+    await asyncio.gather(follower, return_exceptions=True)
 
 
 async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -97,7 +114,9 @@ def create_public_app(config: Config) -> web.Application:
     app[MAX_BODY] = config.server.max_body_bytes
     if config.fairplay.certificate is not None:
         app[CERTIFICATE] = config.fairplay.certificate
-    app.cleanup_ctx.extend([_catalog_ctx, _providers_ctx, _rules_ctx, _gateway_ctx])
+    app.cleanup_ctx.extend(
+        [_catalog_ctx, _catalog_changes_ctx, _providers_ctx, _rules_ctx, _gateway_ctx]
+    )
     add_public_routes(app)
     return app
 

@@ -192,9 +192,9 @@ async def test_build_catalog_wraps_sqlite_in_the_cache(tmp_path: Path) -> None:
 
 def test_build_catalog_rejects_an_unknown_backend() -> None:
     known = ", ".join(KNOWN_BACKENDS)
-    with pytest.raises(ValueError, match=rf"^unknown catalog backend 'redis' \(known: {known}\)$"):
-        build_catalog(CatalogSettings(backend="redis"))
-    assert KNOWN_BACKENDS == ("http", "sqlite")
+    with pytest.raises(ValueError, match=rf"^unknown catalog backend 'mongo' \(known: {known}\)$"):
+        build_catalog(CatalogSettings(backend="mongo"))
+    assert KNOWN_BACKENDS == ("http", "redis", "sqlite")
 
 
 def test_build_catalog_sqlite_needs_a_path() -> None:
