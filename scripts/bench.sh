@@ -2,7 +2,8 @@
 # `make bench`: install what the benchmark needs (only when missing), then run it.
 #   wrk and nginx from Debian's packages (apt-get update once, first); py-spy into the venv
 #   only with BENCH_PROFILE set. Environment knobs: see tests/perf/bench.py (BENCH_DURATION,
-#   BENCH_REPEATS, BENCH_CONNECTIONS, BENCH_CONFIGS, BENCH_PLAYER_AUTH, BENCH_PROFILE, ...).
+#   BENCH_REPEATS, BENCH_CONNECTIONS, BENCH_CONFIGS, BENCH_PLAYER_AUTH, BENCH_PROFILE,
+#   BENCH_CATALOG, ...); the catalog part starts its own redis-server (tests/perf/catalogbench.py).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

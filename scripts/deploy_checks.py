@@ -183,6 +183,20 @@ def _apply_patch(patch: dict[str, Any], objects: list[dict[str, Any]]) -> None:
             node[last] = op["value"]
 
 
+def _label_nodes(obj: dict[str, Any], path: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    """The mappings at `path` below `obj`, created where missing; a `key[]` step fans out
+    over the items of an existing list."""
+    if not path:
+        yield obj
+        return
+    key, rest = path[0], path[1:]
+    if key.endswith("[]"):
+        for item in obj.get(key[:-2], []):
+            yield from _label_nodes(item, rest)
+    else:
+        yield from _label_nodes(obj.setdefault(key, {}), rest)
+
+
 def _set_image(image: dict[str, Any], objects: list[dict[str, Any]]) -> None:
     for obj in objects:
         for container in _walk(obj):
@@ -192,8 +206,16 @@ def _set_image(image: dict[str, Any], objects: list[dict[str, Any]]) -> None:
                 container["image"] = f"{image.get('newName', image['name'])}:{tag}"
 
 
-_SELECTOR_PATHS = {
-    "Deployment": (("spec", "selector", "matchLabels"), ("spec", "template", "metadata", "labels")),
+_WORKLOAD_PATHS = (("spec", "selector", "matchLabels"), ("spec", "template", "metadata", "labels"))
+# Where kustomize's `labels: includeSelectors: true` adds labels besides metadata ("[]": each
+# item of a list), for the kinds deploy/k8s uses.
+_SELECTOR_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "Deployment": _WORKLOAD_PATHS,
+    "StatefulSet": (*_WORKLOAD_PATHS, ("spec", "volumeClaimTemplates[]", "metadata", "labels")),
+    "CronJob": (
+        ("spec", "jobTemplate", "metadata", "labels"),
+        ("spec", "jobTemplate", "spec", "template", "metadata", "labels"),
+    ),
     "Service": (("spec", "selector"),),
     "PodDisruptionBudget": (("spec", "selector", "matchLabels"),),
 }
@@ -204,10 +226,8 @@ def _add_labels(obj: dict[str, Any], pairs: dict[str, str], selectors: bool) -> 
     if not selectors:
         return
     for path in _SELECTOR_PATHS.get(obj["kind"], ()):
-        node = obj
-        for key in path:
-            node = node.setdefault(key, {})
-        node.update(pairs)
+        for node in _label_nodes(obj, path):
+            node.update(pairs)
     if obj["kind"] == "Deployment":
         for spread in obj["spec"]["template"]["spec"].get("topologySpreadConstraints", []):
             spread.setdefault("labelSelector", {}).setdefault("matchLabels", {}).update(pairs)
@@ -304,17 +324,13 @@ def _manifest_problems(by_kind: dict[str, list[dict[str, Any]]]) -> list[str]:
             problems.append(f"no {kind}")
     if problems:
         return problems
-    deployment = by_kind["Deployment"][0]
-    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    ports = {p["name"] for p in container["ports"]}
+    workloads = by_kind["Deployment"] + by_kind.get("StatefulSet", [])
     for service in by_kind["Service"]:
-        selector = service["spec"]["selector"]
-        if any(pod_labels.get(k) != v for k, v in selector.items()):
-            problems.append(f"Service {service['metadata']['name']} selects no gateway pod")
-        for port in service["spec"]["ports"]:
-            if port["targetPort"] not in ports:
-                problems.append(f"Service targetPort {port['targetPort']} is not a pod port")
+        problems += _service_problems(service, workloads)
+    for stateful in by_kind.get("StatefulSet", []):
+        governing = stateful["spec"]["serviceName"]
+        if governing not in {s["metadata"]["name"] for s in by_kind["Service"]}:
+            problems.append(f"StatefulSet {stateful['metadata']['name']}: no Service {governing}")
     monitor = by_kind["ServiceMonitor"][0]["spec"]
     wanted = monitor["selector"]["matchLabels"]
     scraped = [s for s in by_kind["Service"] if _labels_match(s, wanted)]
@@ -331,6 +347,26 @@ def _manifest_problems(by_kind: dict[str, list[dict[str, Any]]]) -> list[str]:
     if by_kind["PrometheusRule"][0]["spec"]["groups"] != alerts:
         problems.append("PrometheusRule groups differ from alerts.yml")
     return problems
+
+
+def _service_problems(service: dict[str, Any], workloads: list[dict[str, Any]]) -> list[str]:
+    """A Service must select the pods of exactly one workload, on ports those pods name."""
+    name = service["metadata"]["name"]
+    selector = service["spec"]["selector"]
+    selected = [
+        w
+        for w in workloads
+        if all(w["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in selector.items())
+    ]
+    if len(selected) != 1:
+        return [f"Service {name} selects the pods of {len(selected)} workloads, not 1"]
+    containers = selected[0]["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"] for c in containers for p in c.get("ports", [])}
+    return [
+        f"Service {name} targetPort {port['targetPort']} is not a pod port"
+        for port in service["spec"]["ports"]
+        if port["targetPort"] not in ports
+    ]
 
 
 def _labels_match(obj: dict[str, Any], wanted: dict[str, str]) -> bool:

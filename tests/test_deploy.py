@@ -5,12 +5,15 @@ kubernetes-validate, check-jsonschema)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,6 +27,7 @@ from proxy.config import load_config
 from proxy.observability import metrics
 from proxy.routing.file import load_rules_file
 from proxy.routing.watcher import provider_traits
+from tests.conftest import RedisServer, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -366,7 +370,11 @@ def test_staging_deployment_contract() -> None:
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
     assert volumes["rules"]["configMap"]["name"] == "drm-gateway-rules"  # fixed name: in place
     secrets = {e["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
-    assert secrets == {"LEGACY_API_KEY", "INCOMING_JWT_KEY", "ADMIN_TOKEN"}
+    assert secrets == {"LEGACY_API_KEY", "INCOMING_JWT_KEY", "ADMIN_TOKEN", "REDIS_PASSWORD"}
+    # The catalog is Redis now: no catalog volume, and nothing asks for ReadOnlyMany.
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+    assert "ReadOnlyMany" not in yaml.safe_dump(list(objs.values()))
+    assert not any(kind == "PersistentVolumeClaim" for kind, _ in objs)
     data = objs[("ConfigMap", "drm-gateway-config")]["data"]
     assert set(data) == {"gateway.yaml", "staging.yaml"}  # the base and staging's differences
     config = yaml.safe_load(data["gateway.yaml"])
@@ -479,6 +487,9 @@ def _container_config(overlay: str, root: Path) -> tuple[list[Path], Path]:
     return paths, root / "etc/drm-gateway/rules/routing.yaml"
 
 
+K8S_REDIS_URL = "redis://drm-gateway-redis:6379/0"  # the Service of base/redis.yaml
+
+
 def _compose() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     return data
@@ -492,6 +503,7 @@ def test_shipped_gateway_configs_load(
     monkeypatch.setenv("INCOMING_JWT_KEY", "test-incoming-jwt-key-of-32-bytes!!")
     monkeypatch.setenv("PLAYER_JWT_SECRET", "test-player-secret-of-32-bytes-long!")
     monkeypatch.setenv("ADMIN_TOKEN", "test-admin-token-16+")
+    monkeypatch.setenv("REDIS_PASSWORD", "test-redis-password")
     key_file = tmp_path / "incoming-jwt-key"
     key_file.write_text("test-incoming-jwt-key-of-32-bytes!!")
     if which == "compose":
@@ -520,7 +532,12 @@ def test_shipped_gateway_configs_load(
     assert config.providers["incoming"].auth.token is not None
     assert (config.server.public.host, config.server.public.port) == ("0.0.0.0", 8080)
     assert (config.server.internal.host, config.server.internal.port) == ("0.0.0.0", 9090)
-    assert str(config.catalog.path) == "/var/lib/drm-gateway/catalog.db"
+    assert config.catalog.backend == "redis" and config.catalog.path is None
+    assert config.catalog.redis is not None
+    assert config.catalog.redis.url == (
+        "redis://redis:6379/0" if which == "compose" else K8S_REDIS_URL
+    )
+    assert config.catalog.redis.password == "test-redis-password"  # from the environment
     # Kubernetes trusts its ingress (the pod CIDR); compose has no proxy in front to trust.
     trusted = [str(n) for n in config.server.trusted_proxies]
     assert trusted == ([] if which == "compose" else ["10.244.0.0/16"])
@@ -559,6 +576,278 @@ def test_dockerfile_contract() -> None:
     assert "HEALTHCHECK" in final and "9090/healthz" in final
     assert 'ENTRYPOINT ["drm-gateway"]' in final
     assert 'CMD ["serve", "--config", "/etc/drm-gateway/gateway.yaml"]' in final
+
+
+# --- the shared Redis catalog ----------------------------------------------------------------
+
+
+def _workload(objs: dict[tuple[str, str], dict[str, Any]], kind: str, name: str) -> Any:
+    """The pod spec of a workload (a CronJob's through its job template)."""
+    spec = objs[(kind, name)]["spec"]
+    return (spec["jobTemplate"]["spec"] if kind == "CronJob" else spec)["template"]["spec"]
+
+
+def _gateway_config(objs: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(
+        objs[("ConfigMap", "drm-gateway-config")]["data"]["gateway.yaml"]
+    )
+    return data
+
+
+def _secret_env(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Variable -> (Secret, key) of every variable the container takes from a Secret."""
+    return {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/staging"])
+def test_redis_statefulset_contract(overlay: str) -> None:
+    objs = _rendered(overlay)
+    redis = objs[("StatefulSet", "drm-gateway-redis")]
+    pod = _workload(objs, "StatefulSet", "drm-gateway-redis")
+    (container,) = pod["containers"]
+    # The official Debian-based image, pinned to a release.
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+-bookworm", container["image"]), container["image"]
+    assert redis["spec"]["replicas"] == 1
+    (claim,) = redis["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert {"mountPath": "/data", "name": claim["metadata"]["name"]} in container["volumeMounts"]
+    assert {"requests", "limits"} <= set(container["resources"])
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    # The password from the Secret, to the server (stdin) and to redis-cli (the probes).
+    secret = ("drm-gateway-redis", "password")
+    assert _secret_env(container) == {"REDIS_PASSWORD": secret, "REDISCLI_AUTH": secret}
+    script = container["command"][-1]
+    assert "requirepass $REDIS_PASSWORD" in script and "redis-server -" in script
+    assert "maxmemory-policy noeviction" in script  # an evicted title would be a 404
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "redis-cli ping" in " ".join(container[probe]["exec"]["command"]), probe
+    sec, pod_sec = container["securityContext"], pod["securityContext"]
+    assert sec["readOnlyRootFilesystem"] and not sec["allowPrivilegeEscalation"]
+    assert sec["capabilities"]["drop"] == ["ALL"]
+    assert pod_sec["runAsNonRoot"] and pod_sec["runAsUser"] != 0
+    assert pod_sec["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    # The gateway (and the import) reach it by the Service the StatefulSet governs.
+    service = objs[("Service", "drm-gateway-redis")]
+    assert redis["spec"]["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= pod_labels(redis).items()
+    url = _gateway_config(objs)["catalog"]["redis"]["url"]
+    assert url == K8S_REDIS_URL
+    assert url.startswith(
+        f"redis://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/"
+    )
+    gateway = _workload(objs, "Deployment", "drm-gateway")["containers"][0]
+    assert _secret_env(gateway)["REDIS_PASSWORD"] == secret
+
+
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_redis_manifest_command_starts_a_server_that_needs_the_password(tmp_path: Path) -> None:
+    """The StatefulSet's own start script and probes, run here against Debian's redis-server
+    (on a free port and a temp dir instead of 6379 and /data)."""
+    container = _workload(_rendered("base"), "StatefulSet", "drm-gateway-redis")["containers"][0]
+    (port,) = free_ports(1)
+    script = container["command"][-1].replace("port 6379", f"port {port}")
+    script = script.replace("dir /data", f"dir {tmp_path}").replace("bind * -::*", "bind 127.0.0.1")
+    env = {"PATH": os.environ["PATH"], "REDIS_PASSWORD": "probe-test-password"}
+    server = subprocess.Popen(
+        [*container["command"][:-1], script],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def probe(name: str, password: str) -> int:
+            """The probe's command, its redis-cli pointed at this server's port."""
+            command: list[str] = []
+            for arg in container[name]["exec"]["command"]:
+                if arg == "redis-cli":
+                    command += ["redis-cli", "-p", str(port)]
+                else:
+                    command.append(arg.replace("redis-cli ", f"redis-cli -p {port} "))
+            auth = {**env, "REDISCLI_AUTH": password}
+            return subprocess.run(command, env=auth, capture_output=True, timeout=10).returncode
+
+        for _ in range(100):
+            if probe("readinessProbe", "probe-test-password") == 0:
+                break
+            time.sleep(0.05)
+        assert probe("readinessProbe", "probe-test-password") == 0
+        assert probe("readinessProbe", "wrong-password") != 0, "ready without the password"
+        assert probe("livenessProbe", "wrong-password") == 0  # alive: it answers
+        assert (tmp_path / "appendonlydir").is_dir()  # persistence where the volume is
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert probe("livenessProbe", "probe-test-password") != 0  # nothing listens: not alive
+
+
+def _cli_args(argv: list[str]) -> argparse.Namespace:
+    """`argv` parsed by the drm-gateway CLI's own parser (SystemExit on a bad command line)."""
+    from proxy.cli.main import build_parser
+
+    return build_parser(argv[0]).parse_args(argv)
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/staging"])
+def test_catalog_import_cronjob_runs_a_real_command(overlay: str) -> None:
+    from proxy.cli.main import cmd_catalog_import
+
+    objs = _rendered(overlay)
+    cron = objs[("CronJob", "drm-gateway-catalog-import")]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = _workload(objs, "CronJob", "drm-gateway-catalog-import")
+    gateway_pod = _workload(objs, "Deployment", "drm-gateway")
+    (container,) = pod["containers"]
+    (gateway,) = gateway_pod["containers"]
+    assert container["image"] == gateway["image"]  # the image's ENTRYPOINT is drm-gateway
+    assert "command" not in container
+    args = _cli_args(container["args"])
+    assert args.func is cmd_catalog_import
+    # Into the gateways' Redis, with the same password, checked against their providers.
+    assert args.to == _gateway_config(objs)["catalog"]["redis"]["url"]
+    assert _secret_env(container) == {args.password_env: ("drm-gateway-redis", "password")}
+    assert not args.allow_rejects  # a rejected row fails the Job
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config_mount = mounts[args.config.as_posix()]
+    assert volumes[config_mount["name"]]["configMap"]["name"].startswith("drm-gateway-config")
+    assert config_mount["subPath"] == "gateway.yaml"
+    (export,) = [m for path, m in mounts.items() if args.file.is_relative_to(path)]
+    assert export["readOnly"]
+    assert volumes[export["name"]] == {
+        "name": "export",
+        "configMap": {"name": "drm-gateway-catalog-export"},
+    }
+    # The gateway's security context, pod and container.
+    assert pod["securityContext"] == gateway_pod["securityContext"]
+    assert container["securityContext"] == gateway["securityContext"]
+    assert pod["automountServiceAccountToken"] is False
+    assert {"requests", "limits"} <= set(container["resources"])
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+
+
+def test_catalog_import_cronjob_command_loads_a_real_redis(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CronJob's own command line, with the rendered gateway config as --config and a
+    demo export, run by the CLI against a real Redis (its URL and the export path moved)."""
+    import redis
+
+    from proxy.cli.main import main
+    from proxy.dev.demo import write_demo_files
+
+    objs = _rendered("base")
+    (container,) = _workload(objs, "CronJob", "drm-gateway-catalog-import")["containers"]
+    write_demo_files(tmp_path, 50)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(objs[("ConfigMap", "drm-gateway-config")]["data"]["gateway.yaml"])
+    client = redis.Redis(unix_socket_path=str(redis_server.socket_path))
+    client.config_set("requirepass", "cron-test-password")
+    argv = list(container["args"])
+    moved = {
+        argv[2]: str(tmp_path / "catalog.csv"),
+        argv[argv.index("--to") + 1]: redis_server.url,
+        argv[argv.index("--config") + 1]: str(config),
+    }
+    monkeypatch.setenv(argv[argv.index("--password-env") + 1], "cron-test-password")
+    assert main([moved.get(a, a) for a in argv]) == 0
+    client = redis.Redis(
+        unix_socket_path=str(redis_server.socket_path), password="cron-test-password"
+    )
+    assert len(client.keys("drm-gateway:asset:*")) == 50
+
+
+def test_compose_runs_redis_and_seeds_it() -> None:
+    from proxy.cli.main import cmd_catalog_import
+
+    compose = _compose()
+    services = compose["services"]
+    redis = services["redis"]
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+-bookworm", redis["image"])
+    assert "requirepass $$REDIS_PASSWORD" in redis["command"][-1]  # $$: for the shell
+    assert redis["environment"]["REDISCLI_AUTH"] == redis["environment"]["REDIS_PASSWORD"]
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+    assert redis["read_only"] and redis["user"] != "0"
+    gateway = services["gateway"]
+    assert gateway["depends_on"]["redis"] == {"condition": "service_healthy"}
+    assert gateway["environment"]["REDIS_PASSWORD"] == redis["environment"]["REDIS_PASSWORD"]
+    seed = services["catalog-import"]
+    assert seed["profiles"] == ["seed"]
+    assert gateway["depends_on"]["catalog-import"]["required"] is False
+    args = _cli_args(seed["command"])
+    assert args.func is cmd_catalog_import
+    config = yaml.safe_load(compose["configs"]["gateway-config"]["content"])
+    assert args.to == config["catalog"]["redis"]["url"]
+    assert seed["environment"] == {args.password_env: redis["environment"]["REDIS_PASSWORD"]}
+    assert seed["configs"][0]["target"] == args.config.as_posix()
+    # The demo catalog catalog-init writes into the `catalog` volume.
+    assert args.file == Path("/var/lib/drm-gateway/catalog.csv")
+    assert "catalog:/var/lib/drm-gateway:ro" in seed["volumes"]
+    assert "catalog:/var/lib/drm-gateway" in services["catalog-init"]["volumes"]
+    assert "catalog.csv" in (ROOT / "proxy/dev/demo.py").read_text()
+
+
+SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY$|_AUTH$", re.I)
+SECRET_FIELDS = {"password", "token", "secret", "hmac_secret"}
+
+
+def _secret_fields(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, value) of every secret-like field of a gateway config."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in SECRET_FIELDS:
+                yield f"{path}.{key}", value
+            yield from _secret_fields(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _secret_fields(item, f"{path}[{i}]")
+
+
+def test_no_secret_value_is_committed() -> None:
+    configs = [_compose()["configs"]["gateway-config"]["content"]]
+    for overlay in ("base", "overlays/staging"):
+        objs = deploy_checks.render_kustomization(K8S / overlay)
+        assert not [o for o in objs if o["kind"] == "Secret"], overlay
+        for node in deploy_checks._walk(objs):
+            for env in node.get("env", []):
+                if SECRET_NAME.search(env["name"]):
+                    assert "value" not in env, f"{overlay}: {env['name']} has a literal value"
+                    assert "secretKeyRef" in env["valueFrom"], env["name"]
+        configs += [text for o in objs if o["kind"] == "ConfigMap" for text in o["data"].values()]
+    # Every secret in a gateway config names a variable or a file, never a value.
+    for text in configs:
+        for where, value in _secret_fields(yaml.safe_load(text)):
+            assert isinstance(value, dict) and set(value) in ({"env"}, {"file"}), where
+    # Compose: only the demo's placeholders (`${NAME:-demo-...}`, said so in its header), which
+    # the environment replaces.
+    compose_text = (DEPLOY / "compose.yaml").read_text()
+    assert "The `demo-...` defaults are placeholders" in compose_text
+    for name, service in _compose()["services"].items():
+        for var, value in dict(service.get("environment", {})).items():
+            if SECRET_NAME.search(var):
+                assert re.fullmatch(r"\$\{[A-Z_]+:-demo-[a-z0-9-]+\}", value), f"{name}: {var}"
+    assert "requirepass" not in re.sub(r"requirepass \$+REDIS_PASSWORD", "", compose_text)
+
+
+def test_manifest_cross_check_catches_a_service_without_its_pods(tmp_path: Path) -> None:
+    objs = deploy_checks.render_kustomization(K8S / "base")
+    for obj in objs:
+        if obj["kind"] == "Service" and obj["metadata"]["name"] == "drm-gateway-redis":
+            obj["spec"]["selector"]["app.kubernetes.io/component"] = "cache"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump_all(objs))
+    with pytest.raises(deploy_checks.CheckFailed, match="drm-gateway-redis selects the pods of 0"):
+        deploy_checks.check_manifests([bad])
 
 
 # --- the tools -------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ propagates the ids.
 
 `MissingStore` is the contract; `MissingTitles` is the per-replica, in-memory store: bounded
 (least recently seen evicted first) and O(1) per request, since every license request for
-such a title records here. A fleet-wide store (Redis) goes behind the same Protocol.
+such a title records here. The fleet-wide store (Redis) is `missing_redis.RedisMissingTitles`.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ Layout (`key_prefix` defaults to `drm-gateway:`):
 Every stored value is checked on read with the importer's patterns: a garbled one (or a key
 of the wrong type) raises CatalogUnavailable, logged once per distinct cause. Writes come
 from `import_to_redis` (the `catalog import --to redis://...` command), which reads the
-export through the importer's own parser and checks, so rejections are line-numbered alike.
+export through the importer's own parser and checks, so rejections are line-numbered alike,
+and from `catalog sync --to redis://...`; both store a row through `queue_row` alone.
 """
 
 from __future__ import annotations
@@ -125,6 +126,19 @@ def encode_row(row: Row) -> tuple[dict[str, str | bytes], tuple[str, ...]]:
     if isinstance(key_ids, str):
         fields["k"] = b"".join(bytes.fromhex(key_id) for key_id in orjson.loads(key_ids))
     return fields, tuple(name for name in ("h", "t", "k") if name not in fields)
+
+
+def queue_row(pipe: Pipeline, key_prefix: str, row: Row) -> None:
+    """Add to `pipe` the commands that store one validated row (`catalog import` and
+    `catalog sync` write through this alone): a row without key ids keeps the stored ones."""
+    key = asset_key(key_prefix, row[0])
+    fields, stale = encode_row(row)
+    if row[4] is KEEP_KEY_IDS:
+        if stale:
+            pipe.hdel(key, *stale)
+    else:
+        pipe.delete(key)  # no HDEL needed: the row gives every field
+    pipe.hset(key, mapping=cast(dict[Any, Any], fields))
 
 
 def _joined(names_json: str) -> str:
@@ -397,15 +411,8 @@ class _BatchWriter:
             key = asset_key(self._prefix, row[0])
             exists_at.append(len(pipe.command_stack))
             pipe.exists(key)
-            if self._dry_run:
-                continue
-            fields, stale = encode_row(row)
-            if row[4] is KEEP_KEY_IDS:
-                if stale:
-                    pipe.hdel(key, *stale)
-            else:
-                pipe.delete(key)  # no HDEL needed: the row gives every field
-            pipe.hset(key, mapping=cast(dict[Any, Any], fields))
+            if not self._dry_run:
+                queue_row(pipe, self._prefix, row)
         if not self._dry_run:
             pipe.publish(self._channel, encode_changes([row[0] for row in rows]))
         results = await pipe.execute()

@@ -9,13 +9,21 @@ the target's `assets`. Python holds one chunk of rows at a time whatever the sou
 temporary table lives in SQLite's temp store (a file, not the heap, beyond its page cache).
 
 Where things go: a location is parsed once into a `Location` (`parse_source`,
-`parse_target`). Only SQLite files are targets today; `redis://` is recognised and refused by
-name. A Redis target would copy its rows into a `temp.target` table (the diff only reads the
-`temp.target` view the SQLite target defines over its own table) and apply the plan in a
-MULTI/EXEC pipeline instead of the SQL below.
+`parse_target`), or, for a redis://, rediss:// or unix:// TARGET, a `RedisTarget`.
 
-Applying runs in the one write transaction that computed the diff: the target is never half
-synced, and no other writer slips in between what was shown and what is written.
+A SQLite target is applied in the one write transaction that computed the diff: the target is
+never half synced, and no other writer slips in between what was shown and what is written.
+
+A Redis target (`sync_to_redis`) is compared the same way: the source goes into the same
+temporary table (of an in-memory database with a file temp store), and `temp.target` is filled
+from Redis: one pipelined HGETALL per source asset (a few thousand per round trip), plus a
+SCAN of the asset keys for the ones the source lacks (counted, and deleted by --prune).
+Stored values are turned back into the importer's canonical text, so the same SQL joins give
+the same diff. Applying writes through the Redis backend's own `queue_row`, in MULTI/EXEC
+batches that each publish their asset ids on the changes channel (and take the ids that now
+have a drmResourceId off the fleet's missing list). Redis has no transaction spanning the
+whole sync: a failure leaves the batches already written (each one whole), and a writer
+running at the same time is not locked out.
 """
 
 from __future__ import annotations
@@ -23,12 +31,16 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from proxy.catalog.base import RedisCatalogSettings
 from proxy.catalog.importer import (
     KEEP_KEY_IDS,
     CatalogImportError,
@@ -36,11 +48,26 @@ from proxy.catalog.importer import (
     ProviderCheck,
     Record,
     Rejection,
+    Row,
     RowCheck,
+    _key_ids_json,
+    _names_json,
     format_rejections,
     leave_wal,
     read_records,
     stored_records,
+)
+from proxy.catalog.missing_redis import MissingKeys, queue_removal
+from proxy.catalog.redis import (
+    BATCH_ROWS,
+    URL_SCHEMES,
+    GarbledValue,
+    asset_key,
+    check_url,
+    create_client,
+    decode_fields,
+    encode_changes,
+    queue_row,
 )
 from proxy.catalog.sqlite import create_schema, has_key_ids_column, read_only_uri
 from proxy.routing.rules import ProviderTraits
@@ -50,8 +77,9 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 _CHUNK_ROWS = 5_000  # rows per executemany and per progress report
 # Schemes a location may name; the ones mapped to None are known and not supported yet.
 _UNSUPPORTED_SCHEMES = {
-    "redis": "a Redis catalog (comes with the Redis backend)",
-    "rediss": "a Redis catalog (comes with the Redis backend)",
+    "redis": "a Redis catalog (a target only)",
+    "rediss": "a Redis catalog (a target only)",
+    "unix": "a Redis catalog (a target only)",
     "http": "an HTTP metadata service (read-only)",
     "https": "an HTTP metadata service (read-only)",
 }
@@ -135,8 +163,21 @@ def parse_source(text: str) -> Location:
     return Location("sqlite" if _is_sqlite(path) else "export", path)
 
 
-def parse_target(text: str) -> Location:
-    """TARGET: a SQLite catalog file (created if missing)."""
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """A TARGET naming a Redis catalog: its redis://, rediss:// or unix:// URL (checked)."""
+
+    url: str
+
+
+def parse_target(text: str) -> Location | RedisTarget:
+    """TARGET: a Redis catalog's URL, or a SQLite catalog file (created if missing)."""
+    if text.partition("://")[0].lower() in URL_SCHEMES:
+        try:
+            check_url(text)
+        except ValueError as exc:
+            raise SyncUsageError(f"target {exc}") from None
+        return RedisTarget(text)
     path = _path_of(text, "target")
     if path.exists() and not (path.is_file() and (_is_sqlite(path) or path.stat().st_size == 0)):
         raise SyncUsageError(f"target {text!r} is not a SQLite catalog file")
@@ -151,7 +192,7 @@ def _path_of(text: str, role: str) -> Path:
         return Path(rest)
     what = _UNSUPPORTED_SCHEMES.get(scheme.lower())
     if what is not None:
-        raise SyncUsageError(f"{role} {scheme}://... is {what}: not supported yet by sync")
+        raise SyncUsageError(f"{role} {scheme}://... is {what}: not supported by sync")
     raise SyncUsageError(f"{role} {text!r}: unknown scheme {scheme!r} (give a file path)")
 
 
@@ -443,6 +484,141 @@ def _apply(conn: sqlite3.Connection, *, prune: bool) -> None:
         conn.execute(_UPSERT, {"now": now, "keep": keep})
     if prune:
         conn.execute(_PRUNE)
+
+
+# --- a Redis target --------------------------------------------------------------------------
+
+_CREATE_REDIS_TARGET = """
+CREATE TEMP TABLE target (
+    asset_id TEXT PRIMARY KEY,
+    drm_resource_id TEXT NULL,
+    key_holders TEXT NULL,
+    tags TEXT NOT NULL,
+    key_ids TEXT NULL
+)
+"""
+_INSERT_TARGET = "INSERT OR IGNORE INTO temp.target VALUES (?, ?, ?, ?, ?)"
+_WRITES = f"""
+SELECT s.asset_id, s.drm_resource_id, s.key_holders, s.tags, s.key_ids, s.keep_key_ids {_FROM}
+WHERE {_ADDED} OR {_UPDATED} ORDER BY s.asset_id
+"""
+_TargetRow = tuple[str, str | None, str | None, str, str | None]
+
+
+async def sync_to_redis(
+    source: Location,
+    settings: RedisCatalogSettings,
+    options: SyncOptions = SyncOptions(),
+    *,
+    show: ShowDiff | None = None,
+    progress: Progress | None = None,
+    note: Note | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> SyncReport:
+    """Make the Redis catalog of `settings` hold what `source` holds (see the module);
+    `show(diff, rejected)` is called before anything is written. Raises CatalogImportError
+    when the source cannot be read or Redis cannot be read or written."""
+    say = note or (lambda _: None)
+    check = None if options.providers is None else ProviderCheck(options.providers)
+    client = create_client(settings)
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.execute("PRAGMA temp_store = FILE")  # the source table may be large
+        conn.execute(_CREATE_SOURCE)
+        rejected = _load_source(conn, source, check, progress)
+        say("comparing")
+        rejected = sorted(rejected + _drop_duplicates(conn), key=lambda r: r.line)
+        await _load_redis_target(conn, client, settings.key_prefix, batch_rows)
+        diff = _diff(conn, options)
+        if show is not None:
+            show(diff, rejected)
+        refusal = _refusal(diff, rejected, options)
+        applied = refusal is None and not options.dry_run
+        if applied:
+            say("applying")
+            await _apply_to_redis(conn, client, settings, prune=options.prune, size=batch_rows)
+        return SyncReport(diff, rejected, applied, refusal)
+    except sqlite3.Error as exc:
+        raise CatalogImportError(f"sync failed, nothing was written: {exc}") from exc
+    except (RedisError, OSError) as exc:
+        raise CatalogImportError(f"cannot sync the Redis catalog {settings.url}: {exc}") from exc
+    finally:
+        conn.close()
+        await client.aclose()
+
+
+async def _load_redis_target(
+    conn: sqlite3.Connection, client: Redis, key_prefix: str, size: int
+) -> None:
+    """Fill temp.target: the stored rows of the source's assets, then (ids only, counted as
+    absent) every other asset key found by SCAN."""
+    conn.execute(_CREATE_REDIS_TARGET)
+    cursor = conn.execute("SELECT asset_id FROM temp.source")
+    while ids := [asset_id for (asset_id,) in cursor.fetchmany(size)]:
+        pipe = client.pipeline(transaction=False)
+        for asset_id in ids:
+            pipe.hgetall(asset_key(key_prefix, asset_id))
+        stored = await pipe.execute()
+        rows = [
+            _target_row(asset_id, fields)
+            for asset_id, fields in zip(ids, stored, strict=True)
+            if fields
+        ]
+        conn.executemany(_INSERT_TARGET, rows)
+    prefix = asset_key(key_prefix, "")
+    chunk: list[_TargetRow] = []
+    async for key in client.scan_iter(match=_glob_escaped(prefix) + "*", count=size):
+        chunk.append((cast(bytes, key).decode()[len(prefix) :], None, None, "[]", None))
+        if len(chunk) >= size:
+            conn.executemany(_INSERT_TARGET, chunk)  # OR IGNORE: the source's are in
+            chunk.clear()
+    conn.executemany(_INSERT_TARGET, chunk)
+
+
+def _target_row(asset_id: str, fields: dict[bytes, bytes]) -> _TargetRow:
+    """A stored hash as the importer's canonical text, comparable with the source's rows."""
+    try:
+        entry = decode_fields(asset_id, fields)
+    except GarbledValue as exc:
+        raise CatalogImportError(f"the target's asset {asset_id!r} is garbled: {exc}") from None
+    holders = None if entry.key_holders is None else _names_json(list(entry.key_holders))
+    key_ids = None if b"k" not in fields else _key_ids_json(list(entry.key_ids))
+    return asset_id, entry.drm_resource_id, holders, _names_json(list(entry.tags)), key_ids
+
+
+def _glob_escaped(text: str) -> str:
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
+
+
+async def _apply_to_redis(
+    conn: sqlite3.Connection,
+    client: Redis,
+    settings: RedisCatalogSettings,
+    *,
+    prune: bool,
+    size: int,
+) -> None:
+    """Write the added and updated rows, then (with `prune`) delete the absent assets: one
+    MULTI/EXEC per batch, each publishing its asset ids."""
+    missing = MissingKeys(settings.key_prefix)
+    cursor = conn.execute(_WRITES)
+    while batch := cursor.fetchmany(size):
+        pipe = client.pipeline(transaction=True)
+        for asset_id, drm_resource_id, holders, tags, key_ids, keep in batch:
+            row: Row = (asset_id, drm_resource_id, holders, tags, KEEP_KEY_IDS if keep else key_ids)
+            queue_row(pipe, settings.key_prefix, row)
+        queue_removal(pipe, missing, (row[0] for row in batch if row[1] is not None))
+        pipe.publish(settings.changes_channel, encode_changes([row[0] for row in batch]))
+        await cast(Awaitable[object], pipe.execute())
+    if not prune:
+        return
+    cursor = conn.execute(f"SELECT asset_id {_ABSENT}")
+    while ids := [asset_id for (asset_id,) in cursor.fetchmany(size)]:
+        pipe = client.pipeline(transaction=True)
+        pipe.delete(*(asset_key(settings.key_prefix, asset_id) for asset_id in ids))
+        queue_removal(pipe, missing, ids)
+        pipe.publish(settings.changes_channel, encode_changes(ids))
+        await cast(Awaitable[object], pipe.execute())
 
 
 def format_diff(diff: SyncDiff, rejected: list[Rejection], *, max_rejections: int = 50) -> str:

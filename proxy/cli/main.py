@@ -9,13 +9,17 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from proxy.catalog import CatalogSettings
 from proxy.config import Config, ConfigError, RulesView, load_config, load_rules_view
 from proxy.domain import ALL_DRMS
 from proxy.observability.logs import configure_logging
 from proxy.routing.rules import ProviderTraits
+
+if TYPE_CHECKING:  # the sync command's types; its modules are imported when it runs
+    from proxy.catalog.base import RedisCatalogSettings
+    from proxy.catalog.sync import RedisTarget
 
 
 def _print_problems(source: Path, problems: list[str]) -> None:
@@ -209,17 +213,20 @@ def cmd_catalog_audit(args: argparse.Namespace) -> int:
 def cmd_catalog_sync(args: argparse.Namespace) -> int:
     from proxy.catalog.importer import CatalogImportError
     from proxy.catalog.sync import (
+        RedisTarget,
         SyncOptions,
         SyncUsageError,
         format_diff,
         parse_source,
         parse_target,
         sync,
+        sync_to_redis,
     )
 
     providers = _rules_view_or_exit(args.config).providers if args.config else None
     try:
         source, target = parse_source(args.source), parse_target(args.to)
+        settings = _redis_sync_settings(args, target) if isinstance(target, RedisTarget) else None
     except SyncUsageError as exc:
         print(f"drm-gateway catalog sync: {exc}", file=sys.stderr)
         return 2
@@ -249,7 +256,15 @@ def cmd_catalog_sync(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     try:
-        report = sync(source, target, options, show=show, progress=progress, note=note)
+        if isinstance(target, RedisTarget):
+            assert settings is not None  # built for every Redis target above
+            where = f"{target.url} in batches, each announced"
+            report = asyncio.run(
+                sync_to_redis(source, settings, options, show=show, progress=progress, note=note)
+            )
+        else:
+            where = f"{target.path} in one transaction"
+            report = sync(source, target, options, show=show, progress=progress, note=note)
     except CatalogImportError as exc:
         print(f"\nsync failed: {exc}", file=sys.stderr)
         return 1
@@ -261,9 +276,29 @@ def cmd_catalog_sync(args: argparse.Namespace) -> int:
     print(
         f"dry run: nothing written ({elapsed:.1f} s)"
         if args.dry_run
-        else f"applied to {target.path} in one transaction ({elapsed:.1f} s)"
+        else f"applied to {where} ({elapsed:.1f} s)"
     )
     return 0
+
+
+def _redis_sync_settings(args: argparse.Namespace, target: RedisTarget) -> RedisCatalogSettings:
+    """The Redis catalog `catalog sync --to` names; SyncUsageError if --password-env names an
+    unset variable."""
+    import os
+
+    from proxy.catalog.base import RedisCatalogSettings
+    from proxy.catalog.sync import SyncUsageError
+
+    password = None
+    if args.password_env is not None:
+        password = os.environ.get(args.password_env) or None
+        if password is None:
+            raise SyncUsageError(
+                f"--password-env: environment variable {args.password_env} is not set"
+            )
+    return RedisCatalogSettings(
+        url=target.url, password=password, key_prefix=args.key_prefix, channel=args.channel
+    )
 
 
 def _share_arg(text: str) -> float:
@@ -330,13 +365,25 @@ def _add_allow_rejects(parser: argparse.ArgumentParser) -> None:
 def _add_sync_command(catalog_cmds: Any) -> None:
     sync = catalog_cmds.add_parser(
         "sync",
-        help="make a SQLite catalog match an export (or another catalog), diff shown first",
-        description="Prints the diff, then applies it in one transaction. Exit 0: applied "
-        "(or a clean dry run); 1: rows rejected, a refused prune, or a failure (nothing "
-        "written); 2: usage or config problem.",
+        help="make a SQLite or Redis catalog match an export (or another catalog), diff "
+        "shown first",
+        description="Prints the diff, then applies it: to a SQLite file in one transaction, to "
+        "Redis in pipelined batches that announce the changed ids. Exit 0: applied (or a clean "
+        "dry run); 1: rows rejected, a refused prune, or a failure; 2: usage or config problem.",
     )
     sync.add_argument("source", help="CSV / JSON Lines export, or a SQLite catalog file")
-    sync.add_argument("--to", required=True, help="the SQLite catalog file to update")
+    sync.add_argument(
+        "--to",
+        required=True,
+        help="the SQLite catalog file, or the redis://, rediss:// or unix:// URL, to update",
+    )
+    sync.add_argument(
+        "--password-env", metavar="NAME", help="the Redis password is in this variable"
+    )
+    sync.add_argument("--key-prefix", default="drm-gateway:", help="as catalog.redis.key_prefix")
+    sync.add_argument(
+        "--channel", help="as catalog.redis.channel (default: the key prefix + 'changes')"
+    )
     sync.add_argument(
         "--config", type=Path, help="check key holders against this config's providers"
     )

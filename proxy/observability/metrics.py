@@ -81,8 +81,9 @@ ASSETS_WITHOUT_RESOURCE_ID = Counter(
 )
 TITLES_WITHOUT_RESOURCE_ID = Gauge(
     "drm_gateway_titles_without_resource_id",
-    "Distinct titles requested without a drmResourceId that this replica holds in its list "
-    "(GET /admin/missing names them; bounded by missing.max_titles).",
+    "Distinct titles requested without a drmResourceId in the list GET /admin/missing names: "
+    "this replica's, or the fleet's when the catalog is in Redis (bounded by "
+    "missing.max_titles).",
     registry=REGISTRY,
     # Under --workers each worker keeps its own list: the sum over live workers (a title seen
     # by two workers counts twice), so a new title in any worker shows as an increase.

@@ -169,7 +169,8 @@ def _missing_csv(listing: MissingListing) -> str:
 
 
 async def list_missing(request: web.Request) -> web.Response:
-    """Titles requested without a drmResourceId, most requested first (this replica's)."""
+    """Titles requested without a drmResourceId, most requested first: `scope` says whose
+    traffic ("replica": this process; "fleet": every gateway sharing the Redis catalog)."""
     limit = _missing_limit(request.query.get("limit"))
     fmt = request.query.get("format", "json")
     if fmt not in MISSING_FORMATS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator, Coroutine, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,9 @@ from proxy import __version__
 from proxy.access.guard import PlayerGuard
 from proxy.access.player_tokens import TOKEN_REFUSALS
 from proxy.catalog import CachedCatalog, build_catalog
-from proxy.catalog.missing import MissingTitles
-from proxy.catalog.redis import RedisCatalog
+from proxy.catalog.missing import MissingStore, MissingTitles
+from proxy.catalog.missing_redis import RedisMissingTitles
+from proxy.catalog.redis import RedisCatalog, create_client
 from proxy.config import Config
 from proxy.gateway import Gateway
 from proxy.observability import metrics
@@ -87,15 +89,40 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
-    missing = MissingTitles(
-        max_titles=app[CONFIG].missing.max_titles,
+    async with _missing_store(app[CONFIG]) as missing:
+        gateway = Gateway(app[CONFIG], app[CATALOG], app[PROVIDERS], app[RULES], missing=missing)
+        app[GATEWAY] = gateway
+        yield
+        await gateway.close()
+
+
+@asynccontextmanager
+async def _missing_store(config: Config) -> AsyncIterator[MissingStore]:
+    """Where titles requested without a drmResourceId are recorded: fleet-wide in Redis with
+    the Redis catalog (flushed by a background task, cancelled and flushed once more at the
+    end), else in this replica's memory."""
+    redis = config.catalog.redis
+    if config.catalog.backend != "redis" or redis is None:
+        yield MissingTitles(
+            max_titles=config.missing.max_titles,
+            on_size=metrics.TITLES_WITHOUT_RESOURCE_ID.set,
+            on_eviction=metrics.TITLES_WITHOUT_RESOURCE_ID_EVICTED.inc,
+        )
+        return
+    fleet = RedisMissingTitles(
+        create_client(redis),
+        key_prefix=redis.key_prefix,
+        max_titles=config.missing.max_titles,
         on_size=metrics.TITLES_WITHOUT_RESOURCE_ID.set,
         on_eviction=metrics.TITLES_WITHOUT_RESOURCE_ID_EVICTED.inc,
     )
-    gateway = Gateway(app[CONFIG], app[CATALOG], app[PROVIDERS], app[RULES], missing=missing)
-    app[GATEWAY] = gateway
-    yield
-    await gateway.close()
+    flusher = asyncio.get_running_loop().create_task(fleet.run())
+    try:
+        yield fleet
+    finally:
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+        await fleet.close()
 
 
 def create_public_app(config: Config) -> web.Application:

@@ -337,3 +337,23 @@ async def test_a_real_database_failure_serves_stale(tmp_path: Path) -> None:
         assert outcomes == ["miss", "miss", "stale", "miss", "error"]
     finally:
         await cache.close()
+
+
+async def test_unknown_ids_are_capped_apart_and_never_push_real_entries_out(
+    tmp_path: Path,
+) -> None:
+    setup = Setup(tmp_path, max_entries=5)  # known-missing entries: a tenth, so at most 1
+    try:
+        for i in range(5):
+            assert await setup.cache.get(f"a{i}") is not None
+        calls = setup.backend.calls
+        for i in range(50):  # a flood of unknown ids
+            assert await setup.cache.get(f"nope-{i}") is None
+        assert setup.cache.negative_count == 1
+        for i in range(5):  # every real entry is still cached: no backend call
+            assert await setup.cache.get(f"a{i}") is not None
+        assert setup.backend.calls == calls + 50
+        assert await setup.cache.get("nope-49") is None  # the latest unknown id: still cached
+        assert setup.backend.calls == calls + 50
+    finally:
+        await setup.cache.close()

@@ -15,6 +15,7 @@ from proxy.catalog.importer import CatalogImportError, Rejection, import_file
 from proxy.catalog.sync import (
     CHANGE_KINDS,
     Location,
+    RedisTarget,
     SyncDiff,
     SyncOptions,
     SyncReport,
@@ -82,13 +83,19 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def sqlite_target(path: Path) -> Location:
+    target = parse_target(str(path))
+    assert isinstance(target, Location)
+    return target
+
+
 def run_sync(
     source: Path, target: Path, **options: Any
 ) -> tuple[list[tuple[SyncDiff, list[Rejection]]], SyncReport]:
     shown: list[tuple[SyncDiff, list[Rejection]]] = []
     report = sync(
         parse_source(str(source)),
-        parse_target(str(target)),
+        sqlite_target(target),
         SyncOptions(**options),
         show=lambda diff, rejected: shown.append((diff, rejected)),
     )
@@ -105,8 +112,11 @@ def test_locations_are_parsed_once_and_unsupported_ones_refused(tmp_path: Path) 
     assert parse_source(str(db)) == Location("sqlite", db)  # told by the header, not the name
     assert parse_source(f"file://{export}") == Location("export", export)
     assert parse_target(str(tmp_path / "new.db")) == Location("sqlite", tmp_path / "new.db")
-    with pytest.raises(SyncUsageError, match=r"Redis catalog.*not supported yet"):
-        parse_target("redis://localhost:6379/0")
+    assert parse_target("redis://localhost:6379/0") == RedisTarget("redis://localhost:6379/0")
+    with pytest.raises(SyncUsageError, match="must not hold a password"):
+        parse_target("redis://:pw@localhost:6379/0")
+    with pytest.raises(SyncUsageError, match=r"Redis catalog \(a target only\)"):
+        parse_source("redis://localhost:6379/0")
     with pytest.raises(SyncUsageError, match="unknown scheme 'ftp'"):
         parse_source("ftp://host/x.csv")
     with pytest.raises(SyncUsageError, match="is not a file"):
@@ -290,7 +300,7 @@ def test_a_failure_while_applying_writes_nothing(tmp_path: Path) -> None:
         raise KeyboardInterrupt  # e.g. Ctrl-C right after the diff is shown
 
     with pytest.raises(KeyboardInterrupt):
-        sync(parse_source(str(source)), parse_target(str(target)), show=explode)
+        sync(parse_source(str(source)), sqlite_target(target), show=explode)
     assert contents(target) == before
 
 
@@ -302,7 +312,7 @@ def test_an_unreadable_source_catalog_fails_cleanly(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with pytest.raises(CatalogImportError, match="nothing was written: no such table: assets"):
-        sync(parse_source(str(not_a_catalog)), parse_target(str(target)))
+        sync(parse_source(str(not_a_catalog)), sqlite_target(target))
 
 
 # --- size ------------------------------------------------------------------------------------

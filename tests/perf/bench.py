@@ -30,7 +30,9 @@ Environment: BENCH_DURATION (s, default 10), BENCH_REPEATS (3), BENCH_CONNECTION
 kind rows: 32 only), BENCH_CONFIGS (comma list, default all), BENCH_PLAYER_AUTH
 (auto|on|off), BENCH_PROFILE (1: py-spy profiles at 32 connections of the gateway and of
 every kind row measured; or a comma list of the configs to profile), BENCH_MICRO (0 skips
-micro-benchmarks and memory), BENCH_OUTPUT (bench-results.json), BENCH_KEEP (1 keeps the work
+micro-benchmarks and memory), BENCH_CATALOG (0 skips the catalog backends at cache miss
+and the Redis import; BENCH_CATALOG_ROUNDS, BENCH_IMPORT_ASSETS: tests/perf/catalogbench.py),
+BENCH_OUTPUT (bench-results.json), BENCH_KEEP (1 keeps the work
 dir).
 """
 
@@ -93,6 +95,7 @@ class Plan:
     profile: frozenset[str]  # the configs py-spy records
     micro: bool
     baseline_only: bool = False  # `gateway` was added only as the kind rows' baseline
+    catalog: bool = True  # catalog backends at cache miss, Redis import (catalogbench.py)
 
     def connections_for(self, config: str) -> tuple[int, ...]:
         """Kind rows at 32 connections only; `gateway` always includes 32 when they run."""
@@ -108,7 +111,7 @@ class Plan:
         measured = cells * self.repeats * self.duration
         profiled = len(self.profile & set(self.configs)) * self.duration
         overhead = len(self.configs) * (WARMUP_SECONDS + 4) + 20 + profiled
-        return measured + overhead + (60 if self.micro else 0)
+        return measured + overhead + (60 if self.micro else 0) + (120 if self.catalog else 0)
 
 
 @dataclass
@@ -142,6 +145,7 @@ def env_plan() -> Plan:
         profile=_profiled(os.environ.get("BENCH_PROFILE", ""), configs),
         micro=os.environ.get("BENCH_MICRO", "1") != "0",
         baseline_only=baseline_only,
+        catalog=os.environ.get("BENCH_CATALOG", "1") != "0",
     )
 
 
@@ -460,6 +464,10 @@ def main() -> int:
             micro, kind_ratios, memory = run_micro()
             bench.extra["micro"], bench.extra["catalog_memory"] = micro, memory
             bench.extra["micro_kind_vs_generic"] = kind_ratios
+        if plan.catalog:
+            from tests.perf.catalogbench import run_all as run_catalog
+
+            bench.extra["catalog"] = run_catalog(workdir)
     finally:
         if os.environ.get("BENCH_KEEP") != "1":
             shutil.rmtree(workdir, ignore_errors=True)

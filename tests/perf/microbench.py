@@ -39,6 +39,9 @@ ROOT = PERF.parents[1]
 SECRET = b"bench-player-secret-0123456789abcdef"
 PROVIDERS = {"legacy": ProviderTraits(False), "incoming": ProviderTraits(True)}
 MEMORY_ENTRIES = 1_000_000
+# Bytes per cached entry at 1,000,000 before issue 15's change (cachetools' LRUCache holding
+# found and missing assets alike), on the machine the target was set on.
+CACHE_BYTES_BEFORE = 432
 GENERIC_TOKEN = "tokens.TokenSigner.sign HS256"
 # The request every kind case builds for: the bench's Widevine request (2 KB challenge).
 CHALLENGE = b"c" * 2048
@@ -219,10 +222,11 @@ def http_cases() -> dict[str, Callable[[], object]]:
 
 
 class _MemoryBackend:
-    """A catalog backend answering every id with an entry built the way SQLite rows are."""
+    """A catalog backend answering every id with an entry built the way SQLite rows are, but
+    ids starting with `ghost-`, which it does not know."""
 
     async def get(self, asset_id: str) -> CatalogEntry | None:
-        return _entry(asset_id)
+        return None if asset_id.startswith("ghost-") else _entry(asset_id)
 
     async def ping(self) -> None:
         return None
@@ -285,23 +289,39 @@ def rss_kib() -> int:
 
 
 def catalog_memory_child(entries: int) -> dict[str, Any]:
+    """Fill a cache with `entries` found assets, then with as many unknown ones as it keeps
+    (its separate cap for known-missing assets); RSS growth of each step. Then ten times as
+    many unknown ids again: the cap holds, and the found assets stay."""
     cache = _cache(entries)
 
-    async def fill() -> None:
-        for i in range(entries):
-            await cache.get(f"asset-{i:07d}")
+    async def fill(prefix: str, count: int) -> None:
+        for i in range(count):
+            await cache.get(f"{prefix}{i:07d}")
 
     gc.collect()
     before = rss_kib()
-    asyncio.run(fill())
+    asyncio.run(fill("asset-", entries))
     gc.collect()
     after = rss_kib()
     assert len(cache) == entries
+    cap = entries // 10  # CachedCatalog's default cap for known-missing assets
+    asyncio.run(fill("ghost-", cap))
+    gc.collect()
+    final = rss_kib()
+    negatives = cache.negative_count
+    assert negatives == cap and len(cache) == entries + negatives
+    asyncio.run(fill("ghost-more-", 10 * cap))  # far past the cap: the found ones must stay
+    gc.collect()
+    assert cache.negative_count == cap and len(cache) == entries + cap
     return {
         "entries": entries,
         "rss_before_mib": round(before / 1024, 1),
         "rss_after_mib": round(after / 1024, 1),
         "bytes_per_entry": round((after - before) * 1024 / entries),
+        "negative_entries": negatives,
+        "bytes_per_negative_entry": round((final - after) * 1024 / negatives),
+        "bytes_per_entry_all": round((final - before) * 1024 / (entries + negatives)),
+        "rss_after_negative_churn_mib": round(rss_kib() / 1024, 1),
     }
 
 
@@ -333,7 +353,14 @@ def run_all() -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     print(
         f"  RSS {memory['rss_before_mib']} MiB -> {memory['rss_after_mib']} MiB: "
         f"{memory['bytes_per_entry']} bytes per cached entry "
-        "(asset id, drmResourceId, shared key-holder and tag sets, LRU bookkeeping)"
+        "(asset id, drmResourceId, shared key-holder and tag sets, LRU bookkeeping); "
+        f"{CACHE_BYTES_BEFORE} before issue 15 (target <= 300)"
+    )
+    print(
+        f"  then {memory['negative_entries']:,} known-missing assets (their own cap): "
+        f"{memory['bytes_per_negative_entry']} bytes each; {memory['bytes_per_entry_all']} "
+        "bytes per entry counting both; after 10x as many more unknown ids, RSS "
+        f"{memory['rss_after_negative_churn_mib']} MiB (cap held, found assets kept)"
     )
     return micro, ratios, memory
 

@@ -25,6 +25,10 @@ TARGETS = {
 KIND_PREFIX = "kind-"
 KIND_CONNECTIONS = 32
 KIND_CPU_LIMIT = 1.15  # a kind's CPU per request over the generic JWT path's (issue 14)
+# Issue 15: a cached catalog entry's bytes at 1,000,000 entries, and the Redis import's peak
+# RSS at 1,000,000 assets over at 100,000 (a streamed import stays flat: about 1).
+CACHE_BYTES_LIMIT = 300
+IMPORT_RSS_RATIO_LIMIT = 1.1
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -135,6 +139,7 @@ def summarize(
             "value": value,
             "met": _met(value, "<=", KIND_CPU_LIMIT),
         }
+    targets.update(catalog_targets(extra))
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
@@ -163,6 +168,22 @@ def summarize(
         "summary": rows,
         "runs": runs,
         **{key: value for key, value in extra.items() if key != "token"},
+    }
+
+
+def catalog_targets(extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The catalog targets of issue 15, for the parts that ran."""
+    measured: dict[str, tuple[float | None, float]] = {}
+    if "catalog_memory" in extra:
+        memory = extra["catalog_memory"]
+        value = memory.get("bytes_per_entry_all", memory["bytes_per_entry"])
+        measured["catalog_cache_bytes_per_entry"] = (value, CACHE_BYTES_LIMIT)
+    if "catalog" in extra:
+        value = extra["catalog"]["redis_import_peak_rss_ratio"]
+        measured["redis_import_peak_rss_1m_vs_100k"] = (value, IMPORT_RSS_RATIO_LIMIT)
+    return {
+        name: {"target": f"<= {limit}", "value": value, "met": _met(value, "<=", limit)}
+        for name, (value, limit) in measured.items()
     }
 
 
@@ -211,6 +232,7 @@ def print_report(results: dict[str, Any]) -> None:
         f"p50 {added['p50']} ms, p99 {added['p99']} ms"
     )
     print_kinds(results)
+    print_catalog(results)
     print("\ntargets:")
     for name, target in results["targets"].items():
         verdict = {True: "met", False: "NOT met", None: "no verdict"}[target["met"]]
@@ -243,6 +265,31 @@ def print_kinds(results: dict[str, Any]) -> None:
         print(
             f"  {kind['kind']:<16} {kind['rps']:>9,.0f} {rps_ratio:>10}"
             f" {kind['cpu_us_per_request']:>11.1f} {cpu_ratio:>10}{flag}"
+        )
+
+
+def print_catalog(results: dict[str, Any]) -> None:
+    """Catalog backends at cache miss, the Redis import, the cache's bytes per entry."""
+    catalog = results.get("catalog")
+    if catalog:
+        print("\ncatalog backends at cache miss, 32 concurrent lookups of distinct assets:")
+        for name, row in catalog["miss_c32"].items():
+            print(
+                f"  {name:<7} p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms "
+                f"({row['lookups']:,} lookups)"
+            )
+        print("catalog import into Redis (`catalog import --to`, its own process):")
+        for count, row in catalog["redis_import"].items():
+            print(
+                f"  {int(count):>9,} assets: {row['seconds']} s, peak RSS {row['peak_rss_mib']} MiB"
+            )
+    memory = results.get("catalog_memory")
+    if memory and "negative_entries" in memory:
+        print(
+            f"cached catalog entries: {memory['entries']:,} found, {memory['bytes_per_entry']} "
+            f"bytes each; {memory['negative_entries']:,} known missing (capped apart), "
+            f"{memory['bytes_per_negative_entry']} bytes each; {memory['bytes_per_entry_all']} "
+            "bytes per entry counting both"
         )
 
 

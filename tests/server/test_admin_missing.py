@@ -14,7 +14,17 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ADMIN_TOKEN, ASSETS, Stack, StackFactory, write_catalog
+from proxy.catalog.base import RedisCatalogSettings
+from proxy.catalog.redis import import_to_redis
+from proxy.server.routes import GATEWAY
+from tests.conftest import (
+    ADMIN_TOKEN,
+    ASSETS,
+    RedisServer,
+    Stack,
+    StackFactory,
+    write_catalog,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN_ENV = "TEST_MISSING_ADMIN_TOKEN"
@@ -267,3 +277,51 @@ async def test_cli_exit_codes(make_stack: StackFactory) -> None:
     assert code == 2
     code, _, err = await run_cli("--url", url, "--token-env", TOKEN_ENV, "--limit", "100001")
     assert code == 2 and "limit must be" in err  # the gateway's 400, said as usage
+
+
+# --- fleet-wide, with the Redis catalog --------------------------------------------------------
+
+
+def _redis_catalog(url: str) -> Any:
+    def configure(raw: dict[str, Any]) -> None:
+        raw["catalog"] = {"backend": "redis", "ttl_seconds": 3600, "redis": {"url": url}}
+
+    return configure
+
+
+async def _listed_everywhere(stacks: list[Stack], expected: list[tuple[str, int]]) -> Any:
+    """Wait (the stores flush about once a second) until every gateway lists `expected`."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while True:
+        bodies = [(await get_missing(stack))[1] for stack in stacks]
+        if all([(t["asset_id"], t["count"]) for t in b["titles"]] == expected for b in bodies):
+            return bodies
+        assert asyncio.get_running_loop().time() < deadline, bodies
+        await asyncio.sleep(0.05)
+
+
+async def test_gateways_sharing_a_redis_catalog_share_one_list(
+    tmp_path: Path, make_stack: StackFactory, redis_server: RedisServer
+) -> None:
+    export = write_catalog(tmp_path / "seed.db").with_suffix(".csv")
+    assert not (await import_to_redis(export, RedisCatalogSettings(url=redis_server.url))).rejected
+    one, two = [await make_stack(configure=_redis_catalog(redis_server.url)) for _ in range(2)]
+    await license_request(one, "widevine", "no-res-unknown-holders")
+    await license_request(two, "playready", "no-res-unknown-holders")
+    await license_request(two, "widevine", "legacy-only")
+    bodies = await _listed_everywhere(
+        [one, two], [("no-res-unknown-holders", 2), ("legacy-only", 1)]
+    )
+    assert {body["scope"] for body in bodies} == {"fleet"}
+    assert bodies[0]["titles"][0]["by_drm"] == {"widevine": 1, "playready": 1}
+    # legacy-only gains its id; the next lookup of it (on either gateway) takes it off.
+    change = tmp_path / "change.csv"
+    change.write_text("asset_id,drm_resource_id,key_holders,tags\nlegacy-only,res-lo,legacy,\n")
+    await import_to_redis(change, RedisCatalogSettings(url=redis_server.url))
+    deadline = asyncio.get_running_loop().time() + 5
+    while "legacy-only" in one.gateway.public_app[GATEWAY].missing:
+        # Once the announcement has dropped it from the cache, the lookup finds its id.
+        assert asyncio.get_running_loop().time() < deadline
+        await license_request(one, "widevine", "legacy-only")
+        await asyncio.sleep(0.01)
+    await _listed_everywhere([one, two], [("no-res-unknown-holders", 2)])
