@@ -29,6 +29,7 @@ and from `catalog sync --to redis://...`; both store a row through `queue_row` a
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
@@ -368,26 +369,53 @@ def _batches(
 ) -> Iterator[tuple[int, list[Row]]]:
     """The accepted rows in batches of `size`, each with the last line read; rejections (bad
     rows, failed checks, repeated asset ids, as in the SQLite import) go to `rejected`."""
-    first_line: dict[str, int] = {}
+    seen = _SeenIds()
     batch: list[Row] = []
     line_no = 0
-    for line_no, row in records:
-        if isinstance(row, str):
-            rejected.append(Rejection(line_no, row))
-            continue
-        if check is not None and (reason := check(row)) is not None:
-            rejected.append(Rejection(line_no, reason))
-            continue
-        first = first_line.setdefault(row[0], line_no)
-        if first != line_no:
-            rejected.append(Rejection(line_no, f"duplicate of line {first}"))
-            continue
-        batch.append(row)
-        if len(batch) >= size:
+    try:
+        for line_no, row in records:
+            if isinstance(row, str):
+                rejected.append(Rejection(line_no, row))
+                continue
+            if check is not None and (reason := check(row)) is not None:
+                rejected.append(Rejection(line_no, reason))
+                continue
+            first = seen.first_line(row[0], line_no)
+            if first != line_no:
+                rejected.append(Rejection(line_no, f"duplicate of line {first}"))
+                continue
+            batch.append(row)
+            if len(batch) >= size:
+                yield line_no, batch
+                batch = []
+        if batch:
             yield line_no, batch
-            batch = []
-    if batch:
-        yield line_no, batch
+    finally:
+        seen.close()
+
+
+class _SeenIds:
+    """The asset ids read so far, with their first line, in a private temporary SQLite file
+    (SQLite's page cache bounds the memory): a file of any size is checked for repeats
+    without holding every id in memory, which grew the import's peak RSS with the file."""
+
+    def __init__(self) -> None:
+        self._conn = sqlite3.connect("")  # "": a temporary on-disk database, gone on close
+        self._conn.execute("CREATE TABLE seen (asset_id TEXT PRIMARY KEY, line INTEGER)")
+
+    def first_line(self, asset_id: str, line: int) -> int:
+        """`line` for an id not seen before (now remembered), else the line it was first on."""
+        if self._conn.execute(_REMEMBER, (asset_id, line)).rowcount:
+            return line
+        first: int = self._conn.execute(_FIRST_LINE, (asset_id,)).fetchone()[0]
+        return first
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+_REMEMBER = "INSERT OR IGNORE INTO seen (asset_id, line) VALUES (?, ?)"
+_FIRST_LINE = "SELECT line FROM seen WHERE asset_id = ?"
 
 
 class _BatchWriter:
