@@ -46,7 +46,7 @@ from proxy.catalog.base import CatalogEntry, HttpCatalogSettings
 # same id in an import file would be. Importing them has no side effect.
 from proxy.catalog.importer import _ID, _KEY_ID, _PROVIDER, _TAG
 from proxy.errors import CatalogUnavailable
-from proxy.observability.logs import get_logger
+from proxy.observability.logs import FailureLog, get_logger
 from proxy.upstream.http.client import HttpClient, HttpClientError, Origin, parse_origin
 
 log = get_logger("catalog")
@@ -95,7 +95,7 @@ class HttpCatalog:
             max_response_bytes=settings.max_response_bytes,
             ssl_context=_ssl_context(settings) if self._origin.tls else None,
         )
-        self._failure: str | None = None  # the last failure logged (each distinct one once)
+        self._failures = FailureLog(log, "catalog_unavailable", url=self._base_url)
 
     def __repr__(self) -> str:
         return f"HttpCatalog({self._base_url!r})"
@@ -119,9 +119,9 @@ class HttpCatalog:
             else:
                 entry = decode_entry(asset_id, response.body)
         except (TimeoutError, HttpClientError, BadAnswer) as exc:
-            self._log_failure(exc)
+            self._failures.failed(exc)
             raise CatalogUnavailable() from exc
-        self._failure = None
+        self._failures.recovered()
         return entry
 
     async def ping(self) -> None:
@@ -133,20 +133,13 @@ class HttpCatalog:
             if response.status >= 500 or response.status in _NOT_READY:
                 raise BadAnswer(f"readiness probe got status {response.status}")
         except (TimeoutError, HttpClientError, BadAnswer) as exc:
-            self._log_failure(exc)
+            self._failures.failed(exc)
             raise CatalogUnavailable() from exc
-        self._failure = None
+        self._failures.recovered()
 
     async def close(self) -> None:
         """Close the connections to the service."""
         await self._client.close()
-
-    def _log_failure(self, exc: BaseException) -> None:
-        """Say once per distinct failure why the service cannot be used (never a body)."""
-        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if why != self._failure:
-            self._failure = why
-            log.warning("catalog_unavailable", url=self._base_url, error=why)
 
 
 def _ssl_context(settings: HttpCatalogSettings) -> ssl.SSLContext:

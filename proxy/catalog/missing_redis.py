@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from proxy.catalog.missing import DEFAULT_MAX_TITLES, MissingListing, MissingTitle
 from proxy.errors import CatalogUnavailable
-from proxy.observability.logs import get_logger
+from proxy.observability.logs import FailureLog, get_logger
 
 log = get_logger("catalog")
 
@@ -125,7 +125,10 @@ class RedisMissingTitles:
         self._removals: set[str] = set()
         self._listed: set[str] = set()
         self._flushes = 0
-        self._failure: str | None = None
+        # The type alone: a Redis error's message may quote a key.
+        self._failures = FailureLog(
+            log, "missing_titles_unavailable", describe=lambda exc: type(exc).__name__
+        )
 
     def __contains__(self, asset_id: object) -> bool:
         return asset_id in self._pending or asset_id in self._listed
@@ -169,9 +172,9 @@ class RedisMissingTitles:
         try:
             await self._write(pending, removals, refresh=refresh)
         except (RedisError, OSError) as exc:
-            self._log_failure(exc)
+            self._failures.failed(exc)
             return
-        self._failure = None
+        self._failures.recovered()
 
     async def _write(
         self, pending: dict[str, _Pending], removals: set[str], *, refresh: bool
@@ -214,7 +217,7 @@ class RedisMissingTitles:
                 pipe.hgetall(keys.title(member.decode()))
             details = await pipe.execute()
         except (RedisError, OSError) as exc:
-            self._log_failure(exc)
+            self._failures.failed(exc)
             raise CatalogUnavailable() from exc
         titles = [
             _title(member.decode(), int(score), fields)
@@ -230,12 +233,6 @@ class RedisMissingTitles:
             await self.flush()
         finally:
             await cast(Awaitable[None], self._client.aclose())
-
-    def _log_failure(self, exc: BaseException) -> None:
-        why = type(exc).__name__
-        if why != self._failure:
-            self._failure = why
-            log.warning("missing_titles_unavailable", error=why)
 
 
 def _title(asset_id: str, count: int, fields: dict[bytes, bytes]) -> MissingTitle:

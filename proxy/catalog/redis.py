@@ -60,7 +60,7 @@ from proxy.catalog.importer import (
     read_records,
 )
 from proxy.errors import CatalogUnavailable
-from proxy.observability.logs import get_logger
+from proxy.observability.logs import FailureLog, get_logger
 from proxy.routing.rules import ProviderTraits
 
 log = get_logger("catalog")
@@ -213,7 +213,7 @@ class RedisCatalog:
         self._prefix = settings.key_prefix
         self._channel = settings.changes_channel
         self._client = client or create_client(settings)
-        self._failure: str | None = None  # the last failure logged (each distinct one once)
+        self._failures = FailureLog(log, "catalog_unavailable", url=self._url)
 
     def __repr__(self) -> str:
         return f"RedisCatalog({self._url!r})"
@@ -232,9 +232,9 @@ class RedisCatalog:
             )
             entry = decode_fields(asset_id, fields) if fields else None
         except (RedisError, OSError, GarbledValue) as exc:
-            self._log_failure(exc)
+            self._failures.failed(exc)
             raise CatalogUnavailable() from exc
-        self._failure = None
+        self._failures.recovered()
         return entry
 
     async def ping(self) -> None:
@@ -242,9 +242,9 @@ class RedisCatalog:
         try:
             await cast(Awaitable[object], self._client.ping())
         except (RedisError, OSError) as exc:
-            self._log_failure(exc)
+            self._failures.failed(exc)
             raise CatalogUnavailable() from exc
-        self._failure = None
+        self._failures.recovered()
 
     async def close(self) -> None:
         """Close the connections."""
@@ -285,13 +285,6 @@ class RedisCatalog:
                 await _close_quietly(pubsub)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
-
-    def _log_failure(self, exc: BaseException) -> None:
-        """Say once per distinct failure why Redis cannot be used (never a stored value)."""
-        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if why != self._failure:
-            self._failure = why
-            log.warning("catalog_unavailable", url=self._url, error=why)
 
 
 async def _messages(pubsub: PubSub) -> Any:

@@ -23,7 +23,7 @@ from typing import TypeAlias
 
 from proxy.catalog.base import CatalogEntry
 from proxy.errors import CatalogUnavailable
-from proxy.observability.logs import get_logger
+from proxy.observability.logs import FailureLog, get_logger
 
 SCHEMA_VERSION = 2
 # How often a lookup compares the file against the one it opened (a rename over it).
@@ -161,7 +161,7 @@ class SqliteCatalog:
         self._has_key_ids = False
         self._identity: tuple[int, int, int, int] | None = None
         self._checked = 0.0
-        self._failure: str | None = None
+        self._failures = FailureLog(log, "catalog_unavailable", path=str(path))
         self._closed = False
 
     @property
@@ -201,9 +201,9 @@ class SqliteCatalog:
         except (sqlite3.Error, ValueError, OSError) as exc:
             # Reopen next time: the file may have been repaired or replaced meanwhile.
             self._disconnect()
-            self._log_failure(exc)
+            self._failures.failed(exc)
             raise CatalogUnavailable() from exc
-        self._failure = None
+        self._failures.recovered()
         return result
 
     def _connect(self) -> sqlite3.Connection:
@@ -227,13 +227,6 @@ class SqliteCatalog:
         if replaced:
             log.info("catalog_reopened", path=str(self._path))
             self._disconnect()
-
-    def _log_failure(self, exc: BaseException) -> None:
-        """Say once, with the path and SQLite's own words, why the catalog cannot be read."""
-        why = f"{type(exc).__name__}: {exc}"
-        if why != self._failure:
-            self._failure = why
-            log.warning("catalog_unavailable", path=str(self._path), error=why)
 
     def _lookup(self, conn: sqlite3.Connection, asset_id: str) -> CatalogEntry | None:
         if not self._has_key_ids:

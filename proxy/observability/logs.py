@@ -19,7 +19,7 @@ import logging
 import re
 import sys
 import traceback
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import orjson
@@ -195,3 +195,38 @@ REQUEST_ID = _structlog_context_var("request_id")
 def get_logger(name: str) -> Any:
     """A structlog logger with the component name bound."""
     return structlog.get_logger(component=name)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """An exception's type and its message (the type alone when it has none), for a log."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class FailureLog:
+    """Logs one resource's failures as warnings, each distinct one once until it works again,
+    so an outage says why without a line per request."""
+
+    def __init__(
+        self,
+        logger: Any,
+        event: str,
+        *,
+        describe: Callable[[BaseException], str] = describe_failure,
+        **where: str,
+    ) -> None:
+        self._logger = logger
+        self._event = event
+        self._describe = describe
+        self._where = where
+        self._last: str | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        """Log `exc`, unless it is the failure logged last."""
+        why = self._describe(exc)
+        if why != self._last:
+            self._last = why
+            self._logger.warning(self._event, error=why, **self._where)
+
+    def recovered(self) -> None:
+        """The resource works again: its next failure is logged."""
+        self._last = None
