@@ -6,10 +6,7 @@ import base64
 import csv
 import io
 import os
-import shutil
 import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +22,7 @@ from proxy.config import Config, parse_config
 from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
 from proxy.observability.logs import configure_logging
 from proxy.server.app import RunningGateway, start_gateway
+from tests.redis_server import REDIS_SERVER, RedisServer, start_redis_server
 
 SEED = b"test-seed"
 LEGACY_API_KEY = "test-legacy-api-key-7c1e"
@@ -279,27 +277,6 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-@dataclass
-class RedisServer:
-    """A private redis-server for one test, on a unix socket under the test's temp dir."""
-
-    process: subprocess.Popen[bytes]
-    socket_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket_path}"
-
-    def stop(self) -> None:
-        """Kill it (by its PID) and wait for it; a no-op once stopped."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A real redis-server (no persistence, no TCP port) started for the test, stopped after."""
@@ -310,39 +287,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         )
     directory = tmp_path / "redis"
     directory.mkdir()
-    server = start_redis_server(directory)
+    try:
+        server = start_redis_server(directory)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     try:
         yield server
     finally:
         server.stop()
-
-
-def start_redis_server(directory: Path) -> RedisServer:
-    """redis-server on `directory`/redis.sock, answering PING (also to restart one there)."""
-    sock = directory / "redis.sock"
-    with (directory / "redis.log").open("ab") as out:
-        process = subprocess.Popen(
-            [REDIS_SERVER, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--dir", str(directory)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    server = RedisServer(process, sock)
-    deadline = time.monotonic() + 10
-    while not _answers_ping(sock):
-        if process.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            log = (directory / "redis.log").read_text(errors="replace")
-            pytest.fail(f"redis-server did not start:\n{log}")
-        time.sleep(0.01)
-    return server
-
-
-def _answers_ping(sock: Path) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX) as client:
-            client.settimeout(1)
-            client.connect(str(sock))
-            client.sendall(b"PING\r\n")
-            return client.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False

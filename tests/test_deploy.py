@@ -27,7 +27,8 @@ from proxy.config import load_config
 from proxy.observability import metrics
 from proxy.routing.file import load_rules_file
 from proxy.routing.watcher import provider_traits
-from tests.conftest import RedisServer, free_ports
+from tests.conftest import free_ports
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from proxy.catalog.missing_redis import MissingKeys, RedisMissingTitles
-from tests.conftest import RedisServer
+from tests.redis_server import RedisServer
 
 PREFIX = "gw:"
 StoreFactory = Callable[..., Awaitable[RedisMissingTitles]]

@@ -20,7 +20,8 @@ from proxy.cli.main import main
 from proxy.config import ConfigError, parse_config
 from proxy.errors import CatalogUnavailable
 from proxy.routing.rules import ProviderTraits
-from tests.conftest import ENV, RedisServer, gateway_raw_config, start_redis_server
+from tests.conftest import ENV, gateway_raw_config
+from tests.redis_server import RedisServer, start_redis_server
 
 KEY_ID = "00112233445566778899aabbccddeeff"
 GUID = "0A1B2C3D-4E5F-6071-8293-A4B5C6D7E8F9"

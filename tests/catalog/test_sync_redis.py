@@ -19,7 +19,7 @@ from proxy.catalog.redis import RedisCatalog, asset_key, import_to_redis
 from proxy.catalog.sync import SyncDiff, SyncOptions, SyncReport, parse_source, sync_to_redis
 from proxy.cli.main import main
 from tests.catalog.test_sync import HEADER, SOURCE_ROWS, TARGET_ROWS, catalog, run_sync, write
-from tests.conftest import RedisServer
+from tests.redis_server import RedisServer
 
 PREFIX = "drm-gateway:"
 

@@ -11,8 +11,9 @@ from typing import Any
 from proxy.catalog.base import RedisCatalogSettings
 from proxy.catalog.redis import import_to_redis
 from proxy.cli.main import main
-from tests.conftest import RedisServer, Stack, StackFactory, write_catalog
+from tests.conftest import Stack, StackFactory, write_catalog
 from tests.integration.test_license_flow import synthetic_license
+from tests.redis_server import RedisServer
 
 CHALLENGE = b"\x08\x01challenge"
 BOUND_SECONDS = 5.0  # generous: the point is "announced", not a wall-clock race

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +41,10 @@ from proxy.catalog.redis import RedisCatalog
 from proxy.catalog.sqlite import SqliteCatalog
 from proxy.dev.demo import DEMO_KEY_ID
 from tests.perf import servers as srv
+from tests.redis_server import start_redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 CATALOG_ASSETS = 100_000
 CONCURRENCY = 32
 HOLDERS = ("incoming", "legacy", "incoming|legacy")
@@ -74,58 +73,6 @@ def write_export(path: Path, count: int) -> Path:
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-@dataclass
-class RedisProcess:
-    """A private redis-server on a unix socket, stopped by its PID."""
-
-    process: subprocess.Popen[bytes]
-    socket_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket_path}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_redis(directory: Path) -> RedisProcess:
-    """redis-server on `directory`/redis.sock (no TCP port, no persistence), answering PING."""
-    sock = directory / "redis.sock"
-    with (directory / "redis.log").open("ab") as out:
-        process = subprocess.Popen(
-            [REDIS_SERVER, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--dir", str(directory)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    server = RedisProcess(process, sock)
-    deadline = time.monotonic() + 10
-    while not _answers_ping(sock):
-        if process.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            log = (directory / "redis.log").read_text(errors="replace")
-            raise RuntimeError(f"redis-server did not start: {log}")
-        time.sleep(0.01)
-    return server
-
-
-def _answers_ping(sock: Path) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX) as client:
-            client.settimeout(1)
-            client.connect(str(sock))
-            client.sendall(b"PING\r\n")
-            return client.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def run_measured(argv: list[str], log: Path, *, timeout: float = 1800) -> dict[str, Any]:
@@ -274,7 +221,7 @@ def run_all(workdir: Path | None = None) -> dict[str, Any]:
     else:
         work = workdir / "catalog-bench"
     work.mkdir(parents=True, exist_ok=True)
-    redis = start_redis(work)
+    redis = start_redis_server(work)
     metadata: subprocess.Popen[bytes] | None = None
     try:
         small = write_export(work / f"export-{CATALOG_ASSETS}.csv", CATALOG_ASSETS)

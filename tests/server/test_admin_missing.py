@@ -17,14 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.catalog.base import RedisCatalogSettings
 from proxy.catalog.redis import import_to_redis
 from proxy.server.routes import GATEWAY
-from tests.conftest import (
-    ADMIN_TOKEN,
-    ASSETS,
-    RedisServer,
-    Stack,
-    StackFactory,
-    write_catalog,
-)
+from tests.conftest import ADMIN_TOKEN, ASSETS, Stack, StackFactory, write_catalog
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN_ENV = "TEST_MISSING_ADMIN_TOKEN"
