@@ -361,7 +361,7 @@ def _parse_catalog_redis(reader: ConfigReader, raw: Any) -> RedisCatalogSettings
     section = reader.mapping(raw, path, _CATALOG_REDIS_FIELDS)
     defaults = RedisCatalogSettings(url="")
     url = reader.value(section, "url", path, str, REQUIRED)
-    if isinstance(url, str):  # (value() hands back the REQUIRED marker when missing)
+    if url is not None:
         try:
             check_redis_url(url)
         except ValueError as exc:
@@ -413,7 +413,7 @@ def _parse_catalog_http(reader: ConfigReader, raw: Any) -> HttpCatalogSettings |
     section = reader.mapping(raw, path, _CATALOG_HTTP_FIELDS)
     defaults = HttpCatalogSettings(base_url="")
     base_url = reader.value(section, "base_url", path, str, REQUIRED)
-    if isinstance(base_url, str):  # (value() hands back the REQUIRED marker when missing)
+    if base_url is not None:
         try:
             parse_base_url(base_url)
         except ValueError as exc:
