@@ -84,5 +84,7 @@ class CatalogSettings:
     negative_ttl_seconds: float = 30.0
     stale_seconds: float = 600.0
     max_entries: int = 1_000_000
+    # Assets known missing are capped apart; None: a tenth of max_entries.
+    max_negative_entries: int | None = None
     http: HttpCatalogSettings | None = None  # for backend `http`
     redis: RedisCatalogSettings | None = None  # for backend `redis`

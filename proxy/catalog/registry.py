@@ -57,5 +57,6 @@ def build_catalog(settings: CatalogSettings, *, observe: Observer | None = None)
         negative_ttl=settings.negative_ttl_seconds,
         stale_seconds=settings.stale_seconds,
         max_entries=settings.max_entries,
+        max_negative_entries=settings.max_negative_entries,
         observe=observe,
     )

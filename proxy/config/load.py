@@ -313,7 +313,9 @@ def _parse_log(reader: ConfigReader, raw: Any) -> LogSettings:
 def _parse_catalog(reader: ConfigReader, raw: Any) -> CatalogSettings:
     path = "catalog"
     allowed = {"backend", "path", "ttl_seconds", "negative_ttl_seconds", "stale_seconds"}
-    section = reader.mapping(raw, path, allowed | {"max_entries", "http", "redis"})
+    section = reader.mapping(
+        raw, path, allowed | {"max_entries", "max_negative_entries", "http", "redis"}
+    )
     defaults = CatalogSettings()
     backend = reader.value(section, "backend", path, str, "sqlite")
     known = backend in KNOWN_BACKENDS
@@ -344,6 +346,7 @@ def _parse_catalog(reader: ConfigReader, raw: Any) -> CatalogSettings:
         ),
         stale_seconds=reader.value(section, "stale_seconds", path, float, defaults.stale_seconds),
         max_entries=reader.positive(section, "max_entries", path, int, defaults.max_entries),
+        max_negative_entries=reader.positive(section, "max_negative_entries", path, int, None),
         http=http,
         redis=redis,
     )

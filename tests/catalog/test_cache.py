@@ -281,21 +281,62 @@ async def test_an_answer_started_before_invalidate_is_not_cached(env: Setup) -> 
     assert len(env.cache) == 0
 
 
-async def test_max_entries_bounds_the_cache_least_recently_used_first(tmp_path: Path) -> None:
+async def test_max_entries_bounds_the_cache_oldest_fetched_first(tmp_path: Path) -> None:
     setup = Setup(tmp_path, max_entries=3)
     try:
         for asset_id in ("a0", "a1", "a2"):
             await setup.cache.get(asset_id)
-        await setup.cache.get("a0")  # a0 is now the most recently used
-        await setup.cache.get("a3")  # evicts a1
+        await setup.cache.get("a0")  # a hit moves nothing: eviction is by fetch time
+        await setup.cache.get("a3")  # evicts a0, the oldest fetched
         assert len(setup.cache) == 3
         calls = setup.backend.calls
-        await setup.cache.get("a0")
+        for asset_id in ("a1", "a2", "a3"):
+            await setup.cache.get(asset_id)
         assert setup.backend.calls == calls
-        await setup.cache.get("a1")
+        await setup.cache.get("a0")  # fetched again, now the newest; a1 goes
         assert setup.backend.calls == calls + 1
+        await setup.cache.get("a1")
+        assert setup.backend.calls == calls + 2
     finally:
         await setup.cache.close()
+
+
+async def test_over_the_cap_the_oldest_generation_goes_whole(tmp_path: Path) -> None:
+    db = Db(tmp_path / "catalog.db")
+    for i in range(9):
+        db.put(f"a{i}", f"r{i}")
+    backend = CountingCatalog(SqliteCatalog(db.path))
+    cache = CachedCatalog(
+        backend, ttl=TTL, negative_ttl=NEGATIVE_TTL, stale_seconds=STALE, max_entries=8
+    )
+    try:
+        for i in range(8):  # four generations of two (a quarter of the cap each)
+            await cache.get(f"a{i}")
+        assert len(cache) == 8
+        await cache.get("a8")  # over the cap: a0 and a1 go together, 7 stay
+        assert len(cache) == 7
+        calls = backend.calls
+        for i in range(2, 9):
+            await cache.get(f"a{i}")
+        assert backend.calls == calls
+        await cache.get("a1")
+        assert backend.calls == calls + 1
+    finally:
+        await cache.close()
+
+
+async def test_entries_fetched_within_a_quarter_ttl_expire_together(env: Setup) -> None:
+    await env.cache.get("a1")  # opens a generation at t0
+    env.clock.advance(TTL / 4 - 1)
+    await env.cache.get("a2")  # same generation: counted as fetched at t0 (early, never late)
+    env.clock.advance(TTL / 4 + 1)
+    await env.cache.get("a3")  # a new generation
+    env.clock.advance(TTL / 2)  # now t0 + TTL: a1 and a2 expire together, a3 is fresh
+    calls = env.backend.calls
+    for asset_id in ("a1", "a2", "a3"):
+        await env.cache.get(asset_id)
+    assert env.backend.calls == calls + 2
+    assert env.outcomes[-3:] == ["miss", "miss", "hit"]
 
 
 async def test_ping_maps_backend_failure_to_catalog_unavailable(env: Setup) -> None:
@@ -357,3 +398,23 @@ async def test_unknown_ids_are_capped_apart_and_never_push_real_entries_out(
         assert setup.backend.calls == calls + 50
     finally:
         await setup.cache.close()
+
+
+async def test_the_known_missing_cap_is_settable(tmp_path: Path) -> None:
+    db = Db(tmp_path / "catalog.db")
+    cache = CachedCatalog(
+        SqliteCatalog(db.path),
+        ttl=TTL,
+        negative_ttl=NEGATIVE_TTL,
+        stale_seconds=STALE,
+        max_entries=1000,
+        max_negative_entries=4,
+    )
+    try:
+        for i in range(4):
+            assert await cache.get(f"nope-{i}") is None
+        assert cache.negative_count == 4
+        await cache.get("nope-4")  # over the cap: the oldest generation (of one) goes
+        assert cache.negative_count == 4
+    finally:
+        await cache.close()

@@ -323,3 +323,14 @@ def test_a_kind_knows_its_own_error_codes_and_serves_only_its_drm_systems() -> N
         "providers.incoming.key_url: kind 'widevine-cloud' does not serve HLS AES-128 keys",
         "providers.incoming.provider_errors: kind 'widevine-cloud' knows its provider's codes",
     ]
+
+
+def test_catalog_caps_found_and_known_missing_assets_apart() -> None:
+    raw = base()
+    raw["catalog"]["max_entries"] = 2000
+    config = parse_config(raw, base_dir=Path("/srv"), env=ENV)
+    assert config.catalog.max_negative_entries is None  # the cache takes a tenth: 200
+    raw["catalog"]["max_negative_entries"] = 50
+    assert parse_config(raw, base_dir=Path("/srv"), env=ENV).catalog.max_negative_entries == 50
+    raw["catalog"]["max_negative_entries"] = 0
+    assert problems_of(raw) == ["catalog.max_negative_entries: must be greater than 0"]

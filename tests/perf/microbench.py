@@ -312,7 +312,9 @@ def catalog_memory_child(entries: int) -> dict[str, Any]:
     assert negatives == cap and len(cache) == entries + negatives
     asyncio.run(fill("ghost-more-", 10 * cap))  # far past the cap: the found ones must stay
     gc.collect()
-    assert cache.negative_count == cap and len(cache) == entries + cap
+    # Over its cap, the oldest generation of unknown ids goes whole (three quarters stay).
+    churned = cache.negative_count
+    assert cap * 3 // 4 <= churned <= cap and len(cache) == entries + churned
     return {
         "entries": entries,
         "rss_before_mib": round(before / 1024, 1),
