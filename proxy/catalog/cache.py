@@ -25,6 +25,9 @@ Observer = Callable[[str], None]
 
 # A generation spans at most this share of the TTL and of the cap (see _Generations).
 _SLICES: Final = 4
+# Past this many generations, the two oldest expired ones are merged (a short TTL with a
+# long stale window would otherwise make hundreds, each a dict probe on every store).
+_MAX_GENERATIONS: Final = 16
 _KNOWN_MISSING: Final = True
 
 
@@ -51,6 +54,7 @@ class _Generations(Generic[V]):
     """
 
     def __init__(self, ttl: float, keep: float, cap: int) -> None:
+        self._ttl = ttl
         self._span = ttl / _SLICES
         self._keep = keep  # a generation older than this serves nothing: dropped
         self._cap = cap
@@ -78,10 +82,24 @@ class _Generations(Generic[V]):
             while generations and now - generations[0][0] >= self._keep:
                 self.size -= len(generations.popleft()[1])
             generations.append((now, {}))
+            if len(generations) > _MAX_GENERATIONS:
+                self._merge_oldest(now)
         generations[-1][1][key] = value
         self.size += 1
         while self.size > self._cap:  # never the newest: it holds at most cap / 4
             self.size -= len(generations.popleft()[1])
+
+    def _merge_oldest(self, now: float) -> None:
+        """Merge the two oldest generations when both are past the TTL (their values serve
+        only stale, so the merged one's later start just keeps them a little longer)."""
+        generations = self.generations
+        older, newer = generations[0], generations[1]
+        if now - newer[0] < self._ttl:
+            return  # fresh ones, split by count: at most five of those
+        small, large = sorted((older[1], newer[1]), key=len)
+        large.update(small)  # keys are never in two generations (put discards first)
+        generations.popleft()
+        generations[0] = (newer[0], large)
 
     def discard(self, key: str) -> bool:
         """Forget `key`; True if it was stored."""
@@ -155,16 +173,18 @@ class CachedCatalog:
 
     async def get(self, asset_id: str) -> CatalogEntry | None:
         """Return the asset's entry, None if unknown; raise CatalogUnavailable on failure."""
-        # The hit path, inlined: _Generations.find without its tuple.
+        # The hit path: the generations still within the TTL, newest first (older ones
+        # serve only stale, after a failed refetch).
+        now = self._clock()
         for fetched_at, entries in reversed(self._found.generations):
+            if now - fetched_at >= self._ttl:
+                break
             entry = entries.get(asset_id)
             if entry is not None:
-                if self._clock() - fetched_at < self._ttl:
-                    self._observe("hit")
-                    return entry
-                return await self._fetch_shared(asset_id)
+                self._observe("hit")
+                return entry
         missing = self._missing.find(asset_id)
-        if missing is not None and self._clock() - missing[1] < self._negative_ttl:
+        if missing is not None and now - missing[1] < self._negative_ttl:
             self._observe("negative_hit")
             return None
         return await self._fetch_shared(asset_id)

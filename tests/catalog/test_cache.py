@@ -418,3 +418,27 @@ async def test_the_known_missing_cap_is_settable(tmp_path: Path) -> None:
         assert cache.negative_count == 4
     finally:
         await cache.close()
+
+
+async def test_a_short_ttl_with_a_long_stale_window_keeps_few_generations(
+    tmp_path: Path,
+) -> None:
+    db = Db(tmp_path / "catalog.db")
+    for i in range(200):
+        db.put(f"a{i}", f"r{i}")
+    clock = FakeClock()
+    backend = CountingCatalog(SqliteCatalog(db.path))
+    cache = CachedCatalog(
+        backend, ttl=1.0, negative_ttl=1.0, stale_seconds=600.0, max_entries=1000, clock=clock
+    )
+    try:
+        for i in range(200):  # one store every half second: a new generation each time
+            await cache.get(f"a{i}")
+            clock.advance(0.5)
+        assert len(cache._found.generations) <= 17
+        assert len(cache) == 200  # merged, not lost: each still serves stale
+        backend.broken = True
+        assert await cache.get("a0") is not None
+        assert await cache.get("a150") is not None
+    finally:
+        await cache.close()
