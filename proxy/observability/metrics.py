@@ -95,6 +95,12 @@ TITLES_WITHOUT_RESOURCE_ID_EVICTED = Counter(
     "missing.max_titles (the least recently seen first).",
     registry=REGISTRY,
 )
+TITLES_WITHOUT_RESOURCE_ID_DROPPED = Counter(
+    "drm_gateway_titles_without_resource_id_dropped_total",
+    "New titles without a drmResourceId not recorded in the fleet's list because this "
+    "replica's queue of titles not yet written to Redis was full (Redis slow or down).",
+    registry=REGISTRY,
+)
 CATALOG_LOOKUPS = Counter(
     "drm_gateway_catalog_lookups_total",
     "Catalog lookups by result: hit, miss, coalesced, negative_hit, stale, error.",

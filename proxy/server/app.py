@@ -115,6 +115,7 @@ async def _missing_store(config: Config) -> AsyncIterator[MissingStore]:
         max_titles=config.missing.max_titles,
         on_size=metrics.TITLES_WITHOUT_RESOURCE_ID.set,
         on_eviction=metrics.TITLES_WITHOUT_RESOURCE_ID_EVICTED.inc,
+        on_drop=metrics.TITLES_WITHOUT_RESOURCE_ID_DROPPED.inc,
     )
     flusher = asyncio.get_running_loop().create_task(fleet.run())
     try:
