@@ -59,6 +59,7 @@ from proxy.catalog.importer import (
     RowCheck,
     read_records,
 )
+from proxy.catalog.missing_redis import MissingKeys, queue_removal
 from proxy.errors import CatalogUnavailable
 from proxy.observability.logs import FailureLog, get_logger
 from proxy.routing.rules import ProviderTraits
@@ -420,6 +421,7 @@ class _BatchWriter:
         self._client = client
         self._prefix = settings.key_prefix
         self._channel = settings.changes_channel
+        self._missing = MissingKeys(settings.key_prefix)
         self._dry_run = dry_run
         self.batch_rows = batch_rows
         self.added = 0
@@ -435,6 +437,8 @@ class _BatchWriter:
             if not self._dry_run:
                 queue_row(pipe, self._prefix, row)
         if not self._dry_run:
+            # A title that now has its drmResourceId leaves the fleet's missing list.
+            queue_removal(pipe, self._missing, (row[0] for row in rows if row[1] is not None))
             pipe.publish(self._channel, encode_changes([row[0] for row in rows]))
         results = await pipe.execute()
         existing = sum(1 for at in exists_at if results[at])

@@ -169,6 +169,26 @@ async def test_a_title_given_its_id_leaves_the_fleet_missing_list(
         await store.close()
 
 
+async def test_an_import_that_gives_a_title_its_id_takes_it_off_the_missing_list(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    await seed(tmp_path, redis_server, TARGET_ROWS)
+    store = RedisMissingTitles(Redis.from_url(redis_server.url), key_prefix=PREFIX)
+    try:
+        for title in ("fill", "clear", "other"):
+            store.record(title, "widevine")
+        await store.flush()
+        rows = ["fill,r-2,legacy,,", "clear,,legacy,,"]  # `clear` still has no id: stays
+        report = await import_to_redis(
+            write(tmp_path / "i.csv", HEADER, rows), settings(redis_server)
+        )
+        assert report.applied and not report.rejected
+        listed = [t.asset_id for t in (await store.listing(10)).titles]
+        assert sorted(listed) == ["clear", "other"]
+    finally:
+        await store.close()
+
+
 async def test_cli_syncs_to_redis_with_the_password_from_the_environment(
     tmp_path: Path,
     redis_server: RedisServer,
