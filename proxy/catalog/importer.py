@@ -775,7 +775,20 @@ def _store(
     check: RowCheck | None,
 ) -> tuple[int, list[Rejection]]:
     """Upsert the valid records in chunks; return how many were accepted, and the rejections."""
-    first_line: dict[str, int] = {}
+    seen = SeenIds()
+    try:
+        return _store_rows(conn, records, report, check, seen)
+    finally:
+        seen.close()
+
+
+def _store_rows(
+    conn: sqlite3.Connection,
+    records: Iterator[Record],
+    report: Callable[[int], None],
+    check: RowCheck | None,
+    seen: SeenIds,
+) -> tuple[int, list[Rejection]]:
     rejected: list[Rejection] = []
     # Rows with key ids, and rows whose input has none (their stored key ids are kept).
     # Duplicate asset ids were rejected, so the order across the two batches does not matter.
@@ -792,7 +805,7 @@ def _store(
             rejected.append(Rejection(line_no, reason))
             continue
         asset_id, drm_resource_id, key_holders, tags, key_ids = row
-        first = first_line.setdefault(asset_id, line_no)
+        first = seen.first_line(asset_id, line_no)
         if first != line_no:
             rejected.append(Rejection(line_no, f"duplicate of line {first}"))
             continue
@@ -806,6 +819,31 @@ def _store(
     accepted += _flush(conn, with_ids, keeping)
     report(line_no)
     return accepted, rejected
+
+
+class SeenIds:
+    """The asset ids read so far, with their first line, in a private temporary SQLite file
+    (SQLite's page cache bounds the memory): a file of any size is checked for repeats
+    without holding every id in memory, which grew an import's peak RSS with the file.
+    Used by both imports (to SQLite and to Redis)."""
+
+    def __init__(self) -> None:
+        self._conn = sqlite3.connect("")  # "": a temporary on-disk database, gone on close
+        self._conn.execute("CREATE TABLE seen (asset_id TEXT PRIMARY KEY, line INTEGER)")
+
+    def first_line(self, asset_id: str, line: int) -> int:
+        """`line` for an id not seen before (now remembered), else the line it was first on."""
+        if self._conn.execute(_REMEMBER, (asset_id, line)).rowcount:
+            return line
+        first: int = self._conn.execute(_FIRST_LINE, (asset_id,)).fetchone()[0]
+        return first
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+_REMEMBER = "INSERT OR IGNORE INTO seen (asset_id, line) VALUES (?, ?)"
+_FIRST_LINE = "SELECT line FROM seen WHERE asset_id = ?"
 
 
 def _flush(

@@ -29,7 +29,6 @@ and from `catalog sync --to redis://...`; both store a row through `queue_row` a
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
@@ -57,6 +56,7 @@ from proxy.catalog.importer import (
     Rejection,
     Row,
     RowCheck,
+    SeenIds,
     read_records,
 )
 from proxy.catalog.missing_redis import MissingKeys, queue_removal
@@ -363,7 +363,7 @@ def _batches(
 ) -> Iterator[tuple[int, list[Row]]]:
     """The accepted rows in batches of `size`, each with the last line read; rejections (bad
     rows, failed checks, repeated asset ids, as in the SQLite import) go to `rejected`."""
-    seen = _SeenIds()
+    seen = SeenIds()
     batch: list[Row] = []
     line_no = 0
     try:
@@ -386,30 +386,6 @@ def _batches(
             yield line_no, batch
     finally:
         seen.close()
-
-
-class _SeenIds:
-    """The asset ids read so far, with their first line, in a private temporary SQLite file
-    (SQLite's page cache bounds the memory): a file of any size is checked for repeats
-    without holding every id in memory, which grew the import's peak RSS with the file."""
-
-    def __init__(self) -> None:
-        self._conn = sqlite3.connect("")  # "": a temporary on-disk database, gone on close
-        self._conn.execute("CREATE TABLE seen (asset_id TEXT PRIMARY KEY, line INTEGER)")
-
-    def first_line(self, asset_id: str, line: int) -> int:
-        """`line` for an id not seen before (now remembered), else the line it was first on."""
-        if self._conn.execute(_REMEMBER, (asset_id, line)).rowcount:
-            return line
-        first: int = self._conn.execute(_FIRST_LINE, (asset_id,)).fetchone()[0]
-        return first
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-_REMEMBER = "INSERT OR IGNORE INTO seen (asset_id, line) VALUES (?, ?)"
-_FIRST_LINE = "SELECT line FROM seen WHERE asset_id = ?"
 
 
 class _BatchWriter:

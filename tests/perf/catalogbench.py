@@ -7,9 +7,9 @@
    over a 100,000-asset catalog held by SQLite, by Redis and by the HTTP read-through backend
    (a small aiohttp metadata service in its own process, on loopback). Each lookup is timed
    on its own; p50 and p99 over every lookup of every round, backends in the same run.
-2. `drm-gateway catalog import FILE --to unix://...` of 100,000 and of 1,000,000 assets, each
-   a fresh process: wall time, and its peak RSS (its VmHWM, polled from /proc while it runs).
-   A streamed import has about the same peak at both sizes.
+2. `drm-gateway catalog import FILE --to unix://...` (and `--db FILE`, into SQLite) of 100,000
+   and of 1,000,000 assets, each a fresh process: wall time, and its peak RSS (its VmHWM,
+   polled from /proc while it runs). A streamed import has about the same peak at both sizes.
 
 redis-server runs on a private unix socket under the work dir (no persistence) and is
 stopped by its PID. Environment: BENCH_CATALOG (0 skips all of this), BENCH_CATALOG_ROUNDS
@@ -226,7 +226,9 @@ def run_all(workdir: Path | None = None) -> dict[str, Any]:
     try:
         small = write_export(work / f"export-{CATALOG_ASSETS}.csv", CATALOG_ASSETS)
         db = work / "catalog.db"
-        run_measured(import_argv(small, db=db), work / "import-sqlite.log")
+        print("\n## Catalog: import into SQLite (`catalog import --db`)", flush=True)
+        sqlite_imports = {CATALOG_ASSETS: run_measured(import_argv(small, db=db), work / "i.log")}
+        _print_import(CATALOG_ASSETS, sqlite_imports[CATALOG_ASSETS])
         print(f"\n## Catalog: import into Redis (`catalog import --to`, {redis.url})", flush=True)
         imports = {
             CATALOG_ASSETS: run_measured(import_argv(small, to=redis.url), work / "import.log")
@@ -251,11 +253,22 @@ def run_all(workdir: Path | None = None) -> dict[str, Any]:
         metadata.terminate()
         metadata.wait(timeout=10)
         large = write_export(work / f"export-{big}.csv", big)
+        print("\n## Catalog: the large imports (into Redis, then into a new SQLite file)")
         imports[big] = run_measured(import_argv(large, to=redis.url), work / "import.log")
-        large.unlink()
         _print_import(big, imports[big])
+        big_db = work / "catalog-big.db"
+        sqlite_imports[big] = run_measured(import_argv(large, db=big_db), work / "i.log")
+        large.unlink()
+        big_db.unlink()
+        _print_import(big, sqlite_imports[big], "SQLite ")
         ratio = round(imports[big]["peak_rss_mib"] / imports[CATALOG_ASSETS]["peak_rss_mib"], 2)
-        print(f"  peak RSS at {big:,} over at {CATALOG_ASSETS:,}: {ratio}x (streamed: about 1)")
+        print(
+            f"  Redis peak RSS at {big:,} over at {CATALOG_ASSETS:,}: {ratio}x (streamed: about 1)"
+        )
+        sqlite_ratio = round(
+            sqlite_imports[big]["peak_rss_mib"] / sqlite_imports[CATALOG_ASSETS]["peak_rss_mib"], 2
+        )
+        print(f"  SQLite peak RSS at {big:,} over at {CATALOG_ASSETS:,}: {sqlite_ratio}x")
     finally:
         if metadata is not None and metadata.poll() is None:
             metadata.kill()
@@ -267,13 +280,15 @@ def run_all(workdir: Path | None = None) -> dict[str, Any]:
         "miss_c32": misses,
         "redis_import": {str(n): figures for n, figures in imports.items()},
         "redis_import_peak_rss_ratio": ratio,
+        "sqlite_import": {str(n): figures for n, figures in sqlite_imports.items()},
+        "sqlite_import_peak_rss_ratio": sqlite_ratio,
     }
 
 
-def _print_import(count: int, figures: dict[str, Any]) -> None:
+def _print_import(count: int, figures: dict[str, Any], into: str = "") -> None:
     rate = count / figures["seconds"]
     print(
-        f"  {count:>9,} assets: {figures['seconds']:>7.2f} s ({rate:,.0f} assets/s), "
+        f"  {into}{count:>9,} assets: {figures['seconds']:>7.2f} s ({rate:,.0f} assets/s), "
         f"peak RSS {figures['peak_rss_mib']} MiB",
         flush=True,
     )

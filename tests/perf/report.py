@@ -181,6 +181,9 @@ def catalog_targets(extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if "catalog" in extra:
         value = extra["catalog"]["redis_import_peak_rss_ratio"]
         measured["redis_import_peak_rss_1m_vs_100k"] = (value, IMPORT_RSS_RATIO_LIMIT)
+        sqlite = extra["catalog"].get("sqlite_import_peak_rss_ratio")
+        if sqlite is not None:
+            measured["sqlite_import_peak_rss_1m_vs_100k"] = (sqlite, IMPORT_RSS_RATIO_LIMIT)
     return {
         name: {"target": f"<= {limit}", "value": value, "met": _met(value, "<=", limit)}
         for name, (value, limit) in measured.items()
@@ -278,11 +281,13 @@ def print_catalog(results: dict[str, Any]) -> None:
                 f"  {name:<7} p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms "
                 f"({row['lookups']:,} lookups)"
             )
-        print("catalog import into Redis (`catalog import --to`, its own process):")
-        for count, row in catalog["redis_import"].items():
-            print(
-                f"  {int(count):>9,} assets: {row['seconds']} s, peak RSS {row['peak_rss_mib']} MiB"
-            )
+        for into, key in (("Redis (`--to`)", "redis_import"), ("SQLite", "sqlite_import")):
+            print(f"catalog import into {into}, its own process:")
+            for count, row in catalog.get(key, {}).items():
+                print(
+                    f"  {int(count):>9,} assets: {row['seconds']} s, "
+                    f"peak RSS {row['peak_rss_mib']} MiB"
+                )
     memory = results.get("catalog_memory")
     if memory and "negative_entries" in memory:
         print(
