@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -166,3 +167,77 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# -- the key API (tests/dev/test_emulator_keys.py) -----------------------------------------------
+
+LEGACY_KEY_API_TOKEN = "test-legacy-key-api-token"
+INCOMING_KEY_API_TOKEN = "test-incoming-key-api-token"
+CPIX_NS = "urn:dashif:org:cpix"
+PSKC_NS = "urn:ietf:params:xml:ns:keyprov:pskc"
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The key API's Authorization header."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+def kid_uuid(kid_hex: str) -> str:
+    """A 32-hex key id in CPIX's UUID form."""
+    return str(uuid.UUID(hex=kid_hex))
+
+
+def cpix_document(content_id: str | None, keys: dict[str, bytes | None]) -> bytes:
+    """A SPEKE v2-style CPIX 2.3 request: one ContentKey per kid (hex), with Data when a key is
+    given, plus a DRMSystemList and ContentKeyUsageRuleList the emulator must keep as they are."""
+    content_keys = []
+    for kid_hex, key in keys.items():
+        data = (
+            "<cpix:Data><pskc:Secret><pskc:PlainValue>"
+            + base64.b64encode(key).decode()
+            + "</pskc:PlainValue></pskc:Secret></cpix:Data>"
+            if key is not None
+            else ""
+        )
+        content_keys.append(
+            f'<cpix:ContentKey kid="{kid_uuid(kid_hex)}" commonEncryptionScheme="cenc">'
+            f"{data}</cpix:ContentKey>"
+        )
+    content_id_attr = f' contentId="{content_id}"' if content_id is not None else ""
+    first = kid_uuid(next(iter(keys)))
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<cpix:CPIX{content_id_attr} version="2.3" xmlns:cpix="{CPIX_NS}" '
+        f'xmlns:pskc="{PSKC_NS}" xmlns:speke="urn:aws:amazon:com:speke">\n'
+        f"  <cpix:ContentKeyList>{''.join(content_keys)}</cpix:ContentKeyList>\n"
+        "  <cpix:DRMSystemList>"
+        f'<cpix:DRMSystem kid="{first}" systemId="edef8ba9-79d6-4ace-a3c8-27dcd51d21ed">'
+        "<cpix:PSSH/><cpix:ContentProtectionData/></cpix:DRMSystem></cpix:DRMSystemList>\n"
+        "  <cpix:ContentKeyUsageRuleList>"
+        f'<cpix:ContentKeyUsageRule kid="{first}" intendedTrackType="ALL"/>'
+        "</cpix:ContentKeyUsageRuleList>\n"
+        "</cpix:CPIX>\n"
+    ).encode()
+
+
+def cpix_keys(answer: bytes) -> dict[str, bytes]:
+    """kid (32 hex) -> key of every ContentKey in a CPIX answer (each must carry a key)."""
+    root = ET.fromstring(answer)  # the emulator's own answer: no untrusted XML here
+    keys: dict[str, bytes] = {}
+    for element in root.iter(f"{{{CPIX_NS}}}ContentKey"):
+        value = element.find(f"{{{CPIX_NS}}}Data/{{{PSKC_NS}}}Secret/{{{PSKC_NS}}}PlainValue")
+        assert value is not None and value.text
+        keys[uuid.UUID(element.attrib["kid"]).hex] = base64.b64decode(value.text, validate=True)
+    return keys
+
+
+async def request(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str, bytes]:
+    """Any request; (status, content type, body)."""
+    async with http.request(method, url, data=body, headers=headers) as response:
+        return response.status, response.content_type, await response.read()

@@ -1,10 +1,22 @@
 """The emulated DRM provider as an aiohttp app, and an in-process runner for tests and the demo.
 
-Routes (legacy and incoming): ``POST /license/{drm}/{resource}``, ``GET /keys/{resource}/{key_id}``;
-a provider kind (``proxy.dev.emulator.kinds``) has its own license and key paths instead. Every
-kind has ``GET /healthz`` and the unauthenticated loopback controls ``GET /_emulator/stats``,
-``GET|POST /_emulator/faults`` and ``POST /_emulator/reset``. Every error is answered as real
-providers do: ``{"errorCode": "...", "message": "..."}``.
+Routes (legacy and incoming):
+
+- ``POST /license/{drm}/{resource}`` and ``GET /keys/{resource}/{key_id}`` (the kind's own
+  auth): licenses and AES-128 keys. A key is the stored one for (resource, key id) when the key
+  store has it (``keystore``), else the one derived from the seed for a resource the
+  ``resources`` setting knows; 404 ``unknown_resource`` when neither applies.
+- the key API (``keyapi``), when ``key_api_token`` is set (else these answer 404), each behind
+  ``Authorization: Bearer <key_api_token>``: ``POST /v2/cpix`` (CPIX key generation),
+  ``GET /v2/keys/{resource}?kid=...`` (export) and ``PUT /v2/keys/{resource}`` (ingest).
+
+A provider kind (``proxy.dev.emulator.kinds``) has its own license and key paths instead. Fault
+modes apply to the license, key and key API routes. Every kind has ``GET /healthz`` and the
+unauthenticated loopback controls ``GET /_emulator/stats`` (request counters, the last requests,
+key API counters, key store size), ``GET|POST /_emulator/faults`` and ``POST /_emulator/reset``
+(clears stats and key API counters, switches faults off, forgets every jti; stored keys are the
+provider's data and are kept). Every error is answered as real providers do:
+``{"errorCode": "...", "message": "..."}``.
 """
 
 from __future__ import annotations
@@ -37,11 +49,12 @@ from proxy.dev.emulator.fairplay import (
 )
 from proxy.dev.emulator.faults import Fault, FaultInjector
 from proxy.dev.emulator.keys import (
-    clearkey_license,
+    clearkey_answer,
     derivation_id_for,
     derive_key,
     normalize_key_id,
 )
+from proxy.dev.emulator.keystore import KeyStore
 from proxy.dev.emulator.kinds import add_kind_routes
 from proxy.dev.emulator.settings import (
     PROVIDER_KINDS,
@@ -52,7 +65,9 @@ from proxy.dev.emulator.settings import (
 from proxy.dev.emulator.stats import RequestRecord, StatsRecorder, recorded_headers, sha256_hex
 
 DRM_SYSTEMS = ("widevine", "playready", "fairplay", "clearkey")
-_PROVIDER_ROUTES = ("license", "keys")
+# Route names (before any ':') that are recorded and get fault modes; the key API's are named
+# cpix, key_export and key_ingest.
+_PROVIDER_ROUTES = ("license", "keys", "cpix", "key_export", "key_ingest")
 _JSON = "application/json"
 
 log = logging.getLogger(__name__)
@@ -61,12 +76,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass
 class EmulatorState:
-    """Everything the handlers share: settings, counters, fault modes, token verifier."""
+    """Everything the handlers share: settings, counters, fault modes, token verifier, and
+    the stored keys."""
 
     settings: EmulatorSettings
     stats: StatsRecorder
     faults: FaultInjector
     verifier: TokenVerifier | None
+    keys: KeyStore = field(default_factory=KeyStore)
     # A provider kind's caches of used token ids, forgotten by /_emulator/reset.
     replay_caches: list[ReplayCache] = field(default_factory=list)
 
@@ -111,7 +128,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def provider_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """On license and key routes: read the body, apply faults, answer, record the request."""
+    """On license, key and key API routes: read the body, apply faults, answer, record."""
     route = (request.match_info.route.name or "").partition(":")[0]
     if route not in _PROVIDER_ROUTES:
         return await handler(request)
@@ -204,6 +221,30 @@ def _authenticate(request: web.Request, state: EmulatorState, resource: str) -> 
         state.verifier.verify(token, resource)
 
 
+def key_lookup(state: EmulatorState, resource: str) -> Callable[[str], bytes]:
+    """How keys of ``resource`` are found: ``key_for(key id as lowercase hex)`` answers the
+    stored key, else the derived one (404 ``unknown_key`` when the resource has stored keys but
+    no derivation). 404 ``unknown_resource`` at once if it has neither."""
+    store, settings = state.keys, state.settings
+    derivation_id: str | None
+    try:
+        derivation_id = derivation_id_for(settings.resources, resource)
+    except EmulatorError:
+        if not store.has_resource(resource):
+            raise
+        derivation_id = None
+
+    def key_for(key_id: str) -> bytes:
+        stored = store.get(resource, key_id)
+        if stored is not None:
+            return stored
+        if derivation_id is None:
+            raise EmulatorError(404, "unknown_key", "This key id is not known for this resource.")
+        return derive_key(settings.seed, derivation_id, key_id)
+
+    return key_for
+
+
 async def handle_license(request: web.Request) -> web.Response:
     """``POST /license/{drm}/{resource}``: a synthetic license, or a real ClearKey one."""
     state = request.app[STATE]
@@ -212,7 +253,7 @@ async def handle_license(request: web.Request) -> web.Response:
     _authenticate(request, state, resource)
     if drm not in DRM_SYSTEMS:
         raise EmulatorError(404, "unknown_drm", "This DRM system is not served here.")
-    derivation_id = derivation_id_for(settings.resources, resource)
+    key_for = key_lookup(state, resource)
     body = await request.read()
     if not body:
         raise EmulatorError(400, "empty_challenge", "The license challenge is empty.")
@@ -220,7 +261,7 @@ async def handle_license(request: web.Request) -> web.Response:
         return _fairplay_answer(request, settings, body)
     request[CHALLENGE] = body
     if drm == "clearkey":
-        answer = clearkey_license(body, seed=settings.seed, derivation_id=derivation_id)
+        answer = clearkey_answer(body, key_for)
         return web.Response(body=answer, content_type=_JSON)
     license_ = synthetic_license(settings.name, drm, body)
     return web.Response(body=license_, content_type=BINARY_CONTENT_TYPE)
@@ -244,9 +285,8 @@ async def handle_key(request: web.Request) -> web.Response:
     state = request.app[STATE]
     resource = request.match_info["resource"]
     _authenticate(request, state, resource)
-    derivation_id = derivation_id_for(state.settings.resources, resource)
-    key_id = normalize_key_id(request.match_info["key_id"])
-    key = derive_key(state.settings.seed, derivation_id, key_id)
+    key_for = key_lookup(state, resource)
+    key = key_for(normalize_key_id(request.match_info["key_id"]))
     headers = {"Cache-Control": "no-store"}
     return web.Response(body=key, content_type=BINARY_CONTENT_TYPE, headers=headers)
 
@@ -264,6 +304,12 @@ async def handle_stats(request: web.Request) -> web.Response:
     snapshot.update(
         kind=state.settings.kind, name=state.settings.name, faults=state.faults.faults.as_json()
     )
+    store = state.keys
+    snapshot["key_store"] = {
+        "resources": store.resource_count,
+        "keys": len(store),
+        "persistent": store.path is not None,
+    }
     return _json_response(snapshot)
 
 
@@ -283,7 +329,8 @@ async def handle_set_faults(request: web.Request) -> web.Response:
 
 
 async def handle_reset(request: web.Request) -> web.Response:
-    """``POST /_emulator/reset``: clear the stats, switch faults off, forget every jti."""
+    """``POST /_emulator/reset``: clear the stats (key API counters included), switch faults
+    off, forget every jti. Stored keys are kept: they are the provider's data, not test state."""
     state = request.app[STATE]
     state.stats.clear()
     state.faults.replace(Faults())
@@ -295,19 +342,31 @@ async def handle_reset(request: web.Request) -> web.Response:
 
 def create_emulator_app(settings: EmulatorSettings) -> web.Application:
     """Build the emulated provider described by ``settings``."""
+    # Imported here: the key API's handlers use this module's STATE and key_lookup.
+    from proxy.dev.emulator.keyapi import add_key_api_routes
+
     app = web.Application(middlewares=[error_middleware, provider_middleware])
     verifier = TokenVerifier(settings) if settings.verifies_tokens else None
+    # Reads (and locks) the key store file: ValueError if it is malformed or in use.
+    store = KeyStore(settings.key_store_path)
     app[STATE] = EmulatorState(
         settings=settings,
         stats=StatsRecorder(),
         faults=FaultInjector(settings.faults),
         verifier=verifier,
+        keys=store,
     )
+
+    async def close_store(_: web.Application) -> None:
+        store.close()
+
+    app.on_cleanup.append(close_store)
     if settings.kind in PROVIDER_KINDS:
         add_kind_routes(settings.kind)(app, settings)
     else:
         app.router.add_post("/license/{drm}/{resource}", handle_license, name="license")
         app.router.add_get("/keys/{resource}/{key_id}", handle_key, name="keys", allow_head=False)
+        add_key_api_routes(app, settings)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/_emulator/stats", handle_stats)
     app.router.add_get("/_emulator/faults", handle_get_faults)

@@ -18,6 +18,7 @@ from proxy.dev.emulator.kinds import demo_secrets
 from proxy.dev.emulator.settings import (
     DEFAULT_PORTS,
     DEFAULT_TOKEN_HEADER,
+    DEMO_KEY_API_TOKENS,
     DEMO_LEGACY_API_KEY,
     DEMO_SEED,
     JWT_ALGORITHMS,
@@ -33,6 +34,11 @@ _EPILOG = """\
 key is an RS256/ES256 public key (a private key PEM is accepted, only its public half is used),
 any other FILE is an HMAC secret, used byte for byte. Without --jwt-key an incoming emulator
 accepts any non-empty token. Without --resource-ids every resource id is known.
+
+legacy and incoming also serve a key API (POST /v2/cpix, GET|PUT /v2/keys/RESOURCE) behind
+"Authorization: Bearer TOKEN": --key-api-token (env EMULATOR_KEY_API_TOKEN; default the demo's
+token of the kind), --no-key-api to switch it off. Keys it creates or receives take precedence
+over derived ones; --key-store FILE keeps them across restarts (append-only JSON lines, 0600).
 """
 
 
@@ -67,6 +73,15 @@ def register(subparsers: Any) -> None:
         "--error-json-rate", type=float, default=0.0, help="share answered 200 with error JSON"
     )
     parser.add_argument("--fault-seed", type=int, help="seed of the fault RNG")
+    parser.add_argument(
+        "--key-api-token",
+        metavar="TOKEN",
+        help="bearer token of the key API (env EMULATOR_KEY_API_TOKEN; default: the demo's)",
+    )
+    parser.add_argument("--no-key-api", action="store_true", help="serve no key API")
+    parser.add_argument(
+        "--key-store", metavar="FILE", type=Path, help="persist stored keys in FILE (JSON lines)"
+    )
     parser.add_argument(
         "--secret",
         action="append",
@@ -119,7 +134,23 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         resource_id_claim=args.resource_claim,
         faults=faults,
         secrets=kind_secrets(args.kind, args.secret),
+        key_api_token=key_api_token(args),
+        key_store_path=args.key_store,
     )
+
+
+def key_api_token(args: argparse.Namespace) -> str | None:
+    """The key API token an ``emulate`` command line asks for (None: no key API)."""
+    explicit = args.key_api_token or os.environ.get("EMULATOR_KEY_API_TOKEN")
+    if args.kind not in DEMO_KEY_API_TOKENS:  # a provider kind: no key API of this kind
+        if args.key_api_token or args.no_key_api or args.key_store is not None:
+            raise ValueError("the key API and --key-store apply to legacy and incoming only")
+        return None
+    if args.no_key_api:
+        if args.key_api_token:
+            raise ValueError("--key-api-token and --no-key-api contradict each other")
+        return None
+    return explicit or DEMO_KEY_API_TOKENS[args.kind]
 
 
 def kind_secrets(kind: str, specs: list[str]) -> dict[str, str]:
@@ -167,6 +198,14 @@ async def _serve(settings: EmulatorSettings, host: str, port: int) -> None:
             file=sys.stderr,
             flush=True,
         )
+        if settings.key_api_token is not None:
+            store = settings.key_store_path or "memory only"
+            print(
+                f"key API on {emulator.url}/v2/cpix and {emulator.url}/v2/keys/RESOURCE "
+                f"(Authorization: Bearer ...); key store: {store}",
+                file=sys.stderr,
+                flush=True,
+            )
         await stop.wait()
     finally:
         await emulator.stop()

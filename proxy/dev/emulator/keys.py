@@ -1,7 +1,9 @@
-"""The emulated key store: content keys derived from a seed, and W3C ClearKey licenses.
+"""The emulated key derivation: content keys derived from a seed, and W3C ClearKey licenses.
 
 Keys are derived rather than stored so that emulators, tests and the demo agree on them:
-``key = HMAC-SHA256(seed, f"{derivation_id}:{key_id_hex}")[:16]``. Pure: no aiohttp here.
+``key = HMAC-SHA256(seed, f"{derivation_id}:{key_id_hex}")[:16]``. The legacy and incoming
+emulators also keep keys they created or received (``keystore``), which take precedence; a
+ClearKey answer takes its keys from a ``key_for`` function for that reason. Pure: no aiohttp here.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from proxy.dev.emulator.errors import EmulatorError
@@ -65,14 +67,16 @@ def b64url_decode(text: str) -> bytes:
 
 
 def clearkey_license(body: bytes, *, seed: bytes, derivation_id: str) -> bytes:
-    """Answer a W3C ClearKey license request (``{"kids": [...], "type": ...}``) as JSON bytes."""
+    """Answer a W3C ClearKey license request (``{"kids": [...], "type": ...}``) as JSON bytes,
+    with the keys derived from ``seed`` and ``derivation_id``."""
+    return clearkey_answer(body, lambda key_id: derive_key(seed, derivation_id, key_id))
+
+
+def clearkey_answer(body: bytes, key_for: Callable[[str], bytes]) -> bytes:
+    """Answer a W3C ClearKey license request with ``key_for(key id as lowercase hex)``."""
     kids, license_type = _parse_clearkey_request(body)
     keys = [
-        {
-            "kty": "oct",
-            "kid": b64url_encode(kid),
-            "k": b64url_encode(derive_key(seed, derivation_id, kid.hex())),
-        }
+        {"kty": "oct", "kid": b64url_encode(kid), "k": b64url_encode(key_for(kid.hex()))}
         for kid in kids
     ]
     return json.dumps({"keys": keys, "type": license_type}, separators=(",", ":")).encode()

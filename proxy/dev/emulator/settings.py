@@ -27,6 +27,13 @@ PROVIDER_KINDS: tuple[str, ...] = (
 KINDS: tuple[str, ...] = (*BASE_KINDS, *PROVIDER_KINDS)
 DEMO_SEED = b"drm-gateway-demo-seed"
 DEMO_LEGACY_API_KEY = "demo-legacy-api-key"
+# Each base emulator's key API (CPIX, export, ingest) has its own bearer token.
+DEMO_LEGACY_KEY_API_TOKEN = "demo-legacy-key-api-token"
+DEMO_INCOMING_KEY_API_TOKEN = "demo-incoming-key-api-token"
+DEMO_KEY_API_TOKENS: Mapping[str, str] = {
+    "legacy": DEMO_LEGACY_KEY_API_TOKEN,
+    "incoming": DEMO_INCOMING_KEY_API_TOKEN,
+}
 DEFAULT_TOKEN_HEADER = "X-Drm-Token"
 DEFAULT_PORTS: Mapping[str, int] = {"legacy": 8081, "incoming": 8082}
 JWT_ALGORITHMS: tuple[str, ...] = ("HS256", "HS512", "RS256", "ES256")
@@ -111,6 +118,11 @@ class EmulatorSettings:
     starting with ``-----BEGIN``); ``None`` means any non-empty token is accepted (incoming).
     ``name`` defaults to the kind. ``secrets`` holds a provider kind's own settings and
     secrets by name (see ``proxy.dev.emulator.kinds``); empty for legacy and incoming.
+
+    legacy and incoming only: ``key_api_token`` is the bearer token of the key API (CPIX key
+    generation, key export and ingest; None: no key API, its paths answer 404);
+    ``key_store_path`` the JSON-lines file the keys it created or received persist in (None:
+    memory only). See ``proxy.dev.emulator.keystore`` and ``keyapi``.
     """
 
     kind: EmulatorKind
@@ -126,10 +138,14 @@ class EmulatorSettings:
     clock_skew: float = 5.0
     faults: Faults = field(default_factory=Faults)
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    key_api_token: str | None = field(default=None, repr=False)
+    key_store_path: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
             object.__setattr__(self, "name", self.kind)
+        if self.key_store_path is not None and not isinstance(self.key_store_path, Path):
+            object.__setattr__(self, "key_store_path", Path(self.key_store_path))
         problems = _settings_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
@@ -164,6 +180,22 @@ def _settings_problems(settings: EmulatorSettings) -> list[str]:
         problems.append(f"bad resource id claim path {settings.resource_id_claim!r}")
     if not _is_number(settings.clock_skew) or settings.clock_skew < 0:
         problems.append("the clock skew must be a non-negative number of seconds")
+    problems.extend(_key_side_problems(settings))
+    return problems
+
+
+def _key_side_problems(settings: EmulatorSettings) -> list[str]:
+    problems: list[str] = []
+    if settings.kind not in BASE_KINDS:
+        if settings.key_api_token is not None:
+            problems.append("a key API token applies to the legacy and incoming emulators only")
+        if settings.key_store_path is not None:
+            problems.append("a key store file applies to the legacy and incoming emulators only")
+    token = settings.key_api_token
+    if token is not None and (
+        not token or not token.isprintable() or any(c.isspace() for c in token)
+    ):
+        problems.append("the key API token must be non-empty printable text without spaces")
     return problems
 
 

@@ -14,6 +14,10 @@ from typing import Any
 
 RECORDED_HEADER_VALUES = ("X-Request-Id", "X-Forwarded-For", "Content-Type", "traceparent")
 HISTORY_SIZE = 200
+# Key API counters (legacy and incoming): keys created by CPIX, keys answered by an export,
+# keys newly stored (ingest, or CPIX carrying keys), keys given that were already stored with
+# the same value, and requests refused with 409 key_conflict.
+KEY_API_COUNTERS = ("generated", "exported", "ingested", "already_present", "conflicts")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,12 +66,20 @@ def recorded_headers(headers: Mapping[str, str]) -> dict[str, str | None]:
 
 
 class StatsRecorder:
-    """Counts requests by (route, drm, status) and keeps the last ``HISTORY_SIZE`` of them."""
+    """Counts requests by (route, drm, status), keeps the last ``HISTORY_SIZE`` of them, and
+    counts what the key API did (``KEY_API_COUNTERS``)."""
 
     def __init__(self, history: int = HISTORY_SIZE) -> None:
         self._counts: Counter[tuple[str, str | None, int | None]] = Counter()
         self._recent: deque[RequestRecord] = deque(maxlen=history)
         self._total = 0
+        self._key_api: Counter[str] = Counter()
+
+    def count_key_api(self, counter: str, amount: int = 1) -> None:
+        """Add ``amount`` to one of the ``KEY_API_COUNTERS``."""
+        if counter not in KEY_API_COUNTERS:
+            raise ValueError(f"unknown key API counter {counter!r}")
+        self._key_api[counter] += amount
 
     def record(self, entry: RequestRecord) -> None:
         """Count one request and remember it."""
@@ -80,6 +92,7 @@ class StatsRecorder:
         self._counts.clear()
         self._recent.clear()
         self._total = 0
+        self._key_api.clear()
 
     def snapshot(self) -> dict[str, Any]:
         """Counters and recent requests (oldest first) as a JSON-ready dict."""
@@ -91,6 +104,7 @@ class StatsRecorder:
             "total": self._total,
             "by_route": by_route,
             "recent": [entry.as_json() for entry in self._recent],
+            "key_api": {name: self._key_api[name] for name in KEY_API_COUNTERS},
         }
 
 
