@@ -13,11 +13,13 @@ since that is where libraries interpolate values.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import logging
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
@@ -119,6 +121,41 @@ class _ForeignHandler(logging.StreamHandler[TextIO]):
         self.stream.write('{"event": "log_record_unrenderable", "level": "error"}\n')
 
 
+class LineWriter:
+    """structlog's logger: writes each rendered line to `out` and flushes once per turn of
+    the event loop, not once per line (structlog's PrintLogger flushes every line: a write
+    system call per request for the access log). Every line of a turn reaches the stream
+    before the loop waits again; without a running loop (the CLI, a thread) each line is
+    flushed at once."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+        # The loop a flush is scheduled on (a loop that stopped first never runs it: the
+        # next loop, or a line logged without one, flushes instead).
+        self._flush_on: asyncio.AbstractEventLoop | None = None
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self._out.write(message + "\n")
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._out.flush()
+                return
+            if self._flush_on is loop:
+                return
+            self._flush_on = loop
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._flush_on = None
+            self._out.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
 def _common_processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,  # e.g. worker / worker_pid under --workers
@@ -166,10 +203,11 @@ def configure_logging(
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     threshold = logging.getLevelNamesMapping()[level.upper()]
+    writer = LineWriter(out)
     structlog.configure(
         processors=[*_common_processors(), redact_secrets, format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=lambda *_: writer,
         cache_logger_on_first_use=cache,
     )
     _route_stdlib_logging(out, threshold, renderer)

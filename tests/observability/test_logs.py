@@ -3,6 +3,7 @@ never reach a log line, and every line is one JSON object."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -131,3 +132,65 @@ def test_our_tracebacks_name_types_not_messages() -> None:
     assert "builtins.KeyError" in trace and trace.endswith("builtins.RuntimeError")
     assert "During handling of the above exception" in trace
     assert "eyJ" not in buffer.getvalue()
+
+
+class _CountingStream(io.StringIO):
+    """A stream that counts flushes (each one a write system call on a real file)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_lines_of_one_event_loop_turn_are_flushed_once() -> None:
+    out = _CountingStream()
+    configure_logging(level="info", fmt="json", stream=out)
+    log = get_logger("test")
+
+    async def turn() -> tuple[int, int]:
+        for i in range(50):
+            log.info("line", n=i)
+        during = out.flushes
+        await asyncio.sleep(0)  # the loop runs the scheduled flush
+        return during, out.flushes
+
+    during, after = asyncio.run(turn())
+    assert (during, after) == (0, 1)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["n"] for line in lines] == list(range(50))
+
+
+def test_without_an_event_loop_each_line_is_flushed_at_once() -> None:
+    out = _CountingStream()
+    configure_logging(level="info", fmt="json", stream=out)
+    log = get_logger("test")
+    log.info("one")
+    log.info("two")
+    assert out.flushes == 2
+
+
+def test_a_loop_that_stopped_before_its_flush_does_not_hold_later_lines() -> None:
+    out = _CountingStream()
+    configure_logging(level="info", fmt="json", stream=out)
+    log = get_logger("test")
+
+    async def log_and_stop() -> None:
+        log.info("last line of the loop")  # its flush is scheduled, never run
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(log_and_stop())
+    loop.close()
+    before = out.flushes
+    log.info("after the loop")
+    assert out.flushes == before + 1
+
+    async def next_loop() -> None:
+        log.info("in a new loop")
+        await asyncio.sleep(0)
+
+    asyncio.run(next_loop())
+    assert out.flushes == before + 2
