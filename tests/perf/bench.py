@@ -9,7 +9,9 @@ itself measured ("upstream") and on core 0, beside wrk, when it stands behind a 
 
 Configurations: upstream, nginx-proxy (proxy_pass, keep-alive pool), bare-aiohttp
 (tests/perf/bare_proxy.py), gateway (full path, one worker, Widevine), gateway-fairplay (the
-same gateway, a FairPlay request transcoded both ways), gateway-2w (two workers), and one
+same gateway, a FairPlay request transcoded both ways), gateway-2w (two workers),
+gateway-catalog-sqlite and gateway-catalog-redis (the full path with the catalog cache off,
+every request reading the SQLite file or a local redis-server on a unix socket), and one
 `kind-<kind>` per provider kind (kind-doverunner, kind-axinom, kind-drmtoday, kind-ezdrm,
 kind-verimatrix, kind-widevine-cloud).
 The full path: player JWT verification, catalog lookup (warm cache over a 100,000-asset SQLite
@@ -53,6 +55,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import yaml
+
 from proxy.dev.kinds import kind_env
 from tests.perf import servers as srv
 from tests.perf.report import print_report, summarize
@@ -71,14 +75,17 @@ from tests.perf.workload import (
     kind_route,
     write_workload,
 )
+from tests.redis_server import start_redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PERF = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 KIND_CONFIGS = tuple(KIND_PREFIX + kind for kind in KINDS)
+# The full path with the catalog cache off (TTL 1 us: every request reads the backend).
+CATALOG_CONFIGS = ("gateway-catalog-sqlite", "gateway-catalog-redis")
 CONFIGS = (
     "upstream", "nginx-proxy", "bare-aiohttp", "gateway", "gateway-fairplay", "gateway-2w",
-    *KIND_CONFIGS,
+    *CATALOG_CONFIGS, *KIND_CONFIGS,
 )  # fmt: skip
 KIND_CONNECTIONS = 32  # kind rows, and the generic baseline they are compared with
 WARMUP_SECONDS = 2
@@ -210,6 +217,11 @@ def start_sut(bench: Bench, config: str) -> srv.Server:
     if config == "bare-aiohttp":
         argv = [sys.executable, "-m", "tests.perf.bare_proxy", str(ports["bare"]), origin]
         return bench.servers.start(config, argv, cpus="1", log=work / "bare.log", env=_env())
+    if config in CATALOG_CONFIGS:
+        return bench.servers.start(
+            config, gateway_argv(catalog_config(bench, config), 1), cpus="1",
+            log=work / f"access-{config}.log", env=_env(),
+        )  # fmt: skip
     if config in KIND_CONFIGS:
         kind = config.removeprefix(KIND_PREFIX)
         return bench.servers.start(
@@ -221,6 +233,25 @@ def start_sut(bench: Bench, config: str) -> srv.Server:
         config, gateway_argv(work / "gateway.yaml", workers), cpus="0,1" if workers > 1 else "1",
         log=work / f"access-{workers}w.log", env=_env(),
     )  # fmt: skip
+
+
+def catalog_config(bench: Bench, config: str) -> Path:
+    """gateway.yaml with the catalog cache off, over the bench's SQLite catalog or (for
+    gateway-catalog-redis) a redis-server on a private socket holding the same assets,
+    copied by `drm-gateway catalog sync`; the server is stopped with the other servers."""
+    raw = yaml.safe_load((bench.workdir / "gateway.yaml").read_text())
+    uncached = {"ttl_seconds": 1e-6, "negative_ttl_seconds": 1e-6, "stale_seconds": 0}
+    raw["catalog"] |= uncached
+    if config == "gateway-catalog-redis":
+        (bench.workdir / "redis").mkdir(exist_ok=True)
+        redis = start_redis_server(bench.workdir / "redis")
+        bench.servers.on_stop(redis.stop)
+        sync = [str(VENV_BIN / "drm-gateway"), "catalog", "sync", raw["catalog"]["path"]]
+        subprocess.run([*sync, "--to", redis.url], check=True, capture_output=True, timeout=300)
+        raw["catalog"] = {"backend": "redis", "redis": {"url": redis.url}, **uncached}
+    path = bench.workdir / f"{config}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 def gateway_argv(config: Path, workers: int) -> list[str]:
@@ -316,7 +347,7 @@ def measure(bench: Bench, config: str, server: srv.Server) -> None:
             bench.runs.append(run)
             flag = "" if run["valid"] else "  INVALID (errors or non-2xx answers)"
             print(
-                f"  {config:<19} c{connections:<3} #{repeat}  {run['rps']:>9,.0f} req/s"
+                f"  {config:<22} c{connections:<3} #{repeat}  {run['rps']:>9,.0f} req/s"
                 f"  p50 {run['p50_ms']:.3f} ms  p99 {run['p99_ms']:.3f} ms"
                 f"  cpu {run['cpu_us_per_request']:.0f} us/req{flag}",
                 flush=True,

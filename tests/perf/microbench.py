@@ -355,7 +355,7 @@ def run_all() -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     print(
         f"  RSS {memory['rss_before_mib']} MiB -> {memory['rss_after_mib']} MiB: "
         f"{memory['bytes_per_entry']} bytes per cached entry "
-        "(asset id, drmResourceId, shared key-holder and tag sets, LRU bookkeeping); "
+        "(asset id, drmResourceId, shared key-holder and tag sets, its dict slot); "
         f"{CACHE_BYTES_BEFORE} before issue 15 (target <= 300)"
     )
     print(

@@ -117,6 +117,10 @@ def summarize(
         "gateway_vs_nginx_c32": _ratio(rps("gateway"), rps("nginx-proxy")),
         "workers2_vs_workers1_c32": _ratio(rps("gateway-2w"), rps("gateway")),
         "fairplay_vs_widevine_c32": _ratio(rps("gateway-fairplay"), rps("gateway")),
+        "uncached_redis_vs_sqlite_c32": _ratio(
+            rps("gateway-catalog-redis"), rps("gateway-catalog-sqlite")
+        ),
+        "uncached_sqlite_vs_cached_c32": _ratio(rps("gateway-catalog-sqlite"), rps("gateway")),
     }
     added = {
         q: _minus(_median(rows, "gateway", 1, f"{q}_ms"), _median(rows, "upstream", 1, f"{q}_ms"))
@@ -210,7 +214,7 @@ def print_report(results: dict[str, Any]) -> None:
         f"pinning: {results['pinning']}\n"
     )
     header = (
-        f"{'config':<19} {'conns':>5} {'req/s':>26} {'p50 ms':>22} {'p99 ms':>22} "
+        f"{'config':<22} {'conns':>5} {'req/s':>26} {'p50 ms':>22} {'p99 ms':>22} "
         f"{'cpu us/req':>18}"
     )
     print(header)
@@ -222,13 +226,13 @@ def print_report(results: dict[str, Any]) -> None:
             else f"  ({row['runs'] - row['valid_runs']} invalid)"
         )
         print(
-            f"{row['config']:<19} {row['connections']:>5} {_cell(row['rps'], ',.0f'):>26} "
+            f"{row['config']:<22} {row['connections']:>5} {_cell(row['rps'], ',.0f'):>26} "
             f"{_cell(row['p50_ms'], '.3f'):>22} {_cell(row['p99_ms'], '.3f'):>22} "
             f"{_cell(row['cpu_us_per_request'], '.0f'):>18}{bad}"
         )
     print("\nratios at 32 connections:")
     for name, value in results["ratios"].items():
-        print(f"  {name:<28} {value if value is not None else 'n/a'}")
+        print(f"  {name:<30} {value if value is not None else 'n/a'}")
     added = results["added_latency_c1_ms"]
     print(
         "added latency at 1 connection (gateway - upstream): "

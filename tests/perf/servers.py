@@ -13,7 +13,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -75,6 +75,7 @@ class Servers:
 
     budget_seconds: float
     running: list[Server] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # run by stop_all
 
     def __enter__(self) -> Servers:
         return self
@@ -127,9 +128,15 @@ class Servers:
             if not server.members():
                 break
 
+    def on_stop(self, cleanup: Callable[[], None]) -> None:
+        """Run `cleanup` (e.g. stop a helper server started another way) in stop_all."""
+        self.cleanups.append(cleanup)
+
     def stop_all(self) -> None:
         for server in reversed(list(self.running)):
             self.stop(server)
+        while self.cleanups:
+            self.cleanups.pop()()
 
 
 def wait_http(
