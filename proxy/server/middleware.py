@@ -30,13 +30,12 @@ from proxy.errors import (
 )
 from proxy.observability import metrics
 from proxy.observability.access import RequestInfo
-from proxy.observability.logs import REQUEST_ID, get_logger
+from proxy.observability.logs import ACCESS_LOG, REQUEST_ID, get_logger
 
 INFO = web.RequestKey("info", RequestInfo)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 # Free-form player headers are clipped in the access line so a player cannot bloat it.
 _MAX_CLIENT_HEADER_CHARS = 64
-_access = get_logger("access")
 _errors = get_logger("errors")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -202,7 +201,7 @@ def _observe(
     labelled(metrics.REQUESTS, info.drm, info.provider, metrics.status_class(status), outcome).inc()
     labelled(metrics.REQUEST_DURATION, info.drm, info.provider).observe(seconds)
     route = request.match_info.route.resource
-    _access.info(
+    ACCESS_LOG.info(
         "request",
         request_id=info.request_id,
         method=request.method,

@@ -7,11 +7,19 @@ import asyncio
 import io
 import json
 import logging
+import re
 
 import pytest
+import structlog
 from aiohttp.http_exceptions import BadHttpMessage
 
-from proxy.observability.logs import REDACTED, configure_logging, get_logger, redact_secrets
+from proxy.observability.logs import (
+    ACCESS_LOG,
+    REDACTED,
+    configure_logging,
+    get_logger,
+    redact_secrets,
+)
 
 
 @pytest.mark.parametrize(
@@ -194,3 +202,52 @@ def test_a_loop_that_stopped_before_its_flush_does_not_hold_later_lines() -> Non
 
     asyncio.run(next_loop())
     assert out.flushes == before + 2
+
+
+def test_the_access_line_path_writes_what_structlog_would() -> None:
+    out = io.StringIO()
+    configure_logging(level="info", fmt="json", stream=out)
+    structlog.contextvars.bind_contextvars(worker=3)
+    try:
+        ACCESS_LOG.info("request", status=200, asset_id="a1")
+        get_logger("access").info("request", status=200, asset_id="a1")
+    finally:
+        structlog.contextvars.unbind_contextvars("worker")
+    fast, slow = (json.loads(line) for line in out.getvalue().splitlines())
+    assert fast.keys() == slow.keys()
+    assert fast.pop("timestamp")[:4] == slow.pop("timestamp")[:4]
+    assert (
+        fast
+        == slow
+        == {
+            "component": "access",
+            "event": "request",
+            "worker": 3,
+            "status": 200,
+            "asset_id": "a1",
+            "level": "info",
+        }
+    )
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z",
+        json.loads(out.getvalue().splitlines()[0])["timestamp"],
+    )
+
+
+def test_the_access_line_path_redacts_and_filters_by_level() -> None:
+    out = io.StringIO()
+    configure_logging(level="info", fmt="json", stream=out)
+    ACCESS_LOG.info("request", status=200)
+    ACCESS_LOG.info("request", status=200, token="eyJ-secret")  # a new, secret-looking field
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines[1]["token"] == REDACTED and "eyJ-secret" not in out.getvalue()
+    configure_logging(level="warning", fmt="json", stream=out)
+    ACCESS_LOG.info("request", status=200)
+    assert len(out.getvalue().splitlines()) == 2
+
+
+def test_the_access_line_goes_through_structlog_on_a_console() -> None:
+    out = io.StringIO()
+    configure_logging(level="info", fmt="console", stream=out)
+    ACCESS_LOG.info("request", status=200)
+    assert "request" in out.getvalue() and not out.getvalue().startswith("{")
