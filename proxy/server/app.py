@@ -7,6 +7,7 @@ public app; the internal app reads the same state for /readyz and /metrics.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
@@ -272,6 +273,15 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
+def settle_heap() -> None:
+    """Once started: collect, then freeze what is left (modules, config, rules, pools) out
+    of the garbage collector's sight. A full collection walked every object the imports made
+    (redis-py, cryptography, aiohttp ...) and stalled the loop for about 10 ms now and
+    then: the full path's p99 at 32 connections was 19-20 ms, 11.2-11.4 ms frozen."""
+    gc.collect()
+    gc.freeze()
+
+
 def install_signal_handlers(gateway: RunningGateway, stop: asyncio.Event) -> None:
     """SIGINT/SIGTERM stop the gateway; SIGHUP reloads the routing rules."""
     loop = asyncio.get_running_loop()
@@ -283,6 +293,7 @@ def install_signal_handlers(gateway: RunningGateway, stop: asyncio.Event) -> Non
 async def serve(config: Config) -> None:
     """Run until SIGINT or SIGTERM, then close every resource."""
     gateway = await start_gateway(config)
+    settle_heap()
     stop = asyncio.Event()
     install_signal_handlers(gateway, stop)
     try:

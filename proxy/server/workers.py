@@ -37,7 +37,12 @@ from prometheus_client import multiprocess
 
 from proxy.config import Config, Listener
 from proxy.observability.logs import configure_logging, get_logger
-from proxy.server.app import install_signal_handlers, run_event_loop, start_gateway
+from proxy.server.app import (
+    install_signal_handlers,
+    run_event_loop,
+    settle_heap,
+    start_gateway,
+)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -255,6 +260,7 @@ def _worker_main(config: Config, index: int, parent_pid: int, ready: Connection)
 
 async def _serve(config: Config, parent_pid: int, ready: Connection) -> None:
     gateway = await start_gateway(config, reuse_port=True)
+    settle_heap()
     stop = asyncio.Event()
     install_signal_handlers(gateway, stop)
     watchdog = asyncio.get_running_loop().create_task(_stop_when_orphaned(parent_pid, stop))
