@@ -4,11 +4,29 @@ Handlers parse the player's request into typed values and call `license`, `fairp
 `key`; each resolves the asset, decides the route once (provider and endpoint, fallback and
 shadow), and hands a call to the chosen `ProviderClient`. This module reads as the license
 path from top to bottom.
+
+Resilience (issue 17; settings in the `resilience` config section):
+
+- Each request has one deadline (default 4 s, `proxy.upstream.deadline`); each upstream try
+  gets its share of what is left, the pool-slot wait bounded apart, so a fallback always
+  starts in time to finish within it, and two slow providers end in 504 within it.
+- Each (provider, DRM system) has a circuit breaker (`proxy.upstream.breaker`). While it is
+  open, requests go straight to the rule's fallback (where the guards allow), else get 503
+  with Retry-After; no failed call first. Shadow copies skip a provider whose circuit is
+  not closed.
+- A failure falls back when the rule has a fallback: any upstream failure, a provider's 429
+  or 503 + Retry-After, and the 4xx statuses configured for the provider (e.g. 404).
+  Without a fallback, a failure before any answer byte (connect error, reset, per-try
+  timeout) is retried once on the same provider while its retry budget allows
+  (`proxy.upstream.budget`). A request makes at most two upstream tries.
+- Hedging (a second request before the first fails) is not implemented: issue 17 makes it
+  optional and off by default; the fallback-on-share above covers slow providers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,9 +36,11 @@ from typing import TypeVar
 from proxy.catalog.base import Catalog, CatalogEntry
 from proxy.catalog.missing import MissingStore, MissingTitles
 from proxy.config import Config, UrlTemplate
-from proxy.domain import KEY_DRM, AssetId, KeyId
+from proxy.domain import ALL_DRMS, KEY_DRM, AssetId, KeyId
 from proxy.errors import (
     AssetMismatch,
+    CircuitOpen,
+    GatewayError,
     NoProvider,
     UnknownAsset,
     UpstreamError,
@@ -40,8 +60,13 @@ from proxy.upstream.base import (
     ProviderAnswer,
     ProviderClient,
 )
+from proxy.upstream.breaker import REFUSED, CircuitBreaker
+from proxy.upstream.budget import RetryBudget
 from proxy.upstream.clearkey import parse_clearkey_request
+from proxy.upstream.deadline import TRY_LIMITS, Deadline, TryLimits
 from proxy.upstream.fairplay import SpcRequest, encode_ckc, parse_spc_request
+from proxy.upstream.resilience import Resilience, is_failure
+from proxy.upstream.window import Clock
 
 log = get_logger("gateway")
 
@@ -49,16 +74,27 @@ T = TypeVar("T")
 # Sends one call to one provider at one endpoint.
 Send = Callable[[ProviderClient, UrlTemplate], Awaitable[T]]
 
-# Failures worth retrying on the rule's fallback provider; a 4xx is the provider's answer.
+# Failures worth another try (on the rule's fallback provider, or a retry); a 4xx is the
+# provider's answer, which falls back only where configured.
 _RETRYABLE = (UpstreamError, UpstreamTimeout)
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A provider and its endpoint for this request's DRM system."""
+    """A provider and its endpoint for one DRM system, with what guards calls to it: its
+    circuit, its retry budget, its own total timeout (no try gets more) and the 4xx statuses
+    of its answers that may fall back. Resolved once per provider and DRM system."""
 
     client: ProviderClient
     endpoint: UrlTemplate
+    circuit: CircuitBreaker
+    budget: RetryBudget
+    timeout: float
+    fallback_statuses: frozenset[int]
+
+    def falls_back_on(self, error: UpstreamError | UpstreamTimeout) -> bool:
+        """Whether this failure of the target may go to the rule's fallback provider."""
+        return not isinstance(error, UpstreamRejected) or error.status in self.fallback_statuses
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +125,7 @@ class Gateway:
         rules: RulesWatcher,
         *,
         missing: MissingStore | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.config = config
         # Titles requested without a drmResourceId (GET /admin/missing lists them).
@@ -101,6 +138,14 @@ class Gateway:
         self._client_response = config.fairplay.client_response
         self._max_spc_bytes = config.server.max_body_bytes
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._clock = clock
+        served = {
+            name: [drm for drm in ALL_DRMS if provider.endpoint(drm) is not None]
+            for name, provider in providers.items()
+        }
+        self.resilience = Resilience(config.resilience, served, clock=clock)
+        self._deadline = config.resilience.deadline
+        self._targets: dict[tuple[str, str], Target | None] = {}
 
     async def license(
         self,
@@ -114,11 +159,12 @@ class Gateway:
     ) -> ProviderAnswer:
         """Forward a Widevine, PlayReady or ClearKey challenge byte-exact (FairPlay bodies are
         rewritten: see `fairplay`)."""
+        deadline = Deadline(self._deadline, clock=self._clock)
         if drm == "clearkey":  # refused here, not by the provider; still forwarded byte-exact
             parse_clearkey_request(body)
         entry = await self.resolve(info, drm, asset_id)
         call = LicenseCall(info.request_id, drm, entry, client, body, content_type)
-        return await self._route(info, entry, client, lambda p, e: p.license(call, e))
+        return await self._route(info, entry, client, deadline, lambda p, e: p.license(call, e))
 
     async def fairplay(
         self,
@@ -130,12 +176,13 @@ class Gateway:
         client: ClientInfo,
     ) -> ProviderAnswer:
         """Rewrite the player's FairPlay body for the chosen provider, and its CKC back."""
+        deadline = Deadline(self._deadline, clock=self._clock)
         # Parsed first: a malformed SPC is refused before any lookup.
         spc = parse_spc_request(body, content_type, max_spc_bytes=self._max_spc_bytes)
         entry = await self.resolve(info, "fairplay", asset_id)
         _check_spc_asset(spc, entry)
         call = FairPlayCall(info.request_id, entry, client, spc)
-        answer = await self._route(info, entry, client, lambda p, e: p.fairplay(call, e))
+        answer = await self._route(info, entry, client, deadline, lambda p, e: p.fairplay(call, e))
         ckc, ckc_type = encode_ckc(answer.body, self._client_response[spc.fmt])
         return ProviderAnswer(ckc, ckc_type, answer.headers)
 
@@ -143,9 +190,10 @@ class Gateway:
         self, info: RequestInfo, *, asset_id: AssetId, key_id: KeyId, client: ClientInfo
     ) -> bytes:
         """Fetch one HLS AES-128 key (16 bytes) from the chosen provider."""
+        deadline = Deadline(self._deadline, clock=self._clock)
         entry = await self.resolve(info, KEY_DRM, asset_id)
         call = KeyCall(info.request_id, entry, client, key_id)
-        return await self._route(info, entry, client, lambda p, e: p.key(call, e))
+        return await self._route(info, entry, client, deadline, lambda p, e: p.key(call, e))
 
     async def resolve(self, info: RequestInfo, drm: str, asset_id: AssetId) -> CatalogEntry:
         info.drm, info.asset_id = drm, asset_id
@@ -182,61 +230,162 @@ class Gateway:
         return Route(decision, primary, fallback, shadow)
 
     def _target(self, provider: str | None, drm: str) -> Target | None:
-        client = self.providers.get(provider) if provider is not None else None
+        if provider is None:
+            return None
+        key = (provider, drm)
+        if key in self._targets:
+            return self._targets[key]
+        client = self.providers.get(provider)
         endpoint = client.endpoint(drm) if client is not None else None
-        return Target(client, endpoint) if client is not None and endpoint is not None else None
+        target = None
+        if client is not None and endpoint is not None:
+            target = Target(
+                client,
+                endpoint,
+                self.resilience.circuit(provider, drm),
+                self.resilience.budget(provider),
+                client.settings.total_timeout,
+                self.resilience.policy(provider).fallback_statuses,
+            )
+        self._targets[key] = target
+        return target
 
     async def _route(
-        self, info: RequestInfo, entry: CatalogEntry, client: ClientInfo, send: Send[T]
+        self,
+        info: RequestInfo,
+        entry: CatalogEntry,
+        client: ClientInfo,
+        deadline: Deadline,
+        send: Send[T],
     ) -> T:
-        """Send on the decided route: the shadow copy aside, the fallback on failure."""
+        """Send on the decided route: the shadow copy aside, then the primary; on a failure
+        the fallback, or without one a retry within the budget (see the module docstring)."""
         route = self.decide(info, entry, client)
         if route.shadow is not None:
             self._start_shadow(info, route.shadow, send)
+        primary, fallback = route.primary, route.fallback
+        # The first try keeps time for a second one where there may be one.
+        last = fallback is None and not primary.budget.settings.enabled
+        limits = deadline.limits(primary.timeout, last=last)
+        if limits is None:  # the catalog lookup took the whole deadline
+            raise UpstreamTimeout()
         try:
-            return await self._timed(info, route.primary, send)
+            return await self._try(info, primary, send, limits)
         except _RETRYABLE as exc:
-            if route.fallback is None or isinstance(exc, UpstreamRejected):
-                raise
-            return await self._fall_back(info, route, exc, send)
+            if fallback is not None and primary.falls_back_on(exc):
+                return await self._fall_back(info, route, exc, deadline, send)
+            if fallback is None and exc.before_answer:
+                return await self._retry(info, primary, exc, deadline, send)
+            raise
 
     async def _fall_back(
-        self, info: RequestInfo, route: Route, exc: UpstreamError | UpstreamTimeout, send: Send[T]
+        self,
+        info: RequestInfo,
+        route: Route,
+        exc: UpstreamError | UpstreamTimeout,
+        deadline: Deadline,
+        send: Send[T],
     ) -> T:
         assert route.fallback is not None
+        limits = deadline.limits(route.fallback.timeout, last=True)
+        if limits is None:
+            raise exc  # no time left for another try
         primary, fallback = route.primary.client.name, route.fallback.client.name
         metrics.FALLBACKS.labels(primary, fallback).inc()
-        log.warning(
-            "fallback",
-            request_id=info.request_id,
-            provider=primary,
-            fallback=fallback,
-            error=exc.code,
-        )
+        if not isinstance(exc, CircuitOpen):  # an open circuit says so once, not per request
+            log.warning(
+                "fallback",
+                request_id=info.request_id,
+                provider=primary,
+                fallback=fallback,
+                error=exc.code,
+            )
         info.fallback_from, info.provider = primary, fallback
         if exc.provider_error != "-":
             info.provider_error = exc.provider_error
-        return await self._timed(info, route.fallback, send)
+        return await self._try(info, route.fallback, send, limits)
 
-    @staticmethod
-    async def _timed(info: RequestInfo, target: Target, send: Send[T]) -> T:
-        started = time.perf_counter()
+    async def _retry(
+        self,
+        info: RequestInfo,
+        target: Target,
+        exc: UpstreamError | UpstreamTimeout,
+        deadline: Deadline,
+        send: Send[T],
+    ) -> T:
+        """One more try at the same provider after a failure before any answer byte, if
+        time is left, its circuit is still closed and its retry budget allows."""
+        limits = deadline.limits(target.timeout, last=True)
+        if limits is None or not target.circuit.closed:
+            raise exc
+        provider = target.client.name
+        if not target.budget.allow_retry(self._clock()):
+            metrics.labelled(metrics.UPSTREAM_RETRIES, provider, "budget_refused").inc()
+            raise exc
+        metrics.labelled(metrics.UPSTREAM_RETRIES, provider, "retried").inc()
+        log.info("upstream_retry", request_id=info.request_id, provider=provider, error=exc.code)
+        return await self._try(info, target, send, limits, retry=True)
+
+    async def _try(
+        self,
+        info: RequestInfo,
+        target: Target,
+        send: Send[T],
+        limits: TryLimits,
+        *,
+        retry: bool = False,
+    ) -> T:
+        """One upstream try within `limits`, through the target's circuit, which judges its
+        outcome (`is_failure`); CircuitOpen when the circuit refuses it. The clock is read
+        once before and once after, for the circuit, the budget and `upstream_ms`."""
+        circuit = target.circuit
+        started = self._clock()
+        ticket = circuit.admit(started)
+        if ticket == REFUSED:
+            metrics.labelled(metrics.CIRCUIT_REJECTED, circuit.provider, circuit.drm).inc()
+            raise CircuitOpen(math.ceil(circuit.retry_after(started)))
+        if not retry:
+            target.budget.request(started)
+        token = TRY_LIMITS.set(limits)
         try:
-            return await send(target.client, target.endpoint)
+            answer = await send(target.client, target.endpoint)
+        except BaseException as exc:
+            ended = self._clock()
+            info.upstream_ms = round((ended - started) * 1000, 3)
+            verdict = is_failure(exc)
+            if verdict is None:
+                circuit.release(ticket)
+            elif verdict:
+                advice = exc.retry_after if isinstance(exc, GatewayError) else None
+                circuit.failure(ticket, ended, retry_after=advice)
+            else:
+                circuit.success(ticket, ended)
+            raise
         finally:
-            info.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
+            TRY_LIMITS.reset(token)
+        ended = self._clock()
+        info.upstream_ms = round((ended - started) * 1000, 3)
+        circuit.success(ticket, ended)
+        return answer
 
     def _start_shadow(self, info: RequestInfo, target: Target, send: Send[T]) -> None:
-        """Send a copy to the shadow provider; its answer is only compared and counted."""
+        """Send a copy to the shadow provider; its answer is only compared and counted. A
+        provider whose circuit is not closed gets no copy (nor is one counted)."""
+        if not target.circuit.closed:
+            return
         shadow_info = replace(info, provider=target.client.name)
         task = asyncio.get_running_loop().create_task(self._shadow(shadow_info, target, send))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
     async def _shadow(self, info: RequestInfo, target: Target, send: Send[T]) -> None:
+        # Its own limits: the provider's timeout, not the player's deadline.
+        limits = TryLimits(target.timeout, self._deadline.pool_wait_seconds)
         try:
-            await self._timed(info, target, send)
+            await self._try(info, target, send, limits)
             result = "match"
+        except CircuitOpen:
+            return  # opened since the copy was started: not sent
         except UpstreamRejected:
             result = "differ"
         except Exception:  # a shadow never affects the player: count and move on

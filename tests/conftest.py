@@ -36,6 +36,12 @@ ENV = {
     "PLAYER_JWT_SECRET": PLAYER_SECRET,
     "ADMIN_TOKEN": ADMIN_TOKEN,
 }
+# The key-side secrets the shipped demo config reads besides ENV's (key APIs, packagers).
+DEMO_KEY_SECRETS = {
+    "LEGACY_KEY_API_TOKEN": "l" * 20,
+    "INCOMING_KEY_API_TOKEN": "i" * 20,
+    "SPEKE_PACKAGER_TOKEN": "s" * 20,
+}
 
 
 def player_token(

@@ -265,6 +265,12 @@ REQUIRED_PANELS = [
     ("Rate-limited requests", "drm_gateway_rate_limited_total", "by (limit)"),
     ("In-flight requests", "drm_gateway_in_flight_requests", "instance"),
     ("Rules reloads", "drm_gateway_rules_reloads_total", "result"),
+    ("SPEKE key requests", "drm_gateway_speke_requests_total", "by (result)"),
+    ("Key mirror writes", "drm_gateway_key_mirror_writes_total", "by (provider, result)"),
+    ("Key mirror retry queue", "drm_gateway_key_mirror_queue", "max("),
+    ("Circuit state by provider", "drm_gateway_circuit_state", "max by (provider, drm)"),
+    ("Circuit transitions", "drm_gateway_circuit_transitions_total", "to"),
+    ("Upstream retries", "drm_gateway_upstream_retries_total", "by (provider, result)"),
 ]
 
 
@@ -307,6 +313,7 @@ REQUIRED_ALERTS = {
     "DrmGatewayRulesReloadFailed",
     "DrmGatewayRulesFileInvalid",
     "DrmGatewayRulesVersionMismatch",
+    "DrmGatewayCircuitOpen",
 }
 
 
@@ -892,6 +899,9 @@ def test_each_provider_example_passes_config_check(example: Path) -> None:
         "INCOMING_JWT_KEY": "j" * 40,
         "ADMIN_TOKEN": "a" * 20,
         "PLAYER_JWT_SECRET": "p" * 40,
+        "LEGACY_KEY_API_TOKEN": "l" * 20,
+        "INCOMING_KEY_API_TOKEN": "i" * 20,
+        "SPEKE_PACKAGER_TOKEN": "s" * 20,
     }
     env = {**os.environ, **demo_env, **kind_env(example.stem)}
     done = subprocess.run(

@@ -1,4 +1,5 @@
-"""`drm-gateway` commands: serve, demo, config check, catalog import/audit/sync, emulate."""
+"""`drm-gateway` commands: serve, demo, config check, catalog import/audit/sync, backfill,
+emulate."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from proxy.catalog import CatalogSettings
+from proxy.cli.backfill import add_backfill_command
 from proxy.config import Config, ConfigError, RulesView, load_config, load_rules_view
 from proxy.domain import ALL_DRMS
 from proxy.observability.logs import configure_logging
@@ -782,6 +784,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     _add_rules_commands(commands)
     _add_token_commands(commands)
+    add_backfill_command(commands)
     _add_dev_commands(commands, command)
     return parser
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -31,7 +31,9 @@ from proxy.config.providers import (
     parse_providers,
 )
 from proxy.config.reader import REQUIRED, ConfigError, ConfigReader
+from proxy.config.resilience import ResilienceSettings, parse_resilience
 from proxy.config.security import RateLimits, parse_cors, parse_player_auth, parse_rate_limits
+from proxy.config.speke import SpekeSettings, parse_speke
 from proxy.routing.rules import ProviderTraits
 from proxy.upstream.fairplay import (
     DEFAULT_CLIENT_RESPONSE,
@@ -115,6 +117,8 @@ class Config:
     rate_limits: RateLimits = field(default_factory=RateLimits)
     source: Path | None = None
     missing: MissingSettings = field(default_factory=MissingSettings)
+    speke: SpekeSettings | None = None  # the SPEKE endpoint for packagers; None: not served
+    resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -190,6 +194,9 @@ def parse_config(
     cors = parse_cors(reader, top.get("cors"))
     rate_limits = parse_rate_limits(reader, top.get("rate_limit"))
     missing = _parse_missing(reader, top.get("missing"))
+    speke = parse_speke(reader, top.get("speke"))
+    _check_speke(reader, speke, server, catalog, providers)
+    resilience = parse_resilience(reader, top.get("resilience"), providers)
     if reader.problems:
         raise ConfigError(reader.problems)
     return Config(
@@ -205,6 +212,8 @@ def parse_config(
         rate_limits,
         source,
         missing=missing,
+        speke=speke,
+        resilience=resilience,
     )
 
 
@@ -236,9 +245,22 @@ def load_rules_view(path: Path, *, routing: bool = False) -> RulesView:
         reader.problems.extend(catalog_reader.problems)
     if reader.problems:
         raise ConfigError(reader.problems)
-    return RulesView({name: p.traits for name, p in providers.items()}, routing_settings, catalog)
+    # Key APIs are not parsed here (their tokens are secrets): a section present is enough.
+    raw_providers = top.get("providers")
+    raw_providers = raw_providers if isinstance(raw_providers, dict) else {}
+    traits = {
+        name: replace(p.traits, key_api=_has_key_api(raw_providers.get(name)))
+        for name, p in providers.items()
+    }
+    return RulesView(traits, routing_settings, catalog)
 
 
+def _has_key_api(raw: Any) -> bool:
+    """Whether a raw provider section configures a key API."""
+    return isinstance(raw, dict) and raw.get("key_api") is not None
+
+
+KEY_RECORD_BACKENDS = ("sqlite", "redis")  # catalogs the key records write to (not http)
 _TOP_SECTIONS = {
     "server",
     "log",
@@ -251,7 +273,35 @@ _TOP_SECTIONS = {
     "cors",
     "rate_limit",
     "missing",
+    "speke",
+    "resilience",
 }
+
+
+def _check_speke(
+    reader: ConfigReader,
+    speke: SpekeSettings | None,
+    server: ServerSettings,
+    catalog: CatalogSettings,
+    providers: Mapping[str, ProviderSettings],
+) -> None:
+    """What the SPEKE endpoint needs of the rest: a catalog it can record key holders in, a
+    provider with a key API, and a listener of its own on a port no other one takes."""
+    if speke is None:
+        return
+    if catalog.backend not in KEY_RECORD_BACKENDS:
+        reader.problem(
+            "speke",
+            f"needs a catalog it can record key holders in (backend "
+            f"{' or '.join(KEY_RECORD_BACKENDS)}), not '{catalog.backend}'",
+        )
+    if providers and not any(p.key_api is not None for p in providers.values()):
+        reader.problem("speke", "no provider has a key_api section to get keys from")
+    if speke.listener != "own" or speke.port == 0:
+        return
+    for name, listener in (("public", server.public), ("internal", server.internal)):
+        if listener.port == speke.port and listener.host == speke.host:
+            reader.problem("speke.port", f"{speke.port} is already server.{name}'s port")
 
 
 def _parse_listener(reader: ConfigReader, raw: Any, path: str, default: Listener) -> Listener:

@@ -3,6 +3,7 @@ formats, timeouts. Parsed from the `providers` section of the config."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import string
 from collections.abc import Mapping
@@ -97,6 +98,30 @@ class ProviderAuth:
     token: TokenSettings | None = None
 
 
+ResourceIdField = Literal["drm_resource_id", "asset_id"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyApiSettings:
+    """A provider's key API (CPIX key generation, key export, key ingest): its base URL, the
+    bearer token it wants (from a secret; never in a repr) and timeouts.
+
+    `resource_id_field` names the catalog id a title is known by at this API: the one the
+    provider's own URL templates use (`drm_resource_id` or `asset_id`), so the keys written
+    through it are the ones its licenses serve."""
+
+    base_url: str
+    token: str = field(repr=False)
+    connect_timeout: float = 1.0
+    total_timeout: float = 10.0
+    resource_id_field: ResourceIdField = "drm_resource_id"
+    max_answer_bytes: int = 1_048_576
+
+    def resource_id(self, asset_id: str, drm_resource_id: str | None) -> str | None:
+        """The id naming this title at the key API (None: the title lacks it)."""
+        return asset_id if self.resource_id_field == "asset_id" else drm_resource_id
+
+
 DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_TOTAL_TIMEOUT = 5.0
 DEFAULT_MAX_RESPONSE_BYTES = 1_048_576
@@ -123,6 +148,8 @@ class ProviderSettings:
     # The kind's own settings (its config section, secrets included); None for `generic`, and
     # for every provider when the config was read without secrets (rules tooling).
     options: object | None = field(default=None, repr=False)
+    # The provider's key API (backfill, SPEKE mirrors); None: it has none configured.
+    key_api: KeyApiSettings | None = None
 
     def endpoint(self, drm: str) -> UrlTemplate | None:
         """The URL template serving `drm` (the key URL for aes128), None if there is none."""
@@ -172,6 +199,7 @@ _PROVIDER_FIELDS = {
     "max_connections",
     "fairplay",
     "provider_errors",
+    "key_api",
 }
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -208,6 +236,12 @@ def _parse_provider(
         if not isinstance(header, str) or not HEADER_NAME.match(header):
             reader.problem(f"{path}.strip_response_headers", f"{header!r} is not a header name")
     errors = _provider_errors(reader, section, path, kind_name, kind)
+    templates = [*license_urls.values(), *([key_url] if key_url is not None else [])]
+    key_api = None
+    if auth:  # its token is a secret: never read for the rules tooling
+        key_api = _parse_key_api(
+            reader, section, path, _default_resource_field(needs_id, templates)
+        )
     options = None
     if auth and kind is not None and kind.options is not None:
         options = kind.options(reader, section.get(kind_name), f"{path}.{kind_name}")
@@ -235,7 +269,92 @@ def _parse_provider(
             section, "max_connections", path, int, DEFAULT_MAX_CONNECTIONS
         ),
         fairplay=_fairplay_formats(reader, section, path, kind),
+        key_api=key_api,
     )
+
+
+_KEY_API_FIELDS = {"base_url", "token", "timeouts", "resource_id", "max_answer_bytes"}
+_RESOURCE_ID_FIELDS: tuple[ResourceIdField, ...] = ("drm_resource_id", "asset_id")
+
+
+def _parse_key_api(
+    reader: ConfigReader, section: dict[str, Any], path: str, default_field: ResourceIdField
+) -> KeyApiSettings | None:
+    """`providers.<name>.key_api` (optional; null or absent: none). `default_field` is the id
+    the provider's licenses name a title by, the default `resource_id`."""
+    if "key_api" not in section:
+        return None
+    path = f"{path}.key_api"
+    raw = reader.mapping(section["key_api"], path, _KEY_API_FIELDS)
+    if not raw and not isinstance(section["key_api"], dict):
+        return None  # "must be a mapping" already said
+    before = len(reader.problems)
+    base_url = _key_api_base_url(reader, raw, path)
+    token = None
+    if "token" not in raw:
+        reader.problem(f"{path}.token", "is missing, and has no default")
+    else:
+        token = reader.secret(raw["token"], f"{path}.token")
+    timeouts = reader.mapping(raw.get("timeouts"), f"{path}.timeouts", _TIMEOUT_FIELDS)
+    settings = KeyApiSettings(
+        base_url=base_url or "",
+        token=token or "",
+        connect_timeout=reader.positive(
+            timeouts, "connect_seconds", f"{path}.timeouts", float, 1.0
+        ),
+        total_timeout=reader.positive(timeouts, "total_seconds", f"{path}.timeouts", float, 10.0),
+        resource_id_field=reader.choice(
+            raw, "resource_id", path, _RESOURCE_ID_FIELDS, default_field
+        ),
+        max_answer_bytes=reader.positive(raw, "max_answer_bytes", path, int, 1_048_576),
+    )
+    return settings if len(reader.problems) == before else None
+
+
+_TIMEOUT_FIELDS = {"connect_seconds", "total_seconds"}
+
+
+def _key_api_base_url(reader: ConfigReader, raw: dict[str, Any], path: str) -> str | None:
+    """`base_url`: https://, or http:// to a loopback host only (keys never cross a network
+    in clear); no query, fragment or credentials."""
+    url = reader.value(raw, "base_url", path, str, REQUIRED)
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        host = None
+    plain = url.isascii() and not any(c.isspace() for c in url)
+    if not plain or not host or parts.query or parts.fragment or "@" in parts.netloc:
+        reader.problem(f"{path}.base_url", "must be an https:// URL with a host (no query)")
+        return None
+    if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(host)):
+        reader.problem(
+            f"{path}.base_url", "must be an https:// URL (http:// only to a loopback host)"
+        )
+        return None
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _default_resource_field(needs_id: bool, templates: list[UrlTemplate]) -> ResourceIdField:
+    """The id the provider knows a title by: the drmResourceId where it needs one (or a URL
+    template names it), else the asset id where a template names that."""
+    if needs_id or any("drm_resource_id" in template.fields for template in templates):
+        return "drm_resource_id"
+    if any("asset_id" in template.fields for template in templates):
+        return "asset_id"
+    return "drm_resource_id"
 
 
 def _parse_kind(reader: ConfigReader, name: Any, path: str) -> ProviderKind | None:

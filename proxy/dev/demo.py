@@ -6,6 +6,11 @@ serves `<workdir>/gateway.yaml`, a real config a user can copy, overriding only 
 listeners' host and ports, the providers' URLs and the CORS origin of its player page. With
 ffmpeg, Shaka Packager and Shaka Player installed it also serves the player page and a DASH
 ClearKey stream of one title.
+
+Packagers get keys from the SPEKE endpoint on the internal port (`speke:` in the config): the
+copied rules file gets a `keys:` section naming the roles whose emulator has a key API (the
+demo's own generic emulators; a provider kind's emulator has none), and the banner prints a
+request for a new title's keys with the demo packager token.
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ from proxy.catalog.importer import import_file
 from proxy.config import Config, load_config
 from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
 from proxy.dev.emulator.kinds import demo_secrets
-from proxy.dev.emulator.settings import DEMO_LEGACY_API_KEY, DEMO_SEED, PROVIDER_KINDS
+from proxy.dev.emulator.settings import (
+    DEMO_INCOMING_KEY_API_TOKEN,
+    DEMO_LEGACY_API_KEY,
+    DEMO_LEGACY_KEY_API_TOKEN,
+    DEMO_SEED,
+    PROVIDER_KINDS,
+)
 from proxy.dev.kinds import kind_env, provider_section
 from proxy.dev.media import install_commands
 from proxy.dev.player import (
@@ -48,6 +59,12 @@ DEMO_FILES = ("gateway.yaml", "routing.yaml", "fairplay-cert.der")
 DEMO_INCOMING_JWT_KEY = "demo-incoming-jwt-key-0123456789abcdef"  # 38 bytes, HS256
 DEMO_ADMIN_TOKEN = "demo-admin-token-change-me"
 DEMO_PLAYER_SECRET = "demo-player-jwt-secret-0123456789abcdef"
+DEMO_PACKAGER_TOKEN = "demo-packager-token-change-me"  # the SPEKE endpoint's bearer token
+# The title the SPEKE example packages (new: the endpoint records it in the catalog; the demo
+# player token is entitled to asset-*), and the document it sends (written by the demo).
+SPEKE_ASSET, SPEKE_RESOURCE = "asset-speke-0001", "res-speke-0001"
+SPEKE_KIDS = ("6a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "7b2c3d4e-5f6a-4b7c-9d8e-0f1a2b3c4d5e")
+SPEKE_REQUEST = "speke-request.xml"
 DEMO_ASSETS = 10_000  # titles in the demo catalog
 # A fixed, documented key id so the printed examples are stable.
 DEMO_KEY_ID = "00112233445566778899aabbccddeeff"
@@ -222,7 +239,62 @@ def write_demo_files(workdir: Path, count: int) -> Path:
     )
     (workdir / "widevine-challenge.bin").write_bytes(b"\x08\x04")  # service-certificate request
     (workdir / "fairplay-spc.bin").write_bytes(b"\x00\x00\x00\x01" + bytes(range(60)))
+    (workdir / SPEKE_REQUEST).write_text(speke_request())
     return db
+
+
+def speke_request() -> str:
+    """A SPEKE v2 request for the demo title: video and audio keys, Widevine, PlayReady,
+    FairPlay and HLS AES-128 signalling, media and master playlists."""
+    systems = {
+        "edef8ba9-79d6-4ace-a3c8-27dcd51d21ed": "<cpix:PSSH/><cpix:ContentProtectionData/>",
+        "9a04f079-9840-4286-ab92-e65be0885f95": "<cpix:PSSH/><cpix:ContentProtectionData/>",
+        "94ce86fb-07ff-4f43-adb8-93d2fa968ca2": "",
+        "3ea8778f-7742-4bf9-b18b-e834b2acbd47": "",
+    }
+    hls = '<cpix:HLSSignalingData playlist="media"/><cpix:HLSSignalingData playlist="master"/>'
+    video, audio = SPEKE_KIDS
+    keys = "".join(
+        f'<cpix:ContentKey kid="{k}" commonEncryptionScheme="cbcs"/>' for k in SPEKE_KIDS
+    )
+    drm = "".join(
+        f'<cpix:DRMSystem kid="{kid}" systemId="{system}">{children}{hls}</cpix:DRMSystem>'
+        for kid in SPEKE_KIDS
+        for system, children in systems.items()
+    )
+    rules = (
+        f'<cpix:ContentKeyUsageRule kid="{video}" intendedTrackType="VIDEO"><cpix:VideoFilter/>'
+        f'</cpix:ContentKeyUsageRule><cpix:ContentKeyUsageRule kid="{audio}" '
+        'intendedTrackType="AUDIO"><cpix:AudioFilter/></cpix:ContentKeyUsageRule>'
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<cpix:CPIX contentId="{SPEKE_RESOURCE}" version="2.3" '
+        'xmlns:cpix="urn:dashif:org:cpix" xmlns:pskc="urn:ietf:params:xml:ns:keyprov:pskc">\n'
+        f"<cpix:ContentKeyList>{keys}</cpix:ContentKeyList>\n"
+        f"<cpix:DRMSystemList>{drm}</cpix:DRMSystemList>\n"
+        f"<cpix:ContentKeyUsageRuleList>{rules}</cpix:ContentKeyUsageRuleList>\n"
+        "</cpix:CPIX>\n"
+    )
+
+
+def key_roles(kinds: DemoKinds) -> tuple[str, ...]:
+    """The roles whose emulator has a key API (the demo's own generic ones), legacy first."""
+    return tuple(role for role in ROLES if getattr(kinds, role) == GENERIC)
+
+
+def add_keys_section(rules: Path, kinds: DemoKinds) -> None:
+    """Append to the work directory's rules a `keys:` section for the SPEKE endpoint: the
+    first role with a key API makes the keys, the other (if it has one) gets a copy."""
+    roles = key_roles(kinds)
+    if not roles:
+        return
+    mirrors = ", ".join(roles[1:])
+    with rules.open("a", encoding="utf-8") as out:
+        out.write(
+            "\n# Added by `drm-gateway demo` for its SPEKE endpoint: the emulators' key APIs.\n"
+            f"keys:\n  default: {{source: {roles[0]}, mirrors: [{mirrors}]}}\n"
+        )
 
 
 def copy_demo_config(workdir: Path) -> Path:
@@ -334,6 +406,20 @@ def _optional_examples(public: str, auth: str, token: str, served: Served) -> st
     return "\n".join(lines)
 
 
+def speke_section(internal: str, public: str, workdir: Path, kinds: DemoKinds, token: str) -> str:
+    """The banner's packager lines: a SPEKE request for the demo title's keys, then that key
+    as a player fetches it (run in this order); or why the endpoint is off."""
+    packager = os.environ.get("SPEKE_PACKAGER_TOKEN", DEMO_PACKAGER_TOKEN)
+    if not key_roles(kinds):
+        return "  # SPEKE is off: no provider kind of this demo has a key API\n"
+    kid = SPEKE_KIDS[1].replace("-", "")
+    return f"""  curl -s -X POST -H 'Authorization: Bearer {packager}' -H 'X-Speke-Version: 2.0' \\
+       -H 'Content-Type: application/xml' --data-binary @{workdir / SPEKE_REQUEST} \\
+       '{internal}/v2/speke?asset={SPEKE_ASSET}'
+  curl -s '{public}/v1/keys/{SPEKE_ASSET}/{kid}?token={token}' | xxd
+"""
+
+
 def print_banner(
     public: str,
     internal: str,
@@ -390,6 +476,10 @@ Try it (each line works as printed):
   curl -s {public}/v1/certificate/fairplay | openssl x509 -inform der -noout -subject
   curl -s {internal}/metrics | grep drm_gateway_requests_total
 
+Packagers (SPEKE v2 on the internal port; the keys: section of {rules} picks the
+providers that make and keep each title's keys, and the catalog records them):
+
+{speke_section(internal, public, workdir, kinds, token)}
 Ops (internal port, admin token {admin_token}):
 
   curl -s -H 'Authorization: Bearer {admin_token}' \\
@@ -441,10 +531,14 @@ async def run_demo(
     os.environ.setdefault("INCOMING_JWT_KEY", DEMO_INCOMING_JWT_KEY)
     os.environ.setdefault("ADMIN_TOKEN", DEMO_ADMIN_TOKEN)
     os.environ.setdefault("PLAYER_JWT_SECRET", DEMO_PLAYER_SECRET)
+    os.environ.setdefault("LEGACY_KEY_API_TOKEN", DEMO_LEGACY_KEY_API_TOKEN)
+    os.environ.setdefault("INCOMING_KEY_API_TOKEN", DEMO_INCOMING_KEY_API_TOKEN)
+    os.environ.setdefault("SPEKE_PACKAGER_TOKEN", DEMO_PACKAGER_TOKEN)
     for kind in (kinds.legacy, kinds.incoming):
         for name, value in kind_env(kind).items():
             os.environ.setdefault(name, value)
     config_path = copy_demo_config(workdir)
+    add_keys_section(workdir / "routing.yaml", kinds)
     write_demo_files(workdir, DEMO_ASSETS)
     legacy, incoming = await _start_emulators(workdir, host, ports, kinds)
     config = _demo_config(config_path, host, ports, kinds, _shown(legacy.url), _shown(incoming.url))
@@ -499,9 +593,19 @@ def _demo_config(
     ):
         if kind == GENERIC:
             overrides[f"providers.{role}.base_url"] = url
+            overrides[f"providers.{role}.key_api.base_url"] = url
         else:
             overrides[f"providers.{role}"] = provider_section(kind, url)
+    # The SPEKE answers point players at the public port; no key API: no SPEKE.
+    public = _shown(f"http://{_url_host(host)}:{ports.public}")
+    overrides["speke.public_base_url"] = public
+    if not key_roles(kinds):
+        overrides["speke"] = None
     return load_config(path, overrides=overrides)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 ROLES = ("legacy", "incoming")
@@ -524,13 +628,17 @@ def _emulator_settings(kind: str, role: str, assets: list[DemoAsset]) -> Emulato
         return EmulatorSettings(kind=kind, resources=resources, secrets=demo_secrets(kind))
     if role == "legacy":  # a static API key
         return EmulatorSettings(
-            kind="legacy", api_key=os.environ["LEGACY_API_KEY"], resources=resources
+            kind="legacy",
+            api_key=os.environ["LEGACY_API_KEY"],
+            resources=resources,
+            key_api_token=os.environ["LEGACY_KEY_API_TOKEN"],
         )
     return EmulatorSettings(  # verifying the gateway's per-request JWTs
         kind="incoming",
         resources=resources,
         jwt_keys={"demo-1": os.environ["INCOMING_JWT_KEY"].encode()},
         jwt_algorithms=("HS256",),
+        key_api_token=os.environ["INCOMING_KEY_API_TOKEN"],
     )
 
 

@@ -119,7 +119,10 @@ class _ForeignHandler(logging.StreamHandler[TextIO]):
     with a fixed line, since logging's own fallback prints the record's arguments to stderr."""
 
     def handleError(self, record: logging.LogRecord) -> None:
-        self.stream.write('{"event": "log_record_unrenderable", "level": "error"}\n')
+        try:
+            self.stream.write('{"event": "log_record_unrenderable", "level": "error"}\n')
+        except (OSError, ValueError):
+            pass  # the stream itself is gone (closed): a log call must never raise
 
 
 class LineWriter:

@@ -182,12 +182,61 @@ FALLBACKS = Counter(
     ["from_provider", "to_provider"],
     registry=REGISTRY,
 )
+CIRCUIT_STATE = Gauge(
+    "drm_gateway_circuit_state",
+    "Circuit breaker state per provider and DRM system: 0 closed, 1 half-open, 2 open "
+    "(by severity: under --workers, the worst live worker's).",
+    ["provider", "drm"],
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "drm_gateway_circuit_transitions_total",
+    "Circuit breaker state changes, by provider, DRM system and new state (open, half_open, "
+    "closed).",
+    ["provider", "drm", "to"],
+    registry=REGISTRY,
+)
+CIRCUIT_REJECTED = Counter(
+    "drm_gateway_circuit_rejected_total",
+    "Requests not sent to a provider because its circuit was open (they went to the "
+    "fallback, or were answered 503 with Retry-After).",
+    ["provider", "drm"],
+    registry=REGISTRY,
+)
+UPSTREAM_RETRIES = Counter(
+    "drm_gateway_upstream_retries_total",
+    "Second tries at the same provider after a failure before any answer byte, by result: "
+    "retried, or budget_refused (the provider's retry budget was spent).",
+    ["provider", "result"],
+    registry=REGISTRY,
+)
+SPEKE_REQUESTS = Counter(
+    "drm_gateway_speke_requests_total",
+    "SPEKE key requests from packagers, by result: ok, or the error code of the answer "
+    "(invalid_cpix, unknown_content, unauthorized, key_source_failed, key_mirror_failed, ...).",
+    ["result"],
+    registry=REGISTRY,
+)
+KEY_MIRROR_WRITES = Counter(
+    "drm_gateway_key_mirror_writes_total",
+    "Content keys written to a mirror provider, by provider and result: ok, failed (the "
+    "packager's request failed), queued (put on the retry queue), retry_ok, retry_failed.",
+    ["provider", "result"],
+    registry=REGISTRY,
+)
+KEY_MIRROR_QUEUE = Gauge(
+    "drm_gateway_key_mirror_queue",
+    "Mirror writes waiting on the durable retry queue in the catalog store.",
+    registry=REGISTRY,
+    multiprocess_mode="livemax",  # one shared queue: every worker sees the same count
+)
 BUILD_INFO = Info("drm_gateway_build", "Gateway version.", registry=REGISTRY)
 
 
 # Label values known before any traffic (keep in step with the code that counts them).
 REQUEST_OUTCOMES = (("2xx", "ok"), ("4xx", "client_error"), ("5xx", "error"))
-UPSTREAM_OUTCOMES = ("2xx", "3xx", "4xx", "5xx", "timeout", "connect", "too_large")
+UPSTREAM_OUTCOMES = ("2xx", "3xx", "4xx", "5xx", "timeout", "connect", "too_large", "pool_timeout")
 BAD_RESPONSE_KINDS = (
     "empty_body",
     "error_json_in_2xx",
@@ -200,6 +249,25 @@ CATALOG_RESULTS = ("hit", "negative_hit", "miss", "coalesced", "stale", "error")
 RELOAD_RESULTS = ("ok", "unchanged", "refused")
 RATE_LIMITS = ("user", "ip")
 SHADOW_RESULTS = ("match", "differ", "error")
+SPEKE_RESULTS = (
+    "ok",
+    "invalid_cpix",
+    "unknown_content",
+    "content_id_conflict",
+    "key_conflict",
+    "invalid_id",
+    "unauthorized",
+    "body_too_large",
+    "unsupported_media_type",
+    "key_source_failed",
+    "key_mirror_failed",
+    "no_key_policy",
+    "rules_unavailable",
+    "catalog_unavailable",
+    "internal_error",
+    "other",
+)
+MIRROR_RESULTS = ("ok", "failed", "queued", "retry_ok", "retry_failed")
 NO_PROVIDER = "-"  # the provider label of a request refused before one was chosen
 # Gauges whose label sets `forget` withdraws; multiprocess mode shows them only while not 0.
 _WITHDRAWN_AT_ZERO = frozenset({"drm_gateway_rules_info"})
@@ -284,6 +352,22 @@ def initialise(
     for code in _refusal_codes():
         for detail in refusal_details.get(code, ("-",)):
             labelled(REFUSED, code, detail)
+
+
+def initialise_speke(providers: Iterable[str]) -> None:
+    """Create at 0 the SPEKE series: every result, and each provider's mirror writes (any
+    provider may become a mirror once it has a key_api)."""
+    for result in SPEKE_RESULTS:
+        labelled(SPEKE_REQUESTS, result)
+    for provider in providers:
+        for result in MIRROR_RESULTS:
+            labelled(KEY_MIRROR_WRITES, provider, result)
+    KEY_MIRROR_QUEUE.set(0)
+
+
+def speke_result(code: str) -> str:
+    """The `result` label of a SPEKE answer with this error code (bounded: 'other' beyond)."""
+    return code if code in SPEKE_RESULTS else "other"
 
 
 def initialise_decisions(rules: RuleSet) -> None:

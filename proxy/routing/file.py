@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from proxy.domain import ALL_DRMS
+from proxy.keys.policy import KeyPolicy, parse_key_policy
 from proxy.problems import Problems
 from proxy.routing.rules import (
     NAME_PATTERN,
@@ -25,7 +26,8 @@ from proxy.routing.rules import (
     parse_version,
 )
 
-_TOP_FIELDS = ("version", "default", "rules")
+_TOP_FIELDS = ("version", "default", "rules", "keys")
+_REQUIRED_TOP_FIELDS = ("version", "default", "rules")
 _RULE_FIELDS = ("name", "enabled", "when", "route", "percent", "stickiness", "fallback", "shadow")
 _LIST_FIELDS = ("drm", "asset_ids", "asset_prefixes", "tags_any", "tags_all", "platforms")
 _WHEN_FIELDS = (*_LIST_FIELDS, "drm_resource_id", "min_app_version")
@@ -37,6 +39,7 @@ _SHADOW_FIELDS = ("to", "percent")
 PROVIDER_CHECKS = (
     "provider names (default, route, fallback, shadow.to) are configured providers",
     "the default provider does not need a drmResourceId (assets without one need a home)",
+    "keys: source and mirrors are configured providers with a key_api",
 )
 
 
@@ -155,7 +158,7 @@ def _parse_document(doc: Any, text: str, source: str, p: _Problems) -> RuleSet |
         p.problem("top level", f"must be a mapping of version, default, rules; not {_show(doc)}")
         return None
     p.unknown_fields(doc, _TOP_FIELDS, "")
-    p.required(doc, _TOP_FIELDS, "")
+    p.required(doc, _REQUIRED_TOP_FIELDS, "")
     version = doc.get("version")
     if "version" in doc and not (isinstance(version, str) and version.strip()):
         hint = f' (quote it: version: "{version}")' if version is not None else ""
@@ -169,10 +172,18 @@ def _parse_document(doc: Any, text: str, source: str, p: _Problems) -> RuleSet |
                 "without one would have nowhere to go",
             )
     rules = _parse_rule_list(doc.get("rules", []), p)
+    keys = _parse_keys(doc, p)
     if p.problems or not isinstance(version, str) or default is None:
         return None
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return RuleSet(version, digest, default, rules, source, doc)
+    return RuleSet(version, digest, default, rules, source, doc, keys)
+
+
+def _parse_keys(doc: dict[Any, Any], p: _Problems) -> KeyPolicy | None:
+    """The optional `keys:` section (see proxy.keys.policy)."""
+    if "keys" not in doc:
+        return None
+    return parse_key_policy(doc["keys"], p, p.providers)
 
 
 def _parse_rule_list(raw: Any, p: _Problems) -> tuple[Rule, ...]:
@@ -282,7 +293,15 @@ def summarize(rules: RuleSet) -> str:
     """One line for `rules check`: counts, version and providers used."""
     enabled = sum(rule.enabled for rule in rules.rules)
     used = ", ".join(sorted(rules.providers_used()))
-    return (
+    line = (
         f"ok: {len(rules.rules)} rules ({enabled} enabled), version {rules.version}, "
         f"providers used: {used}, default {rules.default}"
     )
+    if rules.keys is not None:
+        default = rules.keys.default
+        mirrors = ", ".join(default.mirrors) or "none"
+        line += (
+            f"; keys: {len(rules.keys.rules)} rules, default source {default.source} "
+            f"(mirrors: {mirrors}; mirror_failure: {default.mirror_failure})"
+        )
+    return line

@@ -29,11 +29,14 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from proxy.catalog.base import CatalogEntry
 from proxy.errors import NoProvider
 from proxy.problems import ProblemsError
+
+if TYPE_CHECKING:
+    from proxy.keys.policy import KeyPolicy
 
 Reason = Literal[
     "rule_match",
@@ -70,11 +73,13 @@ _VERSION_PATTERN = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}")
 @dataclass(frozen=True, slots=True)
 class ProviderTraits:
     """What the rules need to know of one configured provider: what it needs of an asset,
-    and the DRM systems (`aes128` for HLS keys) it serves; `serves` None means every one."""
+    and the DRM systems (`aes128` for HLS keys) it serves; `serves` None means every one.
+    `key_api`: it has a key API, so the `keys:` section may name it."""
 
     needs_drm_resource_id: bool
     needs_key_ids: bool = False
     serves: frozenset[str] | None = None
+    key_api: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +150,8 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class RuleSet:
-    """A validated rules file: immutable, so a reload swaps it whole."""
+    """A validated rules file: immutable, so a reload swaps it whole. `keys` is its `keys:`
+    section (which provider makes a title's content keys), None when it has none."""
 
     version: str
     sha256: str  # of the file's text, UTF-8
@@ -153,6 +159,7 @@ class RuleSet:
     rules: tuple[Rule, ...]
     source: str
     document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    keys: KeyPolicy | None = None
 
     def providers_used(self) -> frozenset[str]:
         """Every provider named by the default or a rule (route, fallback, shadow)."""
@@ -171,6 +178,7 @@ class RuleSet:
             "source": self.source,
             "default": self.default,
             "rules": self.document.get("rules", []),
+            "keys": self.document.get("keys"),
         }
 
 

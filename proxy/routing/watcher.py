@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -50,8 +50,9 @@ class ReloadResult:
 
 
 def provider_traits(providers: Mapping[str, ProviderSettings]) -> dict[str, ProviderTraits]:
-    """What the rules engine needs to know of each configured provider."""
-    return {name: p.traits for name, p in providers.items()}
+    """What the rules engine needs to know of each configured provider (and, for the
+    `keys:` section, whether it has a key API)."""
+    return {name: replace(p.traits, key_api=p.key_api is not None) for name, p in providers.items()}
 
 
 def rules_without_file(default: str, providers: Mapping[str, ProviderTraits]) -> RuleSet:

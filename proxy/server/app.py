@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +24,7 @@ from proxy.catalog import CachedCatalog, build_catalog
 from proxy.catalog.missing import MissingStore, MissingTitles
 from proxy.catalog.missing_redis import RedisMissingTitles
 from proxy.catalog.redis import RedisCatalog, create_client
-from proxy.config import Config
+from proxy.config import Config, Listener
 from proxy.gateway import Gateway
 from proxy.observability import metrics
 from proxy.observability.logs import get_logger
@@ -33,6 +33,7 @@ from proxy.server.admin import ADMIN_CATALOG, ADMIN_TOKEN, MISSING, RULES, add_a
 from proxy.server.middleware import create_middleware
 from proxy.server.protocol import GatewayRunner
 from proxy.server.routes import CERTIFICATE, GATEWAY, GUARD, MAX_BODY, add_public_routes
+from proxy.server.speke import SPEKE_REFUSALS, add_speke_route, create_speke_app, speke_context
 from proxy.upstream.base import ProviderClient
 from proxy.upstream.registry import close_providers, open_providers
 
@@ -171,6 +172,9 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append("no providers configured")
     rules_problems, warnings = public[RULES].readiness()
     problems += rules_problems
+    rules = public[RULES].rules
+    if public[CONFIG].speke is not None and rules is not None and rules.keys is None:
+        warnings.append("speke: the rules file has no keys section; key requests answer 503")
     if public[GUARD].auth_off:
         warnings.append("player authentication is OFF (player_auth.mode: none): development only")
     status = 503 if problems else 200
@@ -195,72 +199,121 @@ def create_internal_app(public: web.Application) -> web.Application:
     app[RULES] = public[RULES]
     app[ADMIN_CATALOG] = public[CATALOG]
     app[MISSING] = public[GATEWAY].missing
-    admin_token = public[CONFIG].admin_token
+    config = public[CONFIG]
+    admin_token = config.admin_token
     if admin_token:
         app[ADMIN_TOKEN] = admin_token
     add_admin_routes(app)
+    if config.speke is not None and config.speke.listener == "internal":
+        add_speke_route(app, config.speke)
+        app.cleanup_ctx.append(_speke_ctx(public))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     return app
 
 
+def _speke_ctx(public: web.Application) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The SPEKE endpoint's resources (key API clients, key records, the mirror queue's
+    drain), opened on the app that serves it, from the public app's open catalog and rules."""
+    return speke_context(
+        config=public[CONFIG],
+        catalog=public[CATALOG],
+        rules=public[RULES],
+        providers=public[PROVIDERS],
+    )
+
+
+def create_own_speke_app(public: web.Application) -> web.Application:
+    """The SPEKE endpoint on a listener of its own (`speke.listener: own`)."""
+    settings = public[CONFIG].speke
+    assert settings is not None
+    app = create_speke_app(settings)
+    app.cleanup_ctx.append(_speke_ctx(public))
+    return app
+
+
 @dataclass
 class RunningGateway:
-    """A started gateway: its two listeners' URLs, and how to stop it."""
+    """A started gateway: its listeners' URLs (the SPEKE one when it has its own), and how to
+    stop it."""
 
     public_url: str
     internal_url: str
     public_app: web.Application
-    _runners: tuple[GatewayRunner, GatewayRunner]
+    _runners: tuple[GatewayRunner, ...]
+    speke_url: str | None = None
 
     async def stop(self) -> None:
-        """Unready at once, stop accepting players, let in-flight requests finish (up to the
-        configured grace), then close the internal port last so probes see the drain."""
-        public, internal = self._runners
+        """Unready at once, finish the packagers' key requests on a SPEKE listener of its own,
+        stop accepting players, let in-flight requests finish (up to the configured grace),
+        then close the internal port last so probes see the drain."""
+        public, internal, *own = self._runners
         self.public_app[DRAINING].set()
+        for runner in own:
+            await runner.cleanup()
         await public.cleanup()
         await internal.cleanup()
 
 
 async def start_gateway(config: Config, *, reuse_port: bool = False) -> RunningGateway:
-    """Open resources and bind both listeners (port 0 picks a free port).
+    """Open resources and bind every listener (port 0 picks a free port).
 
     `reuse_port` lets several worker processes share the same ports (SO_REUSEPORT).
     """
     metrics.BUILD_INFO.info({"version": __version__})
     # Every known series at 0, so alerts see the first event.
     details = {
-        "unauthorized": (*TOKEN_REFUSALS.values(), "admin_token"),
+        "unauthorized": (*TOKEN_REFUSALS.values(), "admin_token", *SPEKE_REFUSALS),
         "rate_limited": metrics.RATE_LIMITS,
     }
     metrics.initialise(config.providers, details)
+    metrics.initialise_speke(config.providers)  # even when off: the dashboard shows zeros
     public_app = create_public_app(config)
     grace = config.server.shutdown_grace_seconds
     public = GatewayRunner(public_app, shutdown_timeout=grace)
     await public.setup()
-    internal = GatewayRunner(create_internal_app(public_app))
+    runners = [public]
     try:
+        internal = GatewayRunner(create_internal_app(public_app))
+        runners.append(internal)
         await internal.setup()
-        urls = []
-        for runner, listener in (
-            (public, config.server.public),
-            (internal, config.server.internal),
-        ):
-            site = web.TCPSite(
-                runner, listener.host, listener.port, reuse_address=True, reuse_port=reuse_port
-            )
-            await site.start()
-            host, port = runner.addresses[0][:2]
-            urls.append(f"http://{host}:{port}")
+        listeners = [config.server.public, config.server.internal]
+        speke = config.speke
+        if speke is not None and speke.listener == "own":
+            own = GatewayRunner(create_own_speke_app(public_app), shutdown_timeout=grace)
+            runners.append(own)
+            await own.setup()
+            listeners.append(Listener(speke.host, speke.port))
+        urls = [
+            await _listen(runner, listener, reuse_port)
+            for runner, listener in zip(runners, listeners, strict=True)
+        ]
     except BaseException:
-        await internal.cleanup()
-        await public.cleanup()
+        for runner in reversed(runners):
+            await runner.cleanup()
         raise
-    log.info("started", public=urls[0], internal=urls[1], providers=sorted(config.providers))
+    speke_url = urls[2] if len(urls) > 2 else None
+    log.info(
+        "started",
+        public=urls[0],
+        internal=urls[1],
+        speke=speke_url or (urls[1] if config.speke is not None else None),
+        providers=sorted(config.providers),
+    )
     if config.player_auth.mode == "none":
         log.warning("player_auth_off", detail="every player is admitted: development only")
-    return RunningGateway(urls[0], urls[1], public_app, (public, internal))
+    return RunningGateway(urls[0], urls[1], public_app, tuple(runners), speke_url)
+
+
+async def _listen(runner: GatewayRunner, listener: Listener, reuse_port: bool) -> str:
+    """Bind `runner` to the listener; its URL (the port chosen for port 0)."""
+    site = web.TCPSite(
+        runner, listener.host, listener.port, reuse_address=True, reuse_port=reuse_port
+    )
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return f"http://{host}:{port}"
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -26,7 +26,7 @@ from proxy.errors import (
     GatewayError,
     InternalError,
     NotFound,
-    RateLimited,
+    PackagerUnauthorized,
 )
 from proxy.observability import metrics
 from proxy.observability.access import RequestInfo
@@ -60,8 +60,10 @@ def error_response(error: GatewayError, request_id: str) -> web.Response:
         {"error": error.code, "message": error.message, "request_id": request_id},
         status=error.status,
     )
-    if isinstance(error, RateLimited):
+    if error.retry_after is not None:  # rate limited; a provider overloaded or circuit open
         response.headers["Retry-After"] = str(error.retry_after)
+    elif isinstance(error, PackagerUnauthorized):
+        response.headers["WWW-Authenticate"] = error.challenge
     return response
 
 

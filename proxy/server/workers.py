@@ -1,4 +1,5 @@
-"""Multi-worker serving: N gateway processes sharing the public and internal ports.
+"""Multi-worker serving: N gateway processes sharing the public and internal ports (and the
+SPEKE endpoint's, when it has a listener of its own).
 
 Each worker is a whole gateway (its own event loop, catalog cache, rules watcher and upstream
 pools) that binds both listeners with SO_REUSEPORT, so the kernel spreads new connections
@@ -36,6 +37,7 @@ import structlog
 from prometheus_client import multiprocess
 
 from proxy.config import Config, Listener
+from proxy.config.speke import SpekeSettings
 from proxy.observability.logs import configure_logging, get_logger
 from proxy.server.app import (
     install_signal_handlers,
@@ -67,8 +69,9 @@ def run_workers(config: Config, workers: int) -> None:
         raise ValueError("workers must be at least 1")
     with _reserved(config.server.public) as public, _reserved(config.server.internal) as internal:
         server = replace(config.server, public=public, internal=internal)
-        with _metrics_dir() as directory:
-            _Supervisor(replace(config, server=server), workers, directory).run()
+        with _reserved_speke(config) as speke, _metrics_dir() as directory:
+            shared = replace(config, server=server, speke=speke)
+            _Supervisor(shared, workers, directory).run()
 
 
 @contextmanager
@@ -84,6 +87,17 @@ def _reserved(listener: Listener) -> Iterator[Listener]:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((listener.host, listener.port))
         yield Listener(listener.host, sock.getsockname()[1])
+
+
+@contextmanager
+def _reserved_speke(config: Config) -> Iterator[SpekeSettings | None]:
+    """The SPEKE settings, with its own listener's port held like the others (if it has one)."""
+    speke = config.speke
+    if speke is None or speke.listener != "own":
+        yield speke
+        return
+    with _reserved(Listener(speke.host, speke.port)) as listener:
+        yield replace(speke, port=listener.port)
 
 
 @contextmanager

@@ -5,11 +5,19 @@ what must not reach a player (redirects, empty or error-in-200 answers, oversize
 maps each failure onto the gateway's error tree with a bounded reason for logs and metrics.
 The HTTP/1.1 client underneath is `proxy.upstream.http` (no cookies, no decompression, no
 redirects followed, TLS verified against the system CAs with SNI).
+
+Within a gateway try, the limits come from `proxy.upstream.deadline.TRY_LIMITS` (the try's
+share of the request's deadline, and a separate pool-slot wait); otherwise the provider's
+own timeouts apply. A provider asking to slow down (429, or 503 with Retry-After) becomes
+UpstreamOverloaded carrying its Retry-After (clamped to 1..MAX_RETRY_AFTER seconds);
+failures before any answer byte are marked `before_answer` (the gateway may retry them).
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -21,6 +29,8 @@ from proxy.errors import (
     GatewayError,
     UpstreamAuthFailed,
     UpstreamBadResponse,
+    UpstreamOverloaded,
+    UpstreamPoolExhausted,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -28,7 +38,16 @@ from proxy.errors import (
 from proxy.observability import metrics
 from proxy.observability.logs import get_logger
 from proxy.upstream.base import Call, ClientInfo, ProviderAnswer, url_values
-from proxy.upstream.http.client import Address, HttpClient, HttpClientError, ResponseTooLarge
+from proxy.upstream.deadline import TRY_LIMITS
+from proxy.upstream.http.client import (
+    Address,
+    ConnectError,
+    ConnectionClosed,
+    HttpClient,
+    HttpClientError,
+    PoolTimeout,
+    ResponseTooLarge,
+)
 
 log = get_logger("providers")
 
@@ -54,6 +73,9 @@ _ALWAYS_STRIPPED = frozenset(
     }
 )
 _JSON_ERROR_KEYS = ("errorCode", "error_code", "error", "errors")
+# The longest Retry-After passed on to players (a provider's "come back in an hour" must not
+# keep players away that long: the circuit breaker probes the provider well before).
+MAX_RETRY_AFTER = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +89,7 @@ class StatusRule:
 # Exact statuses first, then by class; 2xx passes (after the body checks below).
 _BY_STATUS: Mapping[int, StatusRule] = {
     401: StatusRule("auth_refused", lambda _: UpstreamAuthFailed()),
+    429: StatusRule("throttled", lambda _: UpstreamOverloaded()),
 }
 _BY_CLASS: Mapping[int, StatusRule] = {
     3: StatusRule("redirect_not_followed", lambda _: UpstreamBadResponse()),
@@ -76,6 +99,7 @@ _BY_CLASS: Mapping[int, StatusRule] = {
 _OTHER = StatusRule("server_error", lambda _: UpstreamUnavailable())
 _EMPTY = StatusRule("empty_body", lambda _: UpstreamBadResponse())
 _ERROR_JSON = StatusRule("error_json_in_2xx", lambda _: UpstreamBadResponse())
+_OVERLOADED = StatusRule("overloaded", lambda _: UpstreamOverloaded())
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +118,36 @@ ReadFault = Callable[[int, Mapping[str, str], bytes], ProviderFault | None]
 OTHER_PROVIDER_ERROR = "other"
 
 
-def status_rule(status: int, body: bytes, *, json_errors: bool = True) -> StatusRule | None:
+def status_rule(
+    status: int, body: bytes, *, json_errors: bool = True, retry_after: bool = False
+) -> StatusRule | None:
     """The rule refusing this answer, or None when it is a usable success. `json_errors`
-    False: the kind's own reader judges JSON bodies (its successes are JSON envelopes)."""
+    False: the kind's own reader judges JSON bodies (its successes are JSON envelopes).
+    `retry_after`: the answer has a Retry-After header (a 503 with one is overload)."""
     if 200 <= status < 300:
         if not body:
             return _EMPTY
         return _ERROR_JSON if json_errors and looks_like_json_error(body) else None
+    if status == 503 and retry_after:
+        return _OVERLOADED
     return _BY_STATUS.get(status) or _BY_CLASS.get(status // 100, _OTHER)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> int | None:
+    """A Retry-After header (delay-seconds or an HTTP-date) as whole seconds in
+    1..MAX_RETRY_AFTER; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(MAX_RETRY_AFTER, max(1, math.ceil(seconds)))
 
 
 def looks_like_json_error(body: bytes) -> bool:
@@ -206,13 +252,25 @@ class ProviderTransport:
     ) -> ProviderAnswer:
         """Send one request; map every failure to the gateway's error tree."""
         assert self._client is not None, "ProviderTransport.open() was not called"
+        limits = TRY_LIMITS.get()
+        timeout = pool_timeout = None
+        if limits is not None:
+            timeout, pool_timeout = limits.timeout, limits.pool_wait
         started = time.perf_counter()
         try:
             # The URL template already percent-encoded every value: the URL is sent as is.
-            resp = await self._client.request(method, url, headers=headers, body=body)
+            resp = await self._client.request(
+                method, url, headers=headers, body=body, timeout=timeout, pool_timeout=pool_timeout
+            )
         except TimeoutError:
             self._observe(drm, started, "timeout")
-            raise UpstreamTimeout() from None
+            timed_out = UpstreamTimeout()
+            timed_out.before_answer = True  # a per-try timeout may be retried
+            raise timed_out from None
+        except PoolTimeout:
+            self._observe(drm, started, "pool_timeout")
+            log.warning("upstream_pool_exhausted", provider=self.name, wait_seconds=pool_timeout)
+            raise UpstreamPoolExhausted() from None
         except ResponseTooLarge:
             self._observe(drm, started, "too_large")
             self.bad_response("too_large")
@@ -226,18 +284,27 @@ class ProviderTransport:
                 error=type(exc).__name__,
                 detail=str(exc),
             )
-            raise UpstreamUnavailable() from None
+            unreachable = UpstreamUnavailable()
+            # Not connected, or closed before a byte of answer: nothing was answered.
+            unreachable.before_answer = isinstance(exc, ConnectError) or (
+                isinstance(exc, ConnectionClosed) and exc.before_answer
+            )
+            raise unreachable from None
         status, data = resp.status, resp.body
         fault = (
             self._read_fault(status, CIMultiDict(resp.headers), data) if self._read_fault else None
         )
         code = self._bounded(fault.code) if fault is not None else "-"
         self._observe(drm, started, metrics.status_class(status), code)
-        rule = status_rule(status, data, json_errors=self._sniff_json_errors)
+        if status >= 300:
+            retry_after = resp.header("Retry-After") or None
+            rule = status_rule(status, data, retry_after=retry_after is not None)
+        else:
+            retry_after, rule = None, status_rule(status, data, json_errors=self._sniff_json_errors)
         if fault is not None:
-            self._refuse(status, _fault_rule(fault, rule), code)
+            self._refuse(status, _fault_rule(fault, rule), code, retry_after)
         elif rule is not None:
-            self._refuse(status, rule, code)
+            self._refuse(status, rule, code, retry_after)
         return ProviderAnswer(
             body=data,
             content_type=resp.header("Content-Type") or "application/octet-stream",
@@ -251,7 +318,7 @@ class ProviderTransport:
     def _bounded(self, code: str) -> str:
         return code if code in self._known_errors else OTHER_PROVIDER_ERROR
 
-    def _refuse(self, status: int, rule: StatusRule, code: str) -> None:
+    def _refuse(self, status: int, rule: StatusRule, code: str, retry_after: str | None) -> None:
         log.warning(
             "upstream_error",
             provider=self.name,
@@ -261,6 +328,8 @@ class ProviderTransport:
         )
         error = rule.error(status)
         error.provider_error = code
+        if isinstance(error, UpstreamOverloaded):
+            error.retry_after = parse_retry_after(retry_after) or error.retry_after
         if isinstance(error, UpstreamBadResponse):
             self.bad_response(rule.why)
         raise error

@@ -194,6 +194,8 @@ def test_demo_config_is_valid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("ADMIN_TOKEN", "a-demo-admin-token-for-tests")
     monkeypatch.setenv("PLAYER_JWT_SECRET", "a-player-secret-of-32-bytes-or-more")
+    for name in ("LEGACY_KEY_API_TOKEN", "INCOMING_KEY_API_TOKEN", "SPEKE_PACKAGER_TOKEN"):
+        monkeypatch.setenv(name, f"a-{name.lower()}-for-tests")
     cert = tmp_path / "cert.der"  # the demo generates its own at start
     cert.write_bytes(b"0\x82der")
     config = load_config(DEMO, overrides={"fairplay.certificate_file": str(cert)})
@@ -201,6 +203,7 @@ def test_demo_config_is_valid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert config.routing.rules_file is not None and config.routing.rules_file.is_file()
     assert config.providers["incoming"].auth.token is not None
     assert config.admin_token == "a-demo-admin-token-for-tests"
+    assert config.speke is not None and config.speke.listener == "internal"
 
 
 @pytest.mark.parametrize(

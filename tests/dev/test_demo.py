@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +33,22 @@ from proxy.dev.demo import (
     DEMO_FILES,
     DEMO_INCOMING_JWT_KEY,
     DEMO_KEY_ID,
+    DEMO_PACKAGER_TOKEN,
     DEMO_PLAYER_SECRET,
     DEMO_PORTS,
     INCOMING_ONLY_ASSET,
+    SPEKE_ASSET,
+    SPEKE_KIDS,
+    SPEKE_REQUEST,
     DemoPort,
     DemoPorts,
     demo_stream,
 )
-from proxy.dev.emulator.settings import DEMO_LEGACY_API_KEY
+from proxy.dev.emulator.settings import (
+    DEMO_INCOMING_KEY_API_TOKEN,
+    DEMO_LEGACY_API_KEY,
+    DEMO_LEGACY_KEY_API_TOKEN,
+)
 from proxy.dev.kinds import KIND_ENV
 from proxy.dev.media import (
     INSTALL_COMMAND,
@@ -61,6 +71,9 @@ DEMO_SECRETS = {
     "LEGACY_API_KEY": DEMO_LEGACY_API_KEY,
     "INCOMING_JWT_KEY": DEMO_INCOMING_JWT_KEY,
     "ADMIN_TOKEN": DEMO_ADMIN_TOKEN,
+    "LEGACY_KEY_API_TOKEN": DEMO_LEGACY_KEY_API_TOKEN,
+    "INCOMING_KEY_API_TOKEN": DEMO_INCOMING_KEY_API_TOKEN,
+    "SPEKE_PACKAGER_TOKEN": DEMO_PACKAGER_TOKEN,
     "PLAYER_JWT_SECRET": DEMO_PLAYER_SECRET,
 }
 needs_curl = pytest.mark.skipif(not Path("/usr/bin/curl").exists(), reason="curl is not installed")
@@ -183,6 +196,8 @@ def test_each_printed_example_works_with_provider_kinds(
         check_printed_examples(demo.banner, at_least=7)
         served = "clearkey" in demo.banner and "/v1/license/clearkey/" in demo.banner
         assert served == (legacy == "generic" or incoming == "doverunner")
+        # SPEKE needs an emulator with a key API: the demo's own generic ones have one.
+        assert ("/v2/speke" in demo.banner) == ("generic" in (legacy, incoming))
         # The incoming-only title's license comes from the chosen kind's emulator.
         token = re.search(r"player token +(\S+)", demo.banner)
         public = re.search(r"gateway, public +(\S+)", demo.banner)
@@ -328,6 +343,42 @@ def test_the_demo_incoming_provider_verifies_tokens(demo: Demo) -> None:
         urllib.request.urlopen(request, timeout=10)
     refused.value.close()
     assert refused.value.code == 401
+
+
+def test_the_demo_packager_gets_keys_players_then_get(demo: Demo) -> None:
+    # The printed SPEKE request, by hand: the answer's key is the one the gateway then serves.
+    internal = re.search(r"gateway, internal +(\S+)", demo.banner)
+    public = re.search(r"gateway, public +(\S+)", demo.banner)
+    token = re.search(r"player token +(\S+)", demo.banner)
+    assert internal is not None and public is not None and token is not None
+    request = urllib.request.Request(
+        f"{internal.group(1)}/v2/speke?asset={SPEKE_ASSET}",
+        data=(demo.workdir / SPEKE_REQUEST).read_bytes(),
+        headers={
+            "Authorization": f"Bearer {DEMO_PACKAGER_TOKEN}",
+            "Content-Type": "application/xml",
+            "X-Speke-Version": "2.0",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.headers["X-Speke-Version"] == "2.0"
+        answer = ET.fromstring(resp.read())
+    ns = {"cpix": "urn:dashif:org:cpix", "pskc": "urn:ietf:params:xml:ns:keyprov:pskc"}
+    keys = {
+        element.get("kid", "").replace("-", ""): base64.b64decode(
+            element.findtext("cpix:Data/pskc:Secret/pskc:PlainValue", "", ns)
+        )
+        for element in answer.iterfind("cpix:ContentKeyList/cpix:ContentKey", ns)
+    }
+    assert set(keys) == {kid.replace("-", "") for kid in SPEKE_KIDS}
+    for kid, key in keys.items():
+        url = f"{public.group(1)}/v1/keys/{SPEKE_ASSET}/{kid}?token={token.group(1)}"
+        assert fetch(url)[2] == key
+    assert (
+        "keys:\n  default: {source: legacy, mirrors: [incoming]}"
+        in (demo.workdir / "routing.yaml").read_text()
+    )
 
 
 # --- ports (issue 12, item 12) -------------------------------------------------------------

@@ -494,6 +494,19 @@ async def test_status_fault_forces_the_status(start: Start, http: aiohttp.Client
     assert status == 403
 
 
+async def test_a_forced_status_may_carry_a_retry_after(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    emulator = await start(kind="incoming")
+    assert (await set_faults(http, emulator, status=429, retry_after=7))[0] == 200
+    url = f"{emulator.url}/license/widevine/res-1"
+    async with http.post(url, data=b"\x08\x04", headers=AUTH["incoming"]) as response:
+        assert (response.status, response.headers["Retry-After"]) == (429, "7")
+    assert (await set_faults(http, emulator, status=503))[0] == 200
+    async with http.post(url, data=b"\x08\x04", headers=AUTH["incoming"]) as response:
+        assert response.status == 503 and "Retry-After" not in response.headers
+
+
 async def test_fault_rates_are_deterministic_with_a_seed(
     start: Start, http: aiohttp.ClientSession
 ) -> None:
@@ -509,7 +522,15 @@ async def test_fault_rates_are_deterministic_with_a_seed(
 
 @pytest.mark.parametrize(
     "body",
-    [{"error_rate": 2}, {"status": 200}, {"latency": 5}, {"seed": "x"}, [1], {"reset_rate": True}],
+    [
+        {"error_rate": 2},
+        {"status": 200},
+        {"latency": 5},
+        {"seed": "x"},
+        [1],
+        {"reset_rate": True},
+        {"retry_after": -1},
+    ],
 )
 async def test_bad_fault_settings_are_refused(
     start: Start, http: aiohttp.ClientSession, body: Any

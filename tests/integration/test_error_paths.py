@@ -105,7 +105,7 @@ async def test_upstream_timeout_is_504(make_stack: StackFactory) -> None:
         ({"error_rate": 1.0}, 502, "upstream_unavailable"),
         ({"error_json_rate": 1.0}, 502, "upstream_bad_response"),
         ({"status": 403}, 403, "upstream_rejected"),
-        ({"status": 429}, 429, "upstream_rejected"),
+        ({"status": 429}, 503, "upstream_overloaded"),  # with Retry-After: see test_resilience
         ({"status": 503}, 502, "upstream_unavailable"),
     ],
 )

@@ -251,3 +251,10 @@ def test_the_access_line_goes_through_structlog_on_a_console() -> None:
     configure_logging(level="info", fmt="console", stream=out)
     ACCESS_LOG.info("request", status=200)
     assert "request" in out.getvalue() and not out.getvalue().startswith("{")
+
+
+def test_a_closed_stream_never_makes_a_log_call_raise() -> None:
+    out = io.StringIO()
+    configure_logging(level="info", fmt="json", stream=out)
+    out.close()
+    logging.getLogger("some.library").warning("still fine")  # dropped, not raised

@@ -30,6 +30,9 @@ from proxy.observability import metrics
 from proxy.routing.file import load_rules_file
 from proxy.routing.rules import ProviderTraits, RequestContext, evaluate
 from proxy.upstream import axinom, doverunner, drmtoday, ezdrm, verimatrix, widevine_cloud
+from proxy.upstream.breaker import BreakerSettings, CircuitBreaker
+from proxy.upstream.budget import RetryBudget, RetryBudgetSettings
+from proxy.upstream.deadline import TRY_LIMITS, Deadline, DeadlineSettings
 from proxy.upstream.fairplay import encode_ckc, encode_spc, parse_ckc_response, parse_spc_request
 from proxy.upstream.http.reader import ResponseReader
 from proxy.upstream.signer import SigningKey, TokenContext, TokenSettings, TokenSigner
@@ -265,11 +268,39 @@ def metrics_cases() -> dict[str, Callable[[], object]]:
     }
 
 
+RESILIENCE_TRY = "resilience: closed circuit + retry budget, per upstream try"
+
+
+def resilience_cases() -> dict[str, Callable[[], object]]:
+    """What issue 17 adds to each upstream try on the healthy path: the circuit's admit and
+    verdict and the budget's count, with the two clock reads the try makes for them (and
+    for upstream_ms); and per request, the deadline and the first try's limits."""
+    circuit = CircuitBreaker(BreakerSettings())
+    budget = RetryBudget(RetryBudgetSettings())
+    settings = DeadlineSettings()
+    clock = time.monotonic
+
+    def closed_try() -> None:
+        started = clock()
+        ticket = circuit.admit(started)
+        budget.request(started)
+        circuit.success(ticket, clock())
+
+    def deadline() -> None:
+        limits = Deadline(settings).limits(5.0, last=False)
+        TRY_LIMITS.reset(TRY_LIMITS.set(limits))
+
+    return {
+        RESILIENCE_TRY: closed_try,
+        "resilience: deadline + first try's limits + TRY_LIMITS set/reset, per request": deadline,
+    }
+
+
 def run_micro() -> dict[str, float]:
     cases: dict[str, Callable[[], object]] = {}
     groups = (
         rules_cases, auth_cases, token_cases, kind_cases, answer_cases, fairplay_cases,
-        http_cases, metrics_cases,
+        http_cases, metrics_cases, resilience_cases,
     )  # fmt: skip
     for group in groups:
         cases.update(group())

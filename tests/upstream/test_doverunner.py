@@ -44,6 +44,7 @@ from proxy.upstream.doverunner import (
     read_fault,
 )
 from proxy.upstream.fairplay import SpcRequest
+from tests.conftest import DEMO_KEY_SECRETS
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE_KEY = "demo0123456789abcdefghijklmnopqr"
@@ -284,6 +285,7 @@ def test_the_kind_serves_no_keys_and_takes_no_auth_section() -> None:
 def test_the_deploy_example_passes_the_config_check(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {
         **ENV,
+        **DEMO_KEY_SECRETS,
         "ADMIN_TOKEN": "a" * 24,
         "PLAYER_JWT_SECRET": "p" * 32,
         "LEGACY_API_KEY": "legacy-key",

@@ -48,6 +48,7 @@ from proxy.upstream.drmtoday import (
     unwrap_widevine,
 )
 from proxy.upstream.fairplay import SpcRequest
+from tests.conftest import DEMO_KEY_SECRETS
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "demo-drmtoday-upfront-token-secret-0123456789abcdef0123456789ab"
@@ -259,6 +260,7 @@ def test_the_example_config_passes_the_config_check(monkeypatch: pytest.MonkeyPa
         "LEGACY_API_KEY": "legacy-key",
         "INCOMING_JWT_KEY": "i" * 32,
         **ENV,
+        **DEMO_KEY_SECRETS,
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

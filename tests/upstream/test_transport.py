@@ -14,6 +14,7 @@ from proxy.errors import (
     GatewayError,
     UpstreamAuthFailed,
     UpstreamBadResponse,
+    UpstreamOverloaded,
     UpstreamRejected,
     UpstreamUnavailable,
 )
@@ -31,7 +32,7 @@ from proxy.upstream.transport import ProviderFault, ProviderTransport, status_ru
         (401, b"", "auth_refused", UpstreamAuthFailed, 502),
         (403, b"no", "rejected", UpstreamRejected, 403),
         (404, b"", "rejected", UpstreamRejected, 404),
-        (429, b"", "rejected", UpstreamRejected, 429),
+        (429, b"", "throttled", UpstreamOverloaded, 503),  # never a player's 429 (issue 17)
         (500, b"", "server_error", UpstreamUnavailable, 502),
         (503, b"", "server_error", UpstreamUnavailable, 502),
         (101, b"", "server_error", UpstreamUnavailable, 502),

@@ -34,6 +34,7 @@ from proxy.errors import (
 from proxy.upstream import widevine_cloud
 from proxy.upstream.base import ClientInfo, LicenseCall
 from proxy.upstream.registry import PROVIDER_KINDS
+from tests.conftest import DEMO_KEY_SECRETS
 
 # Google's published test credentials (the `widevine_test` provider), as the brief's demo uses.
 KEY_HEX = "1ae8ccd0e7985cc0b6203a55855a1034afc252980e970ca90e5202689f947ab9"
@@ -228,7 +229,13 @@ def test_the_deploy_example_passes_config_check_over_the_demo_config(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     base = Path(__file__).parents[2] / "proxy/dev/demo_data/gateway.yaml"
-    env = {**ENV, "ADMIN_TOKEN": "a" * 24, "PLAYER_JWT_SECRET": "p" * 32, "LEGACY_API_KEY": "l"}
+    env = {
+        **ENV,
+        **DEMO_KEY_SECRETS,
+        "ADMIN_TOKEN": "a" * 24,
+        "PLAYER_JWT_SECRET": "p" * 32,
+        "LEGACY_API_KEY": "l",
+    }
     for name, value in {**env, "INCOMING_JWT_KEY": "i" * 32}.items():
         monkeypatch.setenv(name, value)
     config = load_config(base, layers=[EXAMPLE])

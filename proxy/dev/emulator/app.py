@@ -166,7 +166,10 @@ def _fault_response(
         body = json.dumps({"errorCode": "EMULATED_FAULT", "message": "Emulated error in a 200."})
         return web.Response(status=200, body=body.encode(), content_type=_JSON)
     if fault is Fault.STATUS and faults.status is not None:
-        return error_response(faults.status, "EMULATED_STATUS", "Emulated forced status.")
+        response = error_response(faults.status, "EMULATED_STATUS", "Emulated forced status.")
+        if faults.retry_after is not None:
+            response.headers["Retry-After"] = str(faults.retry_after)
+        return response
     return None
 
 

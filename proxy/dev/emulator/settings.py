@@ -47,7 +47,8 @@ class Faults:
 
     Rates are probabilities in [0, 1], drawn independently per request from an RNG seeded
     with ``seed`` (None: seeded from the OS). ``status`` forces that status (400..599) with a
-    JSON error body on every license/key answer.
+    JSON error body on every license/key answer, with a ``Retry-After: <retry_after>``
+    header when ``retry_after`` (seconds) is set, as a throttling provider sends.
     """
 
     latency_ms: float = 0.0
@@ -55,6 +56,7 @@ class Faults:
     reset_rate: float = 0.0
     error_json_rate: float = 0.0
     status: int | None = None
+    retry_after: int | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -78,6 +80,9 @@ def _fault_problems(faults: Faults) -> list[str]:
     status = faults.status
     if status is not None and (not _is_int(status) or not 400 <= status <= 599):
         problems.append("'status' must be null or an integer between 400 and 599")
+    retry_after = faults.retry_after
+    if retry_after is not None and (not _is_int(retry_after) or not 0 <= retry_after <= 86_400):
+        problems.append("'retry_after' must be null or an integer between 0 and 86400")
     if faults.seed is not None and not _is_int(faults.seed):
         problems.append("'seed' must be null or an integer")
     return problems

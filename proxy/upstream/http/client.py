@@ -15,8 +15,14 @@ have reached the server (the pooled connection was found closed before writing),
 is idempotent and a reused connection closed without a byte of answer (the server dropped
 an idle connection while we wrote to it).
 
+Timeouts: `total_timeout` (or a request's `timeout`) bounds connecting and the exchange. The
+wait for a free connection slot counts within it, unless the request gives a
+`pool_timeout`: then the wait is bounded on its own (PoolTimeout) and the timeout starts
+once a slot is held, so a full pool is never mistaken for a slow server.
+
 Errors: TimeoutError for the connect and total timeouts; HttpClientError and its subclasses
-for everything else (refused, reset, TLS refused, malformed answer, answer too large).
+for everything else (refused, reset, TLS refused, malformed answer, answer too large, no
+slot within the pool timeout). A ConnectionClosed says whether any answer byte had come.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from proxy.upstream.http.errors import (
     ConnectionClosed,
     HttpClientError,
     InvalidRequest,
+    PoolTimeout,
     ResponseTooLarge,
 )
 from proxy.upstream.http.reader import Response
@@ -49,6 +56,7 @@ __all__ = [
     "HttpClientError",
     "InvalidRequest",
     "Origin",
+    "PoolTimeout",
     "Response",
     "ResponseTooLarge",
 ]
@@ -117,8 +125,12 @@ class HttpClient:
         *,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
         body: bytes | None = None,
+        timeout: float | None = None,
+        pool_timeout: float | None = None,
     ) -> Response:
-        """Send one request and read the whole answer, within the total timeout.
+        """Send one request and read the whole answer, within `timeout` (default: the total
+        timeout); with a `pool_timeout`, the wait for a connection slot is bounded by it
+        alone and `timeout` starts once a slot is held (see the module docstring).
 
         `url` must be already percent-encoded (it is sent as is); an (Origin, target) pair
         skips parsing. Host and Content-Length are set here; the same names in `headers` are
@@ -129,26 +141,40 @@ class HttpClient:
         pool, target = self._pool_for(url) if isinstance(url, str) else self._pool_at(*url)
         data = _serialize(method, target, pool.origin.host_header, headers, body)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.total_timeout
+        limit = self.total_timeout if timeout is None else timeout
+        now = loop.time()
+        # Without a pool timeout the slot wait counts within the limit, as it always did.
+        deadline = None if pool_timeout is not None else now + limit
+        wait_until = now + pool_timeout if pool_timeout is not None else now + limit
         head = method == "HEAD"
         for attempt in (1, 2):
-            conn = await pool.acquire(deadline)
+            try:
+                conn, deadline = await pool.acquire(wait_until, limit, deadline)
+            except PoolTimeout:
+                if pool_timeout is None:
+                    raise TimeoutError() from None
+                raise
             if conn.closed:  # went away while it was handed to us: nothing was written
+                wait_until = _second_wait(loop, deadline, pool_timeout)
                 continue
             reused = conn.served > 0
             try:
                 answer = await conn.exchange(data, self.max_response_bytes, head, deadline)
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
                 conn.close()
                 if attempt == 1 and reused and not conn.got_bytes and method in IDEMPOTENT:
+                    wait_until = _second_wait(loop, deadline, pool_timeout)
                     continue
+                exc.before_answer = not conn.got_bytes
                 raise
             except BaseException:
                 conn.close()  # the exchange is out of step: the connection cannot be reused
                 raise
             pool.release(conn)
             return answer
-        raise ConnectionClosed("the server closed the connection before answering")
+        raise ConnectionClosed(
+            "the server closed the connection before answering", before_answer=True
+        )
 
     async def close(self) -> None:
         """Close every connection (in-flight requests fail) and wait briefly for them."""
@@ -174,6 +200,14 @@ class HttpClient:
         if pool is None:
             pool = self._pools[origin] = _Pool(self, origin)
         return pool, target
+
+
+def _second_wait(
+    loop: asyncio.AbstractEventLoop, deadline: float, pool_timeout: float | None
+) -> float:
+    """How long a second attempt may wait for a slot: no longer than the first could (with
+    a pool timeout), and never past the exchange's deadline."""
+    return deadline if pool_timeout is None else min(deadline, loop.time() + pool_timeout)
 
 
 def parse_origin(scheme: str, authority: str) -> Origin:
@@ -251,19 +285,24 @@ class _Pool:
         self.waiters: deque[asyncio.Future[Connection | None]] = deque()
         self._sweep: asyncio.TimerHandle | None = None
 
-    async def acquire(self, deadline: float) -> Connection:
-        """A live idle connection, else a new one, else wait for one (all before deadline)."""
+    async def acquire(
+        self, wait_until: float, limit: float, deadline: float | None
+    ) -> tuple[Connection, float]:
+        """A live idle connection, else a new one, else wait until `wait_until` for one
+        (PoolTimeout after). Returns it with the exchange's deadline: `deadline`, or when
+        None, `limit` seconds from the moment a slot was held (connecting counts within)."""
         conn = self._take_idle()
+        if conn is None:
+            if self.count >= self.client.max_connections:
+                conn = await self._wait(wait_until)
+            else:
+                self.count += 1
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + limit
         if conn is not None:
-            return conn
-        if self.count >= self.client.max_connections:
-            handed = await self._wait(deadline)
-            if handed is not None:
-                return handed
-        else:
-            self.count += 1
+            return conn, deadline
         try:
-            return await self._connect(deadline)
+            return await self._connect(deadline), deadline
         except BaseException:
             self._free_slot()
             raise
@@ -320,17 +359,24 @@ class _Pool:
         try:
             async with asyncio.timeout_at(deadline):
                 return await waiter
+        except TimeoutError:
+            self._give_up(waiter)
+            raise PoolTimeout("no connection came free in time") from None
         except BaseException:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                # Handed a connection or a slot just as we gave up: pass it on.
-                handed = waiter.result()
-                if handed is None:
-                    self._free_slot()
-                else:
-                    self.release(handed)
-            with contextlib.suppress(ValueError):
-                self.waiters.remove(waiter)
+            self._give_up(waiter)
             raise
+
+    def _give_up(self, waiter: asyncio.Future[Connection | None]) -> None:
+        """A waiter stops waiting: what it was handed just then goes to the next one."""
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            # Handed a connection or a slot just as we gave up: pass it on.
+            handed = waiter.result()
+            if handed is None:
+                self._free_slot()
+            else:
+                self.release(handed)
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(waiter)
 
     def _free_slot(self) -> None:
         """A connection slot is free: give it to the first waiter, or count it down."""
@@ -360,7 +406,7 @@ class _Pool:
         except OSError as exc:  # refused, unreachable, DNS, TLS (ssl.SSLError is an OSError)
             raise ConnectError(type(exc).__name__) from exc
         if conn.closed:  # closed by the server at once: the caller frees the slot
-            raise ConnectionClosed("closed as soon as it was opened")
+            raise ConnectionClosed("closed as soon as it was opened", before_answer=True)
         conn.registered = True  # from now on its closing frees the slot (forget)
         self.active.add(conn)
         return conn

@@ -3,6 +3,7 @@
     HttpClientError          the upstream could not be reached or broke the exchange
     ├── ConnectError         refused, unreachable, DNS, TLS verification refused
     ├── ConnectionClosed     closed or reset before the answer was complete
+    ├── PoolTimeout          no connection slot came free within the pool timeout
     ├── BadResponse          the answer is not valid HTTP/1.x
     ├── ResponseTooLarge     the answer's body exceeds max_response_bytes
     └── InvalidRequest       the request cannot be sent safely (also a ValueError)
@@ -23,7 +24,17 @@ class ConnectError(HttpClientError):
 
 
 class ConnectionClosed(HttpClientError):
-    """The connection closed or was reset before the answer was complete."""
+    """The connection closed or was reset before the answer was complete; `before_answer`:
+    before any byte of it (so the request may be retried where that is safe)."""
+
+    def __init__(self, message: str, *, before_answer: bool = False) -> None:
+        super().__init__(message)
+        self.before_answer = before_answer
+
+
+class PoolTimeout(HttpClientError):
+    """Every connection of the pool stayed busy for the whole pool timeout (a request given
+    one; without it the wait counts within the total timeout, a TimeoutError)."""
 
 
 class BadResponse(HttpClientError):

@@ -80,7 +80,7 @@ def token(
         "version": 1,
         "com_key_id": COM_KEY_ID,
         "message": message if message is not None else entitlement(),
-        "expiration_date": iso(60),
+        "expiration_date": iso(3600),
     }
     claims.update(envelope)
     claims = {name: value for name, value in claims.items() if value is not None}

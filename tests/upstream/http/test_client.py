@@ -21,6 +21,7 @@ from proxy.upstream.http.client import (
     ConnectionClosed,
     HttpClient,
     InvalidRequest,
+    PoolTimeout,
     ResponseTooLarge,
 )
 from tests.certs import make_ca_and_leaf
@@ -248,6 +249,54 @@ async def test_total_timeout_covers_the_wait_for_a_connection(
     with pytest.raises(TimeoutError):  # the slow first one times out too
         await first
     assert (await client.request("GET", raw.url)).status == 200
+
+
+async def test_a_pool_timeout_bounds_the_wait_apart_from_the_exchange(
+    raw_server: Any, make_client: Any
+) -> None:
+    async def handler(request: bytes, writer: asyncio.StreamWriter, n: int) -> bool:
+        await asyncio.sleep(0.3)
+        return await answer(ok(), writer)
+
+    raw = await raw_server(handler)
+    client = make_client(max_connections=1)
+    first = asyncio.create_task(client.request("GET", raw.url))
+    await asyncio.sleep(0.05)
+    # ~0.25 s waiting for the slot, then a 0.3 s exchange: within its 0.45 s timeout only
+    # because the timeout starts once the slot is held.
+    second = await client.request("GET", raw.url, timeout=0.45, pool_timeout=1.0)
+    assert second.status == 200 and (await first).status == 200
+    held = asyncio.create_task(client.request("GET", raw.url))
+    await asyncio.sleep(0.05)
+    with pytest.raises(PoolTimeout):
+        await client.request("GET", raw.url, timeout=5.0, pool_timeout=0.05)
+    assert (await held).status == 200
+    # Without a pool timeout the wait counts within the timeout, a TimeoutError.
+    held = asyncio.create_task(client.request("GET", raw.url))
+    await asyncio.sleep(0.05)
+    with pytest.raises(TimeoutError):
+        await client.request("GET", raw.url, timeout=0.1)
+    assert (await held).status == 200
+
+
+async def test_a_closed_connection_says_whether_an_answer_had_begun(
+    raw_server: Any, make_client: Any
+) -> None:
+    async def handler(request: bytes, writer: asyncio.StreamWriter, n: int) -> bool:
+        if b"/half" in request:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart")
+            await writer.drain()
+        writer.transport.abort()
+        return False
+
+    raw = await raw_server(handler)
+    client = make_client()
+    with pytest.raises(ConnectionClosed) as info:
+        await client.request("POST", raw.url + "/none", body=b"x")
+    assert info.value.before_answer
+    with pytest.raises(ConnectionClosed) as info:
+        await client.request("POST", raw.url + "/half", body=b"x")
+    assert not info.value.before_answer
 
 
 async def test_server_closing_an_idle_connection_is_detected(

@@ -1,0 +1,358 @@
+"""The key API client and its config section, against the emulated providers over loopback."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from proxy.config import ConfigError
+from proxy.config.providers import KeyApiSettings
+from proxy.dev.emulator import start_emulator
+from proxy.domain import KeyId
+from proxy.keys.client import (
+    IngestResult,
+    KeyApiClient,
+    KeyApiError,
+    build_cpix_request,
+    key_clients,
+    read_cpix_keys,
+)
+from tests.keys.backfill_stack import (
+    INCOMING_KEY_API_TOKEN,
+    KEY_ENV,
+    LEGACY_KEY_API_TOKEN,
+    Providers,
+    config_for,
+    key_id,
+    legacy_key,
+    legacy_settings,
+    raw_config,
+    running_providers,
+)
+
+KIDS = [key_id("client", 0), key_id("client", 1)]
+
+
+@pytest.fixture
+async def providers() -> AsyncIterator[Providers]:
+    async with running_providers() as running:
+        yield running
+
+
+def client_for(url: str, token: str, name: str = "p", **settings: Any) -> KeyApiClient:
+    return KeyApiClient(name, KeyApiSettings(base_url=url, token=token, **settings))
+
+
+@pytest.fixture
+async def clients(providers: Providers) -> AsyncIterator[tuple[KeyApiClient, KeyApiClient]]:
+    legacy = client_for(providers.legacy.url, LEGACY_KEY_API_TOKEN, "legacy")
+    incoming = client_for(providers.incoming.url, INCOMING_KEY_API_TOKEN, "incoming")
+    yield legacy, incoming
+    await legacy.close()
+    await incoming.close()
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+def test_key_api_section_is_parsed_with_its_secret(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("file-token\n")
+    raw = raw_config(
+        None,
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:2",
+        incoming={"token": {"file": "token"}, "timeouts": {"connect_seconds": 0.5}},
+    )
+    providers = config_for(raw, tmp_path).providers
+    legacy, incoming = providers["legacy"].key_api, providers["incoming"].key_api
+    assert legacy is not None and incoming is not None
+    assert legacy.token == LEGACY_KEY_API_TOKEN and incoming.token == "file-token"
+    assert (incoming.connect_timeout, incoming.total_timeout) == (0.5, 10.0)
+    # Each provider's key API names titles as its licenses do.
+    assert legacy.resource_id_field == "asset_id"
+    assert incoming.resource_id_field == "drm_resource_id"
+    assert LEGACY_KEY_API_TOKEN not in repr(legacy) and "file-token" not in repr(providers)
+
+
+def test_a_provider_without_key_api_has_none(tmp_path: Path) -> None:
+    raw = raw_config(None, "http://127.0.0.1:1", "http://127.0.0.1:2")
+    del raw["providers"]["legacy"]["key_api"]
+    providers = config_for(raw, tmp_path).providers
+    assert providers["legacy"].key_api is None
+    assert list(key_clients(providers)) == ["incoming"]
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ({"token": {"env": "INCOMING_KEY_API_TOKEN"}}, "key_api.base_url: is missing"),
+        ({"base_url": "https://keys.example"}, "key_api.token: is missing"),
+        ({"base_url": "http://keys.example", "token": {"env": "INCOMING_KEY_API_TOKEN"}},
+         "key_api.base_url: must be an https:// URL (http:// only to a loopback host)"),
+        ({"base_url": "https://keys.example?x=1", "token": {"env": "INCOMING_KEY_API_TOKEN"}},
+         "key_api.base_url: must be an https:// URL with a host"),
+        ({"base_url": "https://keys.example", "token": {"env": "NOT_SET_ANYWHERE"}},
+         "key_api.token.env: environment variable NOT_SET_ANYWHERE is not set"),
+        ({"base_url": "https://k.example", "token": {"env": "INCOMING_KEY_API_TOKEN"},
+          "timeouts": {"total_seconds": 0}}, "key_api.timeouts.total_seconds: must be greater"),
+        ({"base_url": "https://k.example", "token": {"env": "INCOMING_KEY_API_TOKEN"},
+          "resource_id": "title"}, "key_api.resource_id: must be one of drm_resource_id, asset_id"),
+        ({"base_url": "https://k.example", "token": {"env": "INCOMING_KEY_API_TOKEN"},
+          "colour": "red"}, "key_api.colour: unknown field"),
+        ("https://k.example", "providers.incoming.key_api: must be a mapping"),
+    ],
+)  # fmt: skip
+def test_key_api_problems_are_reported_with_their_path(
+    tmp_path: Path, section: Any, problem: str
+) -> None:
+    raw = raw_config(None, "http://127.0.0.1:1", "http://127.0.0.1:2")
+    raw["providers"]["incoming"]["key_api"] = section
+    with pytest.raises(ConfigError) as caught:
+        config_for(raw, tmp_path)
+    assert any(problem in line for line in caught.value.problems), caught.value.problems
+    assert not any(INCOMING_KEY_API_TOKEN in line for line in caught.value.problems)
+
+
+def test_https_and_loopback_http_are_accepted(tmp_path: Path) -> None:
+    for url in ("https://keys.example/api/", "http://localhost:8081", "http://[::1]:9"):
+        raw = raw_config(None, "http://127.0.0.1:1", "http://127.0.0.1:2")
+        raw["providers"]["incoming"]["key_api"]["base_url"] = url
+        settings = config_for(raw, tmp_path).providers["incoming"].key_api
+        assert settings is not None and settings.base_url == url.rstrip("/")
+
+
+def test_the_rules_tooling_reads_no_key_api_token(tmp_path: Path) -> None:
+    from proxy.config import load_rules_view
+    from tests.keys.backfill_stack import write_config
+
+    raw = raw_config(None, "http://127.0.0.1:1", "http://127.0.0.1:2")
+    raw["providers"]["incoming"]["key_api"]["token"] = {"env": "NOT_SET_ANYWHERE"}
+    view = load_rules_view(write_config(raw, tmp_path / "gateway.yaml"))
+    assert set(view.providers) == {"legacy", "incoming"}
+    assert "NOT_SET_ANYWHERE" not in KEY_ENV
+
+
+# --- the calls -------------------------------------------------------------------------------
+
+
+async def test_generate_export_ingest_round_trip(
+    providers: Providers, clients: tuple[KeyApiClient, KeyApiClient]
+) -> None:
+    legacy, incoming = clients
+    generated = await legacy.generate("asset-g", KIDS)
+    assert set(generated) == set(KIDS) and all(len(key) == 16 for key in generated.values())
+    assert await legacy.generate("asset-g", KIDS) == generated  # stored: the same again
+    assert await legacy.export("asset-g", KIDS[:1]) == {KIDS[0]: generated[KIDS[0]]}
+    assert await incoming.ingest("res-g", generated) == IngestResult(2, 0)
+    assert await incoming.ingest("res-g", generated) == IngestResult(0, 2)
+    assert await incoming.export("res-g", KIDS) == generated
+    counters = await providers.key_api(providers.incoming)
+    assert (counters["ingested"], counters["already_present"]) == (2, 2)
+
+
+async def test_export_of_a_derived_key(clients: tuple[KeyApiClient, KeyApiClient]) -> None:
+    legacy, _ = clients
+    assert await legacy.export("title-1", KIDS) == {kid: legacy_key("title-1", kid) for kid in KIDS}
+
+
+async def test_export_asks_for_many_key_ids_in_batches(
+    clients: tuple[KeyApiClient, KeyApiClient],
+) -> None:
+    legacy, _ = clients
+    kids = [key_id("many", slot) for slot in range(250)]
+    keys = await legacy.export("title-many", kids)
+    assert list(keys) == kids
+
+
+async def test_conflict_is_not_retryable_and_names_no_key(
+    clients: tuple[KeyApiClient, KeyApiClient],
+) -> None:
+    _, incoming = clients
+    await incoming.ingest("res-c", {KIDS[0]: b"\x01" * 16})
+    with pytest.raises(KeyApiError) as caught:
+        await incoming.ingest("res-c", {KIDS[0]: b"\x02" * 16})
+    error = caught.value
+    assert (error.provider, error.code, error.status, error.retryable) == (
+        "incoming",
+        "key_conflict",
+        409,
+        False,
+    )
+    for key in (b"\x01" * 16, b"\x02" * 16):
+        assert base64.b64encode(key).decode() not in str(error) + repr(error)
+    assert "res-c" in str(error) and "ingest" in str(error)
+
+
+async def test_unknown_resource_and_unknown_key(clients: tuple[KeyApiClient, KeyApiClient]) -> None:
+    _, incoming = clients
+    with pytest.raises(KeyApiError) as caught:
+        await incoming.export("res-nobody", KIDS)
+    assert (caught.value.code, caught.value.status, caught.value.retryable) == (
+        "unknown_resource",
+        404,
+        False,
+    )
+    await incoming.ingest("res-u", {KIDS[0]: b"\x03" * 16})
+    with pytest.raises(KeyApiError) as caught:
+        await incoming.export("res-u", KIDS)
+    assert caught.value.code == "unknown_key"
+
+
+async def test_wrong_token_is_refused(providers: Providers) -> None:
+    client = client_for(providers.legacy.url, "not-the-token")
+    try:
+        with pytest.raises(KeyApiError) as caught:
+            await client.export("t", KIDS)
+    finally:
+        await client.close()
+    assert (caught.value.code, caught.value.status) == ("invalid_key_api_token", 401)
+    assert "not-the-token" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("faults", "code", "status"),
+    [
+        ({"error_rate": 1.0}, "EMULATED_FAULT", 500),
+        ({"error_json_rate": 1.0}, "EMULATED_FAULT", 200),
+        ({"status": 503}, "EMULATED_STATUS", 503),
+        ({"status": 429}, "EMULATED_STATUS", 429),
+        ({"reset_rate": 1.0}, "connect", None),
+        ({"latency_ms": 1500}, "timeout", None),
+    ],
+)
+async def test_provider_faults_are_retryable(
+    providers: Providers, faults: dict[str, Any], code: str, status: int | None
+) -> None:
+    await providers.faults(providers.incoming, **faults)
+    client = client_for(providers.incoming.url, INCOMING_KEY_API_TOKEN, total_timeout=0.5)
+    try:
+        with pytest.raises(KeyApiError) as caught:
+            await client.ingest("res-f", {KIDS[0]: b"\x04" * 16})
+    finally:
+        await client.close()
+    assert (caught.value.code, caught.value.status, caught.value.retryable) == (code, status, True)
+
+
+async def test_a_provider_that_is_down_is_a_connect_error() -> None:
+    emulator = await start_emulator(legacy_settings())
+    url = emulator.url
+    await emulator.stop()
+    client = client_for(url, LEGACY_KEY_API_TOKEN, connect_timeout=0.5)
+    try:
+        with pytest.raises(KeyApiError) as caught:
+            await client.export("t", KIDS)
+    finally:
+        await client.close()
+    assert (caught.value.code, caught.value.retryable) == ("connect", True)
+
+
+async def test_an_answer_over_the_limit_is_refused(providers: Providers) -> None:
+    client = client_for(providers.legacy.url, LEGACY_KEY_API_TOKEN, max_answer_bytes=64)
+    try:
+        with pytest.raises(KeyApiError) as caught:
+            await client.export("t", KIDS)
+    finally:
+        await client.close()
+    assert caught.value.code == "bad_answer" and "larger than 64 bytes" in str(caught.value)
+
+
+async def test_arguments_are_checked(clients: tuple[KeyApiClient, KeyApiClient]) -> None:
+    legacy, _ = clients
+    with pytest.raises(ValueError, match="no key ids"):
+        await legacy.export("t", [])
+    with pytest.raises(ValueError, match="16 bytes"):
+        await legacy.ingest("t", {KIDS[0]: b"short"})
+
+
+# --- answers from a provider that misbehaves -----------------------------------------------
+
+
+async def serve(answer: bytes, content_type: str, status: int = 200) -> web.AppRunner:
+    async def handle(_: web.Request) -> web.Response:
+        return web.Response(body=answer, status=status, content_type=content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+BILLION_LAUGHS = b"""<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>
+<cpix:CPIX xmlns:cpix="urn:dashif:org:cpix">&lol2;</cpix:CPIX>"""
+
+
+@pytest.mark.parametrize(
+    ("answer", "content_type", "operation", "message"),
+    [
+        (BILLION_LAUGHS, "application/xml", "generate", "without a DTD"),
+        (b"<x/>", "application/xml", "generate", "not a CPIX document"),
+        (b'{"resource_id": "r", "keys": [{"kid": "zz", "key": "AA=="}]}', "application/json",
+         "export", "keys[1] has no 32-hex kid"),
+        (b'{"resource_id": "other", "keys": []}', "application/json", "export",
+         "names another resource"),
+        (b'{"resource_id": "r", "keys": []}', "application/json", "export", "lacks key id"),
+        (b'{"stored": "2"}', "application/json", "ingest", "lacks the"),
+        (b"not json", "text/plain", "ingest", "not JSON"),
+    ],
+)  # fmt: skip
+async def test_garbled_answers_are_bad_answers(
+    answer: bytes, content_type: str, operation: str, message: str
+) -> None:
+    runner = await serve(answer, content_type)
+    port = runner.addresses[0][1]
+    client = client_for(f"http://127.0.0.1:{port}", "t")
+    try:
+        with pytest.raises(KeyApiError) as caught:
+            if operation == "generate":
+                await client.generate("r", KIDS)
+            elif operation == "export":
+                await client.export("r", KIDS)
+            else:
+                await client.ingest("r", {KIDS[0]: b"\x05" * 16})
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert caught.value.code == "bad_answer" and message in str(caught.value)
+    assert not caught.value.retryable
+
+
+async def test_a_redirect_is_not_followed() -> None:
+    runner = await serve(b"", "text/plain", status=302)
+    port = runner.addresses[0][1]
+    client = client_for(f"http://127.0.0.1:{port}", "t")
+    try:
+        with pytest.raises(KeyApiError) as caught:
+            await client.export("r", KIDS)
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert (caught.value.code, caught.value.status) == ("http_302", 302)
+
+
+# --- documents -------------------------------------------------------------------------------
+
+
+def test_the_cpix_request_is_minimal_cpix_2_3() -> None:
+    document = build_cpix_request('r&"1', [KeyId("00112233445566778899aabbccddeeff")])
+    assert b'version="2.3"' in document and b'contentId="r&amp;&quot;1"' in document
+    assert b'kid="00112233-4455-6677-8899-aabbccddeeff"' in document
+    assert b"commonEncryptionScheme" in document and b"<cpix:Data" not in document
+
+
+def test_cpix_keys_are_read_from_plain_values() -> None:
+    kid = "00112233-4455-6677-8899-aabbccddeeff"
+    answer = (
+        '<cpix:CPIX xmlns:cpix="urn:dashif:org:cpix" xmlns:pskc="urn:ietf:params:xml:ns:keyprov:'
+        f'pskc"><cpix:ContentKeyList><cpix:ContentKey kid="{kid}"><cpix:Data><pskc:Secret>'
+        f"<pskc:PlainValue>{base64.b64encode(b'k' * 16).decode()}</pskc:PlainValue>"
+        "</pskc:Secret></cpix:Data></cpix:ContentKey></cpix:ContentKeyList></cpix:CPIX>"
+    ).encode()
+    assert read_cpix_keys(answer) == {"00112233445566778899aabbccddeeff": b"k" * 16}
