@@ -141,6 +141,13 @@ def queue_row(pipe: Pipeline, key_prefix: str, row: Row) -> None:
     else:
         pipe.delete(key)  # no HDEL needed: the row gives every field
     pipe.hset(key, mapping=cast(dict[Any, Any], fields))
+    if row[1] is not None:  # the reverse index SPEKE looks titles up by (catalog/keys/redis.py)
+        pipe.set(resource_key(key_prefix, row[1]), row[0])
+
+
+def resource_key(key_prefix: str, drm_resource_id: str) -> str:
+    """The key holding the asset id whose drmResourceId is `drm_resource_id`."""
+    return f"{key_prefix}resource:{drm_resource_id}"
 
 
 def _joined(names_json: str) -> str:

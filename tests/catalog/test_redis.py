@@ -228,7 +228,9 @@ async def test_import_is_pipelined_one_round_trip_per_thousand_rows(
     # One MULTI/EXEC (one round trip) and one change message per 1,000 rows.
     assert await command_calls(client, "exec") - before == 10
     assert await command_calls(client, "publish") == 10
-    assert await client.dbsize() == 10_000
+    # One hash per asset, and the reverse index drmResourceId -> asset id.
+    assert await client.dbsize() == 20_000
+    assert await client.get("drm-gateway:resource:res-7") == b"asset-7"
 
 
 async def test_each_batch_announces_its_asset_ids(

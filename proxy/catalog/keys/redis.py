@@ -5,14 +5,14 @@ merged with what is stored) that also publishes the asset id on the changes chan
 gateway drops it from its cache, and takes the title off the fleet's missing list. Reverse
 lookup: `{prefix}resource:{drm_resource_id}` holds the asset id, set by `record` and by the scan
 fallback; a hit is checked against the asset's hash (an entry left by a change is ignored).
-Tradeoff: `catalog import` and `catalog sync` do not maintain that key (they write one hash per
-asset and nothing else), so a lookup that misses SCANs every asset hash (pipelined, a batch
-per round trip, Redis never blocked) and indexes every asset it passes (SET NX): the first miss
-after an import costs a full scan, later hits one GET and one HGET; a resource id the catalog
-does not hold costs a full scan every time (SPEKE records a new title on its first request, so
-that happens once per title). Keeping the index in `queue_row` would make misses O(1) for one
-more key per asset. The queue: a sorted set `{prefix}mirror:due` (member `"{target} {asset_id}"`,
-score when due) and a hash per job `{prefix}mirror:job:{target}:{asset_id}`.
+`catalog import` and `catalog sync` maintain that key too (`queue_row`: one more key per asset
+with a drmResourceId), so a title they wrote is found with one GET and one HGET. A lookup
+that misses still SCANs every asset hash (pipelined, a batch per round trip, Redis never
+blocked), for catalogs written before the index existed; a resource id the catalog does not
+hold costs that scan each time (SPEKE records a new title on its first request, so once per
+title; `?asset=` skips the lookup). The queue: a sorted set `{prefix}mirror:due` (member
+`"{target} {asset_id}"`, score when due) and a hash per job
+`{prefix}mirror:job:{target}:{asset_id}`.
 """
 
 from __future__ import annotations
