@@ -3,6 +3,7 @@ formats, timeouts. Parsed from the `providers` section of the config."""
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 import string
@@ -101,25 +102,46 @@ class ProviderAuth:
 ResourceIdField = Literal["drm_resource_id", "asset_id"]
 
 
+KeyApiProtocol = Literal["native", "speke"]
+KEY_API_PROTOCOLS: tuple[KeyApiProtocol, ...] = ("native", "speke")
+
+
 @dataclass(frozen=True, slots=True)
 class KeyApiSettings:
-    """A provider's key API (CPIX key generation, key export, key ingest): its base URL, the
-    bearer token it wants (from a secret; never in a repr) and timeouts.
+    """A provider's key API: its protocol, URL, credential (from a secret; never in a repr)
+    and timeouts.
+
+    `protocol` `native`: the emulators' own key API under `base_url` (CPIX key generation
+    at /v2/cpix, key export and ingest at /v2/keys/...), behind the bearer `token`.
+    `speke`: a provider's SPEKE v2 endpoint, `base_url` being that endpoint's URL (e.g.
+    Axinom's Key Service .../api/SpekeV2): key generation only, behind the bearer `token`
+    or HTTP Basic (`basic_username`, `basic_password`).
 
     `resource_id_field` names the catalog id a title is known by at this API: the one the
     provider's own URL templates use (`drm_resource_id` or `asset_id`), so the keys written
     through it are the ones its licenses serve."""
 
     base_url: str
-    token: str = field(repr=False)
+    token: str = field(default="", repr=False)
     connect_timeout: float = 1.0
     total_timeout: float = 10.0
     resource_id_field: ResourceIdField = "drm_resource_id"
     max_answer_bytes: int = 1_048_576
+    protocol: KeyApiProtocol = "native"
+    basic_username: str | None = None
+    basic_password: str | None = field(default=None, repr=False)
 
     def resource_id(self, asset_id: str, drm_resource_id: str | None) -> str | None:
         """The id naming this title at the key API (None: the title lacks it)."""
         return asset_id if self.resource_id_field == "asset_id" else drm_resource_id
+
+    @property
+    def authorization(self) -> str:
+        """The Authorization header value: HTTP Basic when configured, else the bearer."""
+        if self.basic_username is not None:
+            pair = f"{self.basic_username}:{self.basic_password or ''}".encode()
+            return "Basic " + base64.b64encode(pair).decode("ascii")
+        return f"Bearer {self.token}"
 
 
 DEFAULT_CONNECT_TIMEOUT = 1.0
@@ -273,7 +295,15 @@ def _parse_provider(
     )
 
 
-_KEY_API_FIELDS = {"base_url", "token", "timeouts", "resource_id", "max_answer_bytes"}
+_KEY_API_FIELDS = {
+    "protocol",
+    "base_url",
+    "token",
+    "basic",
+    "timeouts",
+    "resource_id",
+    "max_answer_bytes",
+}
 _RESOURCE_ID_FIELDS: tuple[ResourceIdField, ...] = ("drm_resource_id", "asset_id")
 
 
@@ -281,7 +311,10 @@ def _parse_key_api(
     reader: ConfigReader, section: dict[str, Any], path: str, default_field: ResourceIdField
 ) -> KeyApiSettings | None:
     """`providers.<name>.key_api` (optional; null or absent: none). `default_field` is the id
-    the provider's licenses name a title by, the default `resource_id`."""
+    the provider's licenses name a title by, the default `resource_id`.
+
+    `protocol: native` (the default) wants a bearer `token`; `protocol: speke` wants exactly
+    one of `token` and `basic: {username, password}`, `base_url` being the SPEKE endpoint."""
     if "key_api" not in section:
         return None
     path = f"{path}.key_api"
@@ -289,12 +322,9 @@ def _parse_key_api(
     if not raw and not isinstance(section["key_api"], dict):
         return None  # "must be a mapping" already said
     before = len(reader.problems)
+    protocol = reader.choice(raw, "protocol", path, KEY_API_PROTOCOLS, "native")
     base_url = _key_api_base_url(reader, raw, path)
-    token = None
-    if "token" not in raw:
-        reader.problem(f"{path}.token", "is missing, and has no default")
-    else:
-        token = reader.secret(raw["token"], f"{path}.token")
+    token, username, password = _key_api_credential(reader, raw, path, protocol)
     timeouts = reader.mapping(raw.get("timeouts"), f"{path}.timeouts", _TIMEOUT_FIELDS)
     settings = KeyApiSettings(
         base_url=base_url or "",
@@ -307,8 +337,46 @@ def _parse_key_api(
             raw, "resource_id", path, _RESOURCE_ID_FIELDS, default_field
         ),
         max_answer_bytes=reader.positive(raw, "max_answer_bytes", path, int, 1_048_576),
+        protocol=protocol,
+        basic_username=username,
+        basic_password=password,
     )
     return settings if len(reader.problems) == before else None
+
+
+def _key_api_credential(
+    reader: ConfigReader, raw: dict[str, Any], path: str, protocol: KeyApiProtocol
+) -> tuple[str | None, str | None, str | None]:
+    """(bearer token, basic username, basic password), each from the section's secrets."""
+    has_token, has_basic = "token" in raw, "basic" in raw
+    if protocol == "native":
+        if has_basic:
+            reader.problem(
+                f"{path}.basic", "is for protocol: speke only (the native key API takes a token)"
+            )
+        if not has_token:
+            reader.problem(f"{path}.token", "is missing, and has no default")
+            return None, None, None
+    elif has_token == has_basic:
+        reader.problem(
+            path,
+            "protocol speke needs exactly one credential: token (bearer) or "
+            "basic {username, password}" + (", not both" if has_token else ""),
+        )
+        return None, None, None
+    if has_token:
+        return reader.secret(raw["token"], f"{path}.token"), None, None
+    where = f"{path}.basic"
+    basic = reader.mapping(raw["basic"], where, {"username", "password"})
+    username = reader.value(basic, "username", where, str, REQUIRED)
+    if username is not None and (not username or ":" in username or not username.isprintable()):
+        reader.problem(f"{where}.username", "must be non-empty printable text without ':'")
+    password = None
+    if "password" not in basic:
+        reader.problem(f"{where}.password", "is missing, and has no default")
+    else:
+        password = reader.secret(basic["password"], f"{where}.password")
+    return None, username, password
 
 
 _TIMEOUT_FIELDS = {"connect_seconds", "total_seconds"}

@@ -7,6 +7,13 @@
         close()
     key_clients(providers) -> {name: KeyApiClient} for the providers with a `key_api` section
 
+With `key_api.protocol: speke` the provider is a SPEKE v2 endpoint (e.g. Axinom's Key Service
+.../api/SpekeV2): `generate` posts the same minimal CPIX 2.3 document to `base_url` itself
+with `X-Speke-Version: 2.0` and reads the keys from the answer; `export` and `ingest` raise
+KeyApiError `not_supported` (not retryable): such a provider can be a `keys:` source, never
+a mirror nor a backfill source or destination. The credential is the bearer token or HTTP
+Basic, as configured.
+
 Every call is one HTTP request (no retry here: callers decide, since all three are idempotent
 for given key ids) over a keep-alive aiohttp session with verified TLS, the provider's
 timeouts, no redirects followed and a bounded answer. Each failure is one `KeyApiError` with a
@@ -40,6 +47,8 @@ PSKC_NS = "urn:ietf:params:xml:ns:keyprov:pskc"
 # Key ids per export request (the provider may cap them; a title has a handful).
 EXPORT_BATCH = 100
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# The SPEKE version asked of a `protocol: speke` endpoint.
+SPEKE_VERSION = "2.0"
 # Statuses after which the same request may succeed later.
 _RETRYABLE_STATUSES = frozenset({408, 425, 429})
 T = TypeVar("T")
@@ -94,12 +103,17 @@ class KeyApiClient:
         _check_kids(kids)
         body = build_cpix_request(resource_id, kids)
         headers = {"Content-Type": "application/xml", "Accept": "application/xml"}
-        answer = await self._call("generate", resource_id, "POST", "/v2/cpix", body, headers)
+        path = "/v2/cpix"
+        if self.settings.protocol == "speke":  # base_url is the SPEKE endpoint itself
+            headers["X-Speke-Version"] = SPEKE_VERSION
+            path = ""
+        answer = await self._call("generate", resource_id, "POST", path, body, headers)
         keys = self._read(answer, "generate", resource_id, read_cpix_keys)
         return self._exactly(keys, kids, "generate", resource_id)
 
     async def export(self, resource_id: str, kids: Sequence[KeyId]) -> dict[KeyId, bytes]:
         """The provider's key for each of `kids` of `resource_id` (GET /v2/keys/...)."""
+        self._check_supported("export", resource_id)
         _check_kids(kids)
         keys: dict[KeyId, bytes] = {}
         for start in range(0, len(kids), EXPORT_BATCH):
@@ -113,6 +127,7 @@ class KeyApiClient:
 
     async def ingest(self, resource_id: str, keys: Mapping[KeyId, bytes]) -> IngestResult:
         """Store `keys` for `resource_id` at the provider, idempotently (PUT /v2/keys/...)."""
+        self._check_supported("ingest", resource_id)
         _check_kids(list(keys))
         if any(len(key) != AES_KEY_BYTES for key in keys.values()):
             raise ValueError(f"every key must be {AES_KEY_BYTES} bytes")
@@ -122,6 +137,19 @@ class KeyApiClient:
         path = _keys_path(resource_id)
         answer = await self._call("ingest", resource_id, "PUT", path, body, headers)
         return self._read(answer, "ingest", resource_id, _read_ingest)
+
+    def _check_supported(self, operation: str, resource_id: str) -> None:
+        """A SPEKE endpoint only generates keys: export and ingest are KeyApiError
+        `not_supported` (not retryable), raised before any request."""
+        if self.settings.protocol != "speke":
+            return
+        message = (
+            f"{self.provider} key API: {operation} of resource {resource_id!r} is not "
+            "supported: its key_api protocol is speke (key generation only), so this "
+            "provider can be a keys: source but not a mirror nor a backfill source or "
+            "destination"
+        )
+        raise self._error("not_supported", message)
 
     async def close(self) -> None:
         """Close the connections (idempotent; the next call opens new ones)."""
@@ -140,7 +168,7 @@ class KeyApiClient:
                 timeout=aiohttp.ClientTimeout(
                     total=settings.total_timeout, sock_connect=settings.connect_timeout
                 ),
-                headers={"Authorization": f"Bearer {settings.token}"},
+                headers={"Authorization": settings.authorization},
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
             )

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.config import ConfigError
+from proxy.config import ConfigError, parse_config
 from proxy.config.providers import KeyApiSettings
-from proxy.dev.emulator import start_emulator
+from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
+from proxy.dev.emulator.kinds.axinom import DEMO_SECRETS as AXINOM
+from proxy.dev.emulator.kinds.axinom import KeyServiceTenant
 from proxy.domain import KeyId
 from proxy.keys.client import (
     IngestResult,
@@ -356,3 +360,205 @@ def test_cpix_keys_are_read_from_plain_values() -> None:
         "</pskc:Secret></cpix:Data></cpix:ContentKey></cpix:ContentKeyList></cpix:CPIX>"
     ).encode()
     assert read_cpix_keys(answer) == {"00112233445566778899aabbccddeeff": b"k" * 16}
+
+
+# --- protocol: speke (a provider's SPEKE v2 endpoint: Axinom's Key Service) -------------------
+
+AXINOM_PASSWORD_ENV = "AXINOM_MANAGEMENT_KEY"
+SPEKE_ENV = {**KEY_ENV, AXINOM_PASSWORD_ENV: AXINOM["management_key"]}
+
+
+def speke_section(url: str, **fields: Any) -> dict[str, Any]:
+    """A `key_api` section for a SPEKE endpoint behind HTTP Basic (tenant : management key)."""
+    section: dict[str, Any] = {
+        "protocol": "speke",
+        "base_url": url,
+        "basic": {"username": AXINOM["tenant_id"], "password": {"env": AXINOM_PASSWORD_ENV}},
+    }
+    return section | fields
+
+
+def speke_config(tmp_path: Path, section: Any) -> Any:
+    raw = raw_config(None, "http://127.0.0.1:1", "http://127.0.0.1:2")
+    raw["providers"]["incoming"]["key_api"] = section
+    return parse_config(raw, base_dir=tmp_path, env=SPEKE_ENV)
+
+
+def speke_client(url: str, password: str = AXINOM["management_key"]) -> KeyApiClient:
+    settings = KeyApiSettings(
+        base_url=url,
+        protocol="speke",
+        basic_username=AXINOM["tenant_id"],
+        basic_password=password,
+    )
+    return KeyApiClient("axinom", settings)
+
+
+@pytest.fixture
+async def axinom() -> AsyncIterator[RunningEmulator]:
+    emulator = await start_emulator(EmulatorSettings(kind="axinom"))
+    yield emulator
+    await emulator.stop()
+
+
+def axinom_key(kid: KeyId) -> bytes:
+    """The key the Axinom emulator derives for `kid` from its demo key seed."""
+    return KeyServiceTenant.from_secrets({}).key(uuid.UUID(hex=kid))
+
+
+def test_a_speke_key_api_with_basic_auth_is_parsed(tmp_path: Path) -> None:
+    config = speke_config(tmp_path, speke_section("https://keys.example/api/SpekeV2"))
+    settings = config.providers["incoming"].key_api
+    assert settings is not None and settings.protocol == "speke"
+    assert settings.base_url == "https://keys.example/api/SpekeV2"
+    assert (settings.basic_username, settings.basic_password, settings.token) == (
+        AXINOM["tenant_id"],
+        AXINOM["management_key"],
+        "",
+    )
+    pair = f"{AXINOM['tenant_id']}:{AXINOM['management_key']}".encode()
+    assert settings.authorization == "Basic " + base64.b64encode(pair).decode()
+    assert AXINOM["management_key"] not in repr(config.providers)
+    assert config.providers["legacy"].key_api is not None
+    assert config.providers["legacy"].key_api.protocol == "native"  # the default
+
+
+def test_a_speke_key_api_with_a_bearer_token_is_parsed(tmp_path: Path) -> None:
+    section = {
+        "protocol": "speke",
+        "base_url": "https://keys.example/speke",
+        "token": {"env": "INCOMING_KEY_API_TOKEN"},
+    }
+    settings = speke_config(tmp_path, section).providers["incoming"].key_api
+    assert settings is not None and settings.basic_username is None
+    assert settings.authorization == f"Bearer {INCOMING_KEY_API_TOKEN}"
+
+
+BASIC = {"username": "tenant", "password": {"env": AXINOM_PASSWORD_ENV}}
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        (speke_section("https://k.example", token={"env": "INCOMING_KEY_API_TOKEN"}),
+         "providers.incoming.key_api: protocol speke needs exactly one credential: token "
+         "(bearer) or basic {username, password}, not both"),
+        ({"protocol": "speke", "base_url": "https://k.example"},
+         "providers.incoming.key_api: protocol speke needs exactly one credential"),
+        ({"protocol": "cpix", "base_url": "https://k.example",
+          "token": {"env": "INCOMING_KEY_API_TOKEN"}},
+         "key_api.protocol: must be one of native, speke"),
+        ({"base_url": "https://k.example", "token": {"env": "INCOMING_KEY_API_TOKEN"},
+          "basic": BASIC}, "key_api.basic: is for protocol: speke only"),
+        (speke_section("https://k.example", basic={"username": "a:b", "password": {"env": "X"}}),
+         "key_api.basic.username: must be non-empty printable text without ':'"),
+        (speke_section("https://k.example", basic={"username": "tenant"}),
+         "key_api.basic.password: is missing"),
+        (speke_section("https://k.example", basic={**BASIC, "realm": "x"}),
+         "key_api.basic.realm: unknown field"),
+        (speke_section("http://keys.example/api/SpekeV2"),
+         "key_api.base_url: must be an https:// URL (http:// only to a loopback host)"),
+    ],
+)  # fmt: skip
+def test_speke_key_api_problems_are_reported_with_their_path(
+    tmp_path: Path, section: Any, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        speke_config(tmp_path, section)
+    assert any(problem in line for line in caught.value.problems), caught.value.problems
+    assert not any(AXINOM["management_key"] in line for line in caught.value.problems)
+
+
+async def test_speke_generate_gets_the_keys_the_axinom_key_service_derives(
+    axinom: RunningEmulator,
+) -> None:
+    client = speke_client(f"{axinom.url}/api/SpekeV2")
+    try:
+        keys = await client.generate("title-speke", KIDS)
+        again = await client.generate("another-title", KIDS[:1])
+    finally:
+        await client.close()
+    assert keys == {kid: axinom_key(kid) for kid in KIDS}
+    assert again == {KIDS[0]: keys[KIDS[0]]}  # derived from the key seed: always the same
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{axinom.url}/_emulator/stats") as response:
+            recent = (await response.json())["recent"]
+    assert [r["path"] for r in recent] == ["/api/SpekeV2", "/api/SpekeV2"]
+    assert recent[0]["verified"]["content_id"] == "title-speke"
+    assert recent[0]["verified"]["key_ids"] == list(KIDS)
+
+
+async def test_speke_refusal_of_the_credential_is_not_retryable(axinom: RunningEmulator) -> None:
+    client = speke_client(f"{axinom.url}/api/SpekeV2", password="not-the-management-key")
+    try:
+        with pytest.raises(KeyApiError) as caught:
+            await client.generate("t", KIDS)
+    finally:
+        await client.close()
+    assert (caught.value.code, caught.value.status, caught.value.retryable) == (
+        "http_401",
+        401,
+        False,
+    )
+    assert "not-the-management-key" not in str(caught.value) + repr(caught.value)
+
+
+async def test_speke_export_and_ingest_are_not_supported(axinom: RunningEmulator) -> None:
+    client = speke_client(f"{axinom.url}/api/SpekeV2")
+    try:
+        with pytest.raises(KeyApiError) as exported:
+            await client.export("t", KIDS)
+        with pytest.raises(KeyApiError) as ingested:
+            await client.ingest("t", {KIDS[0]: b"\x06" * 16})
+    finally:
+        await client.close()
+    for caught, operation in ((exported, "export"), (ingested, "ingest")):
+        error = caught.value
+        assert (error.provider, error.code, error.status, error.retryable) == (
+            "axinom",
+            "not_supported",
+            None,
+            False,
+        )
+        assert f"{operation} of resource 't' is not supported" in str(error)
+        assert "keys: source but not a mirror nor a backfill" in str(error)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{axinom.url}/_emulator/stats") as response:
+            assert (await response.json())["recent"] == []  # nothing was sent
+
+
+async def test_speke_with_a_bearer_token_posts_to_the_endpoint_itself() -> None:
+    seen: list[tuple[str, dict[str, str], bytes]] = []
+    kid = "00112233-4455-6677-8899-aabbccddeeff"
+    answer = (
+        '<cpix:CPIX xmlns:cpix="urn:dashif:org:cpix" xmlns:pskc="urn:ietf:params:xml:ns:keyprov:'
+        f'pskc"><cpix:ContentKeyList><cpix:ContentKey kid="{kid}"><cpix:Data><pskc:Secret>'
+        f"<pskc:PlainValue>{base64.b64encode(b'k' * 16).decode()}</pskc:PlainValue>"
+        "</pskc:Secret></cpix:Data></cpix:ContentKey></cpix:ContentKeyList></cpix:CPIX>"
+    ).encode()
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append((request.path, dict(request.headers), await request.read()))
+        return web.Response(body=answer, content_type="application/xml")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    settings = KeyApiSettings(f"http://127.0.0.1:{port}/speke/v2", "speke-token", protocol="speke")
+    client = KeyApiClient("p", settings)
+    try:
+        keys = await client.generate("r-1", [KeyId(uuid.UUID(kid).hex)])
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert keys == {uuid.UUID(kid).hex: b"k" * 16}
+    path, headers, body = seen[0]
+    assert path == "/speke/v2"
+    assert headers["Authorization"] == "Bearer speke-token"
+    assert headers["X-Speke-Version"] == "2.0"
+    assert headers["Content-Type"] == "application/xml"
+    assert b'contentId="r-1"' in body and b'version="2.3"' in body
+    assert b'commonEncryptionScheme="cenc"' in body

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import hmac
 import json
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +40,13 @@ TYPES = {
     "fairplay": "application/octet-stream",
 }
 ROOT = Path(__file__).resolve().parents[3]
+# The Key Service (SPEKE v2) demo tenant.
+TENANT_ID = "6f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
+MANAGEMENT_KEY = "0c9b8a79-6857-4463-b2a1-90f8e7d6c5b4"
+KEY_SEED_B64 = "ZW11bGF0ZWQtYXhpbm9tLWtleS1zZWVkLWRvLW5vdC11c2U="
+CPIX = "urn:dashif:org:cpix"
+PSKC = "urn:ietf:params:xml:ns:keyprov:pskc"
+NS = {"cpix": CPIX, "pskc": PSKC}
 
 Start = Callable[..., Awaitable[RunningEmulator]]
 
@@ -330,7 +339,182 @@ def test_cli_help_and_secret_overrides() -> None:
     parser = argparse.ArgumentParser(prog="drm-gateway")
     register(parser.add_subparsers(dest="command"))
     defaults = settings_from_args(parser.parse_args(["emulate", "axinom"]))
-    assert dict(defaults.secrets) == {"com_key_id": COM_KEY_ID, "com_key": COM_KEY_B64}
+    assert dict(defaults.secrets) == {
+        "com_key_id": COM_KEY_ID,
+        "com_key": COM_KEY_B64,
+        "tenant_id": TENANT_ID,
+        "management_key": MANAGEMENT_KEY,
+        "key_seed": KEY_SEED_B64,
+    }
     other = str(uuid.uuid4())
     args = parser.parse_args(["emulate", "axinom", "--secret", f"com_key_id={other}"])
     assert dict(settings_from_args(args).secrets)["com_key_id"] == other
+
+
+# --- the Key Service: SPEKE v2 ----------------------------------------------------------------
+
+
+def derived_key(kid: str, seed_b64: str = KEY_SEED_B64) -> bytes:
+    """The emulator's documented derivation: HMAC-SHA256(seed, label + kid bytes)[:16]."""
+    seed = base64.b64decode(seed_b64)
+    label = b"axinom-emulator-speke" + uuid.UUID(kid).bytes
+    return hmac.new(seed, label, hashlib.sha256).digest()[:16]
+
+
+def speke_document(content_id: str = "abc123", *kids: str, scheme: str | None = "cbcs") -> bytes:
+    """A SPEKE v2 request in the shape of Axinom's sample: ContentKeys and DRMSystems."""
+    scheme_attr = f' commonEncryptionScheme="{scheme}"' if scheme is not None else ""
+    keys = "".join(f'<cpix:ContentKey kid="{kid}"{scheme_attr}/>' for kid in kids or (KID, KID2))
+    systems = "".join(
+        f'<cpix:DRMSystem kid="{kid}" systemId="edef8ba9-79d6-4ace-a3c8-27dcd51d21ed">'
+        "<cpix:PSSH/><cpix:ContentProtectionData/></cpix:DRMSystem>"
+        for kid in kids or (KID, KID2)
+    )
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><cpix:CPIX contentId="{content_id}" '
+        f'version="2.3" xmlns:cpix="{CPIX}" xmlns:pskc="{PSKC}">'
+        f"<cpix:ContentKeyList>{keys}</cpix:ContentKeyList>"
+        f"<cpix:DRMSystemList>{systems}</cpix:DRMSystemList></cpix:CPIX>"
+    ).encode()
+
+
+def speke_headers(
+    tenant: str = TENANT_ID, key: str = MANAGEMENT_KEY, version: str | None = "2.0"
+) -> dict[str, str]:
+    pair = base64.b64encode(f"{tenant}:{key}".encode()).decode()
+    headers = {"Authorization": f"Basic {pair}", "Content-Type": "application/xml"}
+    if version is not None:
+        headers["X-Speke-Version"] = version
+    return headers
+
+
+async def speke(
+    http: aiohttp.ClientSession,
+    emulator: RunningEmulator,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    async with http.post(
+        f"{emulator.url}/api/SpekeV2",
+        data=body,
+        headers=speke_headers() if headers is None else headers,
+    ) as response:
+        return response.status, dict(response.headers), await response.read()
+
+
+def answered(document: bytes) -> dict[str, bytes]:
+    """kid (GUID) -> key of every ContentKey of a CPIX answer."""
+    root = ET.fromstring(document)
+    keys = {}
+    for element in root.iterfind("cpix:ContentKeyList/cpix:ContentKey", NS):
+        value = element.find("cpix:Data/pskc:Secret/pskc:PlainValue", NS)
+        assert value is not None and value.text
+        keys[element.get("kid", "")] = base64.b64decode(value.text)
+    return keys
+
+
+async def test_speke_v2_answers_keys_derived_from_the_key_seed(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    emulator = await start()
+    status, headers, body = await speke(http, emulator, speke_document())
+    assert status == 200, body
+    assert headers["Content-Type"].startswith("application/xml")
+    assert headers["X-Speke-Version"] == "2.0"
+    assert answered(body) == {KID: derived_key(KID), KID2: derived_key(KID2)}
+    root = ET.fromstring(body)
+    assert root.get("contentId") == "abc123" and root.get("version") == "2.3"
+    assert len(root.findall("cpix:DRMSystemList/cpix:DRMSystem", NS)) == 2  # kept as sent
+    # The same key for the same kid: again, under another contentId, after a restart.
+    _, _, again = await speke(http, emulator, speke_document("other-title"))
+    await emulator.stop()
+    restarted = await start()
+    _, _, after = await speke(http, restarted, speke_document("abc123", KID))
+    assert answered(again) == answered(body) and answered(after) == {KID: derived_key(KID)}
+    recorded = (await stats(http, restarted))["recent"][-1]
+    assert recorded["route"] == "keys" and recorded["status"] == 200
+    assert recorded["verified"] == {
+        "tenant_id": TENANT_ID,
+        "content_id": "abc123",
+        "key_ids": [uuid.UUID(KID).hex],
+    }
+
+
+async def test_speke_keys_follow_the_configured_tenant_and_seed(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    seed = base64.b64encode(b"another tenant's key seed").decode()
+    emulator = await start(secrets={"tenant_id": "t-2", "management_key": "mk-2", "key_seed": seed})
+    status, _, body = await speke(http, emulator, speke_document(), speke_headers("t-2", "mk-2"))
+    assert status == 200, body
+    assert answered(body) == {KID: derived_key(KID, seed), KID2: derived_key(KID2, seed)}
+    assert derived_key(KID, seed) != derived_key(KID)
+    status, _, _ = await speke(http, emulator, speke_document())  # the demo tenant: not this one
+    assert status == 401
+    with pytest.raises(ValueError, match="key_seed"):
+        await start(secrets={"key_seed": "not base64!"})
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "application/xml", "X-Speke-Version": "2.0"},
+        speke_headers(key="wrong-management-key"),
+        speke_headers(tenant="00000000-0000-0000-0000-000000000000"),
+        {**speke_headers(), "Authorization": f"Bearer {MANAGEMENT_KEY}"},
+        {**speke_headers(), "Authorization": "Basic not-base64!"},
+    ],
+    ids=["missing", "wrong-key", "wrong-tenant", "bearer", "garbled"],
+)
+async def test_speke_needs_basic_auth_with_tenant_and_management_key(
+    start: Start, http: aiohttp.ClientSession, headers: dict[str, str]
+) -> None:
+    emulator = await start()
+    status, answer, body = await speke(http, emulator, speke_document(), headers)
+    assert status == 401 and answer["WWW-Authenticate"].startswith("Basic")
+    assert b"PlainValue" not in body
+
+
+@pytest.mark.parametrize(
+    ("body", "version", "message"),
+    [
+        (speke_document(), None, b"X-Speke-Version"),
+        (speke_document(), "1.0", b"X-Speke-Version"),
+        (speke_document().replace(b' contentId="abc123"', b""), "2.0", b"Missing CPIX@contentId"),
+        (speke_document().replace(b'version="2.3"', b'version="2.2"'), "2.0", b"CPIX@version"),
+        (speke_document(scheme=None), "2.0", b"commonEncryptionScheme for KID"),
+        (speke_document(KID, "not-a-guid"), "2.0", b"GUID"),
+        (b"<cpix:CPIX", "2.0", b"well-formed"),
+        (
+            b'<?xml version="1.0"?><!DOCTYPE c [<!ENTITY a "aaaaaaaaaa">'
+            b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+            b'<cpix:CPIX xmlns:cpix="urn:dashif:org:cpix" contentId="&b;" version="2.3"/>',
+            "2.0",
+            b"well-formed",
+        ),
+        (b"<other/>", "2.0", b"not a CPIX document"),
+    ],
+    ids=["no-version", "speke-1", "content-id", "cpix-version", "scheme", "kid", "xml", "dtd",
+         "root"],
+)  # fmt: skip
+async def test_speke_refuses_what_it_does_not_understand(
+    start: Start, http: aiohttp.ClientSession, body: bytes, version: str | None, message: bytes
+) -> None:
+    emulator = await start()
+    status, _, answer = await speke(http, emulator, body, speke_headers(version=version))
+    assert status == 400 and message in answer, answer
+
+
+async def test_speke_records_nothing_secret(start: Start, http: aiohttp.ClientSession) -> None:
+    emulator = await start()
+    status, _, body = await speke(http, emulator, speke_document())
+    assert status == 200
+    await speke(http, emulator, speke_document(), speke_headers(key="wrong-management-key"))
+    recorded = json.dumps(await stats(http, emulator))
+    pair = base64.b64encode(f"{TENANT_ID}:{MANAGEMENT_KEY}".encode()).decode()
+    for secret in (MANAGEMENT_KEY, pair, KEY_SEED_B64, *map(_b64, answered(body).values())):
+        assert secret not in recorded
+
+
+def _b64(key: bytes) -> str:
+    return base64.b64encode(key).decode()

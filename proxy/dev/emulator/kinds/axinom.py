@@ -5,6 +5,18 @@ DRM is a path prefix): ``POST /widevine/AcquireLicense``, ``POST /playready/Acqu
 ``POST /fairplay/AcquireLicense``. No ClearKey or HLS AES-128 route: Axinom's License
 Acquisition API is exposed by the Widevine, PlayReady and FairPlay implementations only.
 
+Plus the Key Service's SPEKE v2 endpoint, ``POST /api/SpekeV2`` (the real one is
+``https://key-server-management.axprod.net/api/SpekeV2``; "key-service/speke"): HTTP Basic
+auth ``<tenant id>:<management key>`` (secrets ``tenant_id`` and ``management_key``; 401
+otherwise), ``X-Speke-Version: 2.0`` (400 otherwise), a CPIX 2.3 document with
+``CPIX@contentId`` and ContentKeys each with a ``kid`` and ``commonEncryptionScheme``. The
+answer is the same document, each ContentKey given ``Data/pskc:Secret/pskc:PlainValue``.
+Keys come from the tenant's key seed (Axinom's Key Seed model); this emulator's own
+derivation, not Axinom's, is ``HMAC-SHA256(key_seed, b"axinom-emulator-speke" + kid's 16
+bytes)[:16]``, so the same seed and kid give the same key on every request and restart
+(whatever the contentId). DRMSystem elements are returned as sent (no PSSH filled in). The
+licenses stay synthetic: the emulator never encrypts, so its licenses carry no key.
+
 What is checked, and where the documentation says so (docs.axinom.com/services/drm/...):
 
 - ``X-AxDRM-Message`` carries a License Service Message as a JWT signed with HMAC-SHA256, the
@@ -42,6 +54,7 @@ import hmac
 import json
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +62,8 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from aiohttp import web
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as parse_xml
 
 from proxy.dev.emulator.app import CHALLENGE, SEEN, STATE, VERIFIED
 from proxy.dev.emulator.auth import ReplayCache
@@ -59,6 +74,10 @@ from proxy.dev.emulator.settings import EmulatorSettings
 DEMO_SECRETS: Mapping[str, str] = {
     "com_key_id": "a9c1f3e2-5b7d-4e8f-9a0b-1c2d3e4f5a6b",
     "com_key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+    # The Key Service (SPEKE v2): Basic auth tenant id : management key, and the key seed.
+    "tenant_id": "6f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9",
+    "management_key": "0c9b8a79-6857-4463-b2a1-90f8e7d6c5b4",
+    "key_seed": "ZW11bGF0ZWQtYXhpbm9tLWtleS1zZWVkLWRvLW5vdC11c2U=",
 }
 DRMS = ("widevine", "playready", "fairplay")
 MESSAGE_HEADER = "X-AxDRM-Message"
@@ -318,10 +337,12 @@ def refusal_response(drm: str, refusal: Refusal) -> web.Response:
 
 @dataclass(frozen=True, slots=True)
 class AxinomState:
-    """The communication key and the replay cache of message ids, shared by the routes."""
+    """The communication key, the replay cache of message ids and the Key Service tenant,
+    shared by the routes."""
 
     com_key: CommunicationKey
     replay: ReplayCache
+    tenant: KeyServiceTenant | None = None
 
 
 AXINOM = web.AppKey("axinom_state", AxinomState)
@@ -330,10 +351,12 @@ AXINOM = web.AppKey("axinom_state", AxinomState)
 def add_routes(app: web.Application, settings: EmulatorSettings) -> None:
     """``POST /<drm>/AcquireLicense`` for Widevine, PlayReady and FairPlay."""
     com_key = CommunicationKey.from_secrets(settings.secrets)
-    app[AXINOM] = AxinomState(com_key, ReplayCache(MAX_REPLAY_ENTRIES))
+    tenant = KeyServiceTenant.from_secrets(settings.secrets)
+    app[AXINOM] = AxinomState(com_key, ReplayCache(MAX_REPLAY_ENTRIES), tenant)
     app[STATE].replay_caches.append(app[AXINOM].replay)
     for drm in DRMS:
         app.router.add_post(f"/{drm}/AcquireLicense", _license_handler(drm), name=f"license:{drm}")
+    app.router.add_post(SPEKE_PATH, _speke, name="keys:speke")
 
 
 def _license_handler(drm: str) -> Handler:
@@ -382,3 +405,132 @@ def _check_reuse(replay: ReplayCache, entitlement: Entitlement, now: float) -> N
     until = entitlement.expires_at or now + UNDATED_REPLAY_SECONDS
     if not replay.add(entitlement.message_id, max(until, now + 1), now):
         raise _denied("This License Service Message was already used.")
+
+
+# --- the Key Service: SPEKE v2 ----------------------------------------------------------------
+
+SPEKE_PATH = "/api/SpekeV2"
+CPIX_NS = "urn:dashif:org:cpix"
+PSKC_NS = "urn:ietf:params:xml:ns:keyprov:pskc"
+SPEKE_VERSION = "2.0"
+ENCRYPTION_SCHEMES = frozenset({"cenc", "cbc1", "cens", "cbcs"})
+MAX_SPEKE_BODY = 1_048_576
+_DERIVATION_LABEL = b"axinom-emulator-speke"
+ET.register_namespace("cpix", CPIX_NS)
+ET.register_namespace("pskc", PSKC_NS)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyServiceTenant:
+    """The Key Service tenant: its id, management key (Basic auth) and key seed."""
+
+    tenant_id: str
+    management_key: str = field(repr=False)
+    key_seed: bytes = field(repr=False)
+
+    @classmethod
+    def from_secrets(cls, secrets: Mapping[str, str]) -> KeyServiceTenant:
+        """From ``tenant_id``, ``management_key`` and ``key_seed`` (base64)."""
+        merged = {**DEMO_SECRETS, **secrets}
+        try:
+            seed = base64.b64decode(merged["key_seed"], validate=True)
+        except (ValueError, binascii.Error):
+            raise ValueError("axinom: key_seed must be base64") from None
+        if len(seed) < 16 or not merged["tenant_id"] or not merged["management_key"]:
+            raise ValueError("axinom: key_seed must be 16+ bytes, tenant_id and key non-empty")
+        return cls(merged["tenant_id"], merged["management_key"], seed)
+
+    def key(self, kid: uuid.UUID) -> bytes:
+        """The content key of `kid`: HMAC-SHA256(key seed, label + kid bytes), 16 bytes."""
+        mac = hmac.new(self.key_seed, _DERIVATION_LABEL + kid.bytes, hashlib.sha256)
+        return mac.digest()[:16]
+
+    def authorized(self, header: str) -> bool:
+        """True for ``Basic base64(<tenant id>:<management key>)`` (constant-time compare)."""
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            pair = base64.b64decode(value.strip(), validate=True)
+        except (ValueError, binascii.Error):
+            return False
+        expected = f"{self.tenant_id}:{self.management_key}".encode()
+        return hmac.compare_digest(pair, expected)
+
+
+def _speke_error(status: int, message: str) -> web.Response:
+    """A Key Service refusal: the status and a plain-text message (never a key)."""
+    return web.Response(status=status, text=message, content_type="text/plain")
+
+
+async def _speke(request: web.Request) -> web.Response:
+    """``POST /api/SpekeV2``: the keys of every ContentKey, derived from the key seed."""
+    tenant = request.app[AXINOM].tenant
+    assert tenant is not None
+    request[SEEN] = (None, None)
+    if not tenant.authorized(request.headers.get("Authorization", "")):
+        response = _speke_error(401, "Invalid tenant ID or management key.")
+        response.headers["WWW-Authenticate"] = 'Basic realm="Key Service"'
+        return response
+    if request.headers.get("X-Speke-Version", "").strip() != SPEKE_VERSION:
+        return _speke_error(400, "The X-Speke-Version header must be 2.0.")
+    body = await request.read()
+    if len(body) > MAX_SPEKE_BODY:
+        return _speke_error(413, "The CPIX document is too large.")
+    try:
+        root, kids = read_speke_request(body)
+    except Refusal as refusal:
+        return _speke_error(refusal.status, refusal.message)
+    request[SEEN] = (None, root.get("contentId"))
+    request[VERIFIED] = {
+        "tenant_id": tenant.tenant_id,
+        "content_id": root.get("contentId"),
+        "key_ids": [kid.hex for kid in kids],
+    }
+    document = fill_speke_answer(root, tenant)
+    return web.Response(
+        body=document,
+        content_type="application/xml",
+        charset="utf-8",
+        headers={"X-Speke-Version": SPEKE_VERSION, "X-Speke-User-Agent": "axinom-emulator"},
+    )
+
+
+def read_speke_request(body: bytes) -> tuple[ET.Element, list[uuid.UUID]]:
+    """The CPIX root and its ContentKey kids; a Refusal (400) naming the first problem."""
+    try:
+        root = parse_xml(body, forbid_dtd=True)
+    except (ET.ParseError, DefusedXmlException, ValueError):
+        raise _invalid("The request is not a well-formed CPIX document.") from None
+    if root.tag != f"{{{CPIX_NS}}}CPIX":
+        raise _invalid("The request is not a CPIX document.")
+    if not root.get("contentId"):
+        raise _invalid("Missing CPIX@contentId.")
+    if root.get("version") != "2.3":
+        raise _invalid("Unsupported CPIX@version: SPEKE 2.0 uses CPIX 2.3.")
+    elements = root.findall(f"{{{CPIX_NS}}}ContentKeyList/{{{CPIX_NS}}}ContentKey")
+    if not elements:
+        raise _invalid("The CPIX document has no ContentKey.")
+    kids = []
+    for element in elements:
+        try:
+            kid = uuid.UUID(element.get("kid", ""))
+        except ValueError:
+            raise _invalid("Every ContentKey needs a kid that is a GUID.") from None
+        if element.get("commonEncryptionScheme") not in ENCRYPTION_SCHEMES:
+            raise _invalid(f"Missing or unknown ContentKey@commonEncryptionScheme for KID {kid}.")
+        kids.append(kid)
+    return root, kids
+
+
+def fill_speke_answer(root: ET.Element, tenant: KeyServiceTenant) -> bytes:
+    """The request document with each ContentKey's key as ``Data/Secret/PlainValue``."""
+    for element in root.iter(f"{{{CPIX_NS}}}ContentKey"):
+        for old in element.findall(f"{{{CPIX_NS}}}Data"):
+            element.remove(old)
+        data = ET.SubElement(element, f"{{{CPIX_NS}}}Data")
+        secret = ET.SubElement(data, f"{{{PSKC_NS}}}Secret")
+        value = ET.SubElement(secret, f"{{{PSKC_NS}}}PlainValue")
+        value.text = base64.b64encode(tenant.key(uuid.UUID(element.get("kid", "")))).decode()
+    document: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return document

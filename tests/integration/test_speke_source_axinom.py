@@ -1,0 +1,173 @@
+"""An Axinom provider as the key source: the gateway's SPEKE endpoint gets its keys from the
+Axinom Key Service's own SPEKE v2 endpoint (`key_api.protocol: speke`, HTTP Basic with the
+tenant id and management key), emulated by the Axinom emulator from Axinom's documentation.
+
+The packager asks the gateway; the gateway asks Axinom; the keys answered are the ones the
+emulator derives from its key seed; the catalog records `incoming` (the Axinom provider) as
+the title's key holder. A SPEKE endpoint only generates keys, so a `keys:` section that names
+it as a mirror fails the packager's request (502, `not_supported` in the log line).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxy.dev.emulator.kinds import demo_secrets
+from proxy.dev.emulator.kinds.axinom import KeyServiceTenant
+from proxy.dev.kinds import kind_env, provider_section
+from proxy.domain import KeyId
+from tests.conftest import StackFactory
+from tests.integration.test_speke import answered_keys, eventually, request_for
+from tests.keys.cpix_docs import AUDIO, VIDEO
+from tests.keys.speke_stack import (
+    BEARER,
+    KEY_ENV,
+    LEGACY_KEY_API_TOKEN,
+    PUBLIC_BASE,
+    SpekeStack,
+    rules_text,
+)
+
+AXINOM = demo_secrets("axinom")
+MANAGEMENT_KEY_ENV = "AXINOM_MANAGEMENT_KEY"
+AXINOM_SOURCE: dict[str, Any] = {"default": {"source": "incoming"}}
+LEGACY_WITH_AXINOM_MIRROR: dict[str, Any] = {
+    "default": {"source": "legacy", "mirrors": ["incoming"]}
+}
+
+
+def axinom_key(kid: KeyId) -> bytes:
+    """The key the Axinom emulator derives for `kid` from its demo tenant's key seed."""
+    return KeyServiceTenant.from_secrets(AXINOM).key(uuid.UUID(hex=kid))
+
+
+async def axinom_speke_stack(
+    make_stack: StackFactory, tmp_path: Path, keys: dict[str, Any]
+) -> SpekeStack:
+    """The gateway with `incoming` an `axinom` provider whose key API is the Axinom
+    emulator's SPEKE v2 endpoint, `legacy` the legacy emulator with its native key API, and
+    a SPEKE endpoint on the internal listener."""
+    rules = tmp_path / "routing.yaml"
+    rules.write_text(rules_text(keys))
+
+    def configure(raw: dict[str, Any]) -> None:
+        legacy = raw["providers"]["legacy"]
+        legacy["key_api"] = {
+            "base_url": legacy["base_url"],
+            "token": {"env": "LEGACY_KEY_API_TOKEN"},
+            "timeouts": {"connect_seconds": 1.0, "total_seconds": 2.0},
+        }
+        url = raw["providers"]["incoming"]["base_url"]
+        section = provider_section("axinom", url)
+        section["key_api"] = {
+            "protocol": "speke",
+            "base_url": f"{url}/api/SpekeV2",
+            "basic": {
+                "username": AXINOM["tenant_id"],
+                "password": {"env": MANAGEMENT_KEY_ENV},
+            },
+            "timeouts": {"connect_seconds": 1.0, "total_seconds": 2.0},
+        }
+        raw["providers"]["incoming"] = section
+
+    stack = await make_stack(
+        legacy={"key_api_token": LEGACY_KEY_API_TOKEN},
+        incoming={"kind": "axinom", "secrets": dict(AXINOM), "resources": None},
+        configure=configure,
+        env={**KEY_ENV, **kind_env("axinom"), MANAGEMENT_KEY_ENV: AXINOM["management_key"]},
+        routing={"rules_file": str(rules), "poll_seconds": 0.1},
+        speke={
+            "listener": "internal",
+            "credential": BEARER,
+            "public_base_url": PUBLIC_BASE,
+            "max_body_bytes": 2 * 1024 * 1024,
+        },
+    )
+    return SpekeStack(stack, rules, stack.gateway.internal_url + "/v2/speke")
+
+
+async def test_a_packager_gets_the_keys_the_axinom_key_service_derives(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    speke = await axinom_speke_stack(make_stack, tmp_path, AXINOM_SOURCE)
+    status, headers, body = await speke.post(request_for("res-ax-1"), asset="ax-1")
+    assert status == 200, body
+    assert headers["X-Speke-Version"] == "2.0"
+    keys = answered_keys(body)
+    assert keys == {VIDEO: axinom_key(VIDEO), AUDIO: axinom_key(AUDIO)}
+    # Axinom was asked over its SPEKE v2 endpoint, for the title's drmResourceId.
+    record = (await speke.stack.stats(speke.stack.incoming))["recent"][-1]
+    assert (record["path"], record["status"]) == ("/api/SpekeV2", 200)
+    assert record["verified"] == {
+        "tenant_id": AXINOM["tenant_id"],
+        "content_id": "res-ax-1",
+        "key_ids": [VIDEO, AUDIO],
+    }
+    entry = await speke.catalog_entry("ax-1")
+    assert entry["drm_resource_id"] == "res-ax-1"
+    assert entry["key_ids"] == [VIDEO, AUDIO]
+    assert entry["key_holders"] == ["incoming"]
+    # A packager's retry gets the same keys: Axinom derives them from its key seed.
+    status, _, again = await speke.post(request_for("res-ax-1"), asset="ax-1")
+    assert status == 200 and answered_keys(again) == keys
+    # Nothing secret in the logs: neither the management key nor a content key.
+    logs = speke.stack.logs.getvalue()
+    assert AXINOM["management_key"] not in logs
+    assert not any(key.hex() in logs for key in keys.values())
+
+
+async def test_a_title_keyed_at_axinom_is_licensed_there_at_once(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    speke = await axinom_speke_stack(make_stack, tmp_path, AXINOM_SOURCE)
+    status, _, body = await speke.post(request_for("res-ax-2"), asset="ax-2")
+    assert status == 200, body
+    stack = speke.stack
+    # Routed to legacy by default, the key-holder guard sends the title to Axinom, whose
+    # entitlement lists the key ids the SPEKE request recorded.
+    async with stack.http.post(
+        stack.url("/v1/license/widevine/ax-2"), data=b"\x08\x01axinom-speke-title"
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        assert (await resp.read()).startswith(b"EMULATED-LICENSE\naxinom\nwidevine\n")
+    record = (await stack.stats(stack.incoming))["recent"][-1]
+    assert record["route"] == "license"
+    assert sorted(k.replace("-", "") for k in record["verified"]["key_ids"]) == sorted(
+        [VIDEO, AUDIO]
+    )
+
+
+async def test_an_axinom_speke_provider_named_as_a_mirror_fails_clearly(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    speke = await axinom_speke_stack(make_stack, tmp_path, LEGACY_WITH_AXINOM_MIRROR)
+    status, _, body = await speke.post(request_for("res-ax-3"), asset="ax-3")
+    assert status == 502, body  # not retryable: the config must change
+    assert json.loads(body)["error"] == "key_mirror_failed"
+    async with speke.stack.anon.get(
+        speke.stack.internal("/admin/catalog/ax-3"), headers=speke.stack.admin_headers()
+    ) as resp:
+        assert resp.status == 404  # nothing recorded
+    # The log says which provider and why; nothing was sent to Axinom.
+    lines = [json.loads(line) for line in speke.stack.logs.getvalue().splitlines()]
+    failed = [line for line in lines if line.get("event") == "key_mirror_write_failed"]
+    assert failed and failed[0]["provider"] == "incoming"
+    assert (failed[0]["code"], failed[0]["retryable"]) == ("not_supported", False)
+    assert (await speke.stack.stats(speke.stack.incoming))["recent"] == []
+
+    # Rules naming it as the source instead take effect on reload, and work.
+    speke.rules.write_text(
+        yaml.safe_dump({"version": "k2", "default": "legacy", "rules": [], "keys": AXINOM_SOURCE})
+    )
+
+    async def reloaded() -> bool:
+        status, _, _ = await speke.post(request_for("res-ax-3"), asset="ax-3")
+        return status == 200
+
+    await eventually(reloaded)
+    assert (await speke.catalog_entry("ax-3"))["key_holders"] == ["incoming"]
