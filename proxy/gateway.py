@@ -125,6 +125,7 @@ class Gateway:
         rules: RulesWatcher,
         *,
         missing: MissingStore | None = None,
+        shadow_providers: Mapping[str, ProviderClient] | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self.config = config
@@ -134,6 +135,9 @@ class Gateway:
         self.missing = missing
         self.catalog = catalog
         self.providers = providers
+        # Shadow copies go through clients of their own (their own connection pools), so a
+        # slow shadow provider never holds a connection live traffic waits for.
+        self._shadow_providers = shadow_providers if shadow_providers is not None else providers
         self.rules = rules
         self._client_response = config.fairplay.client_response
         self._max_spc_bytes = config.server.max_body_bytes
@@ -146,6 +150,8 @@ class Gateway:
         self.resilience = Resilience(config.resilience, served, clock=clock)
         self._deadline = config.resilience.deadline
         self._targets: dict[tuple[str, str], Target | None] = {}
+        self._shadow_targets: dict[tuple[str, str], Target | None] = {}
+        self._shadow_cap = config.resilience.shadow_max_in_flight
 
     async def license(
         self,
@@ -226,16 +232,17 @@ class Gateway:
         fallback = self._target(decision.fallback, info.drm)
         shadow = None
         if decision.shadow is not None and random.random() * 100 < decision.shadow.percent:
-            shadow = self._target(decision.shadow.to, info.drm)
+            shadow = self._target(decision.shadow.to, info.drm, shadow=True)
         return Route(decision, primary, fallback, shadow)
 
-    def _target(self, provider: str | None, drm: str) -> Target | None:
+    def _target(self, provider: str | None, drm: str, *, shadow: bool = False) -> Target | None:
         if provider is None:
             return None
         key = (provider, drm)
-        if key in self._targets:
-            return self._targets[key]
-        client = self.providers.get(provider)
+        targets = self._shadow_targets if shadow else self._targets
+        if key in targets:
+            return targets[key]
+        client = (self._shadow_providers if shadow else self.providers).get(provider)
         endpoint = client.endpoint(drm) if client is not None else None
         target = None
         if client is not None and endpoint is not None:
@@ -247,7 +254,7 @@ class Gateway:
                 client.settings.total_timeout,
                 self.resilience.policy(provider).fallback_statuses,
             )
-        self._targets[key] = target
+        targets[key] = target
         return target
 
     async def _route(
@@ -370,8 +377,12 @@ class Gateway:
 
     def _start_shadow(self, info: RequestInfo, target: Target, send: Send[T]) -> None:
         """Send a copy to the shadow provider; its answer is only compared and counted. A
-        provider whose circuit is not closed gets no copy (nor is one counted)."""
+        provider whose circuit is not closed gets no copy (nor is one counted); with
+        `shadow_max_in_flight` copies already in flight the copy is dropped and counted."""
         if not target.circuit.closed:
+            return
+        if len(self._shadow_tasks) >= self._shadow_cap:
+            metrics.SHADOW_REQUESTS.labels(target.client.name, "dropped").inc()
             return
         shadow_info = replace(info, provider=target.client.name)
         task = asyncio.get_running_loop().create_task(self._shadow(shadow_info, target, send))

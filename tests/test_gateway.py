@@ -30,6 +30,7 @@ from proxy.errors import (
 from proxy.gateway import Gateway
 from proxy.observability import metrics
 from proxy.observability.access import RequestInfo
+from proxy.observability.metrics import REGISTRY
 from proxy.routing.watcher import RulesWatcher
 from proxy.upstream.base import (
     Call,
@@ -236,6 +237,45 @@ async def test_shadow_copy_does_not_delay_or_change_the_answer(flow: Flow) -> No
     await asyncio.sleep(0)
     assert len(flow.incoming.calls) == 1  # sent, still waiting
     flow.incoming.gate.set()
+
+
+async def test_shadow_copies_use_their_own_clients_and_are_capped_not_queued(
+    tmp_path: Path,
+) -> None:
+    flow = await make_flow(tmp_path, resilience={"shadow_max_in_flight": 2})
+    shadow = FakeProvider(flow.config.providers["incoming"], gate=asyncio.Event())
+    gateway = Gateway(
+        flow.config,
+        flow.gateway.catalog,
+        flow.gateway.providers,
+        flow.gateway.rules,
+        shadow_providers={"legacy": flow.legacy, "incoming": shadow},
+        clock=flow.clock,
+    )
+    dropped = REGISTRY.get_sample_value(
+        "drm_gateway_shadow_requests_total", {"provider": "incoming", "result": "dropped"}
+    )
+    try:
+        for _ in range(5):  # the shadow provider hangs: two copies in flight, three dropped
+            answer = await gateway.license(
+                info(),
+                drm="playready",
+                asset_id=AssetId("both-2"),
+                body=b"<challenge/>",
+                content_type="text/xml",
+                client=CLIENT,
+            )
+            assert answer.body == b"legacy:playready"  # live traffic unaffected
+        await asyncio.sleep(0)
+        assert len(shadow.calls) == 2 and flow.incoming.calls == []  # never the live client
+        after = REGISTRY.get_sample_value(
+            "drm_gateway_shadow_requests_total", {"provider": "incoming", "result": "dropped"}
+        )
+        assert (after or 0) - (dropped or 0) == 3
+    finally:
+        await gateway.close()
+        await flow.gateway.close()
+        await flow.gateway.catalog.close()
 
 
 async def test_fairplay_call_carries_the_decoded_spc_and_the_ckc_is_encoded_for_the_player(

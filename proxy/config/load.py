@@ -23,6 +23,7 @@ from proxy.catalog.http import create_ssl_context, parse_base_url
 from proxy.catalog.missing import MissingSettings
 from proxy.catalog.redis import check_url as check_redis_url
 from proxy.catalog.registry import KNOWN_BACKENDS
+from proxy.config.clients import ClientSettings, parse_clients
 from proxy.config.providers import (
     HEADER_NAME,
     ProviderAuth,
@@ -73,6 +74,8 @@ class ServerSettings:
     shutdown_grace_seconds: float = 10.0
     # Proxies (an ingress, a load balancer) whose X-Forwarded-For entries are believed.
     trusted_proxies: tuple[Network, ...] = ()
+    # Client timeouts and connection caps (proxy/config/clients.py).
+    clients: ClientSettings = field(default_factory=ClientSettings)
 
 
 LogFormat = Literal["auto", "json", "console"]
@@ -318,7 +321,14 @@ def _parse_server(reader: ConfigReader, raw: Any) -> ServerSettings:
     section = reader.mapping(
         raw,
         path,
-        {"public", "internal", "max_body_bytes", "shutdown_grace_seconds", "trusted_proxies"},
+        {
+            "public",
+            "internal",
+            "max_body_bytes",
+            "shutdown_grace_seconds",
+            "trusted_proxies",
+            "clients",
+        },
     )
     defaults = ServerSettings()
     return ServerSettings(
@@ -333,6 +343,7 @@ def _parse_server(reader: ConfigReader, raw: Any) -> ServerSettings:
             section, "shutdown_grace_seconds", path, float, defaults.shutdown_grace_seconds
         ),
         trusted_proxies=_parse_trusted_proxies(reader, section),
+        clients=parse_clients(reader, section.get("clients")),
     )
 
 

@@ -41,6 +41,7 @@ from proxy.upstream.breaker import BreakerSettings
 from proxy.upstream.budget import RetryBudgetSettings
 from proxy.upstream.deadline import DeadlineSettings
 
+DEFAULT_SHADOW_MAX_IN_FLIGHT = 32
 # Statuses that always fall back, so listing them is a mistake worth a message.
 ALWAYS_FALLING_BACK = frozenset({401, 429})
 _TOP_FIELDS = {
@@ -51,6 +52,7 @@ _TOP_FIELDS = {
     "retry_budget",
     "fallback_statuses",
     "providers",
+    "shadow_max_in_flight",
 }
 _PROVIDER_FIELDS = {"circuit_breaker", "retry_budget", "fallback_statuses"}
 _BREAKER_FIELDS = {
@@ -83,6 +85,10 @@ class ResilienceSettings:
     deadline: DeadlineSettings = field(default_factory=DeadlineSettings)
     defaults: ProviderResilience = field(default_factory=ProviderResilience)
     providers: Mapping[str, ProviderResilience] = field(default_factory=dict)
+    # Shadow copies in flight at once per gateway process; past it a copy is dropped (and
+    # counted), never queued: shadows use their own connection pools and never wait on
+    # live traffic's.
+    shadow_max_in_flight: int = DEFAULT_SHADOW_MAX_IN_FLIGHT
 
     def for_provider(self, name: str) -> ProviderResilience:
         return self.providers.get(name, self.defaults)
@@ -109,7 +115,10 @@ def parse_resilience(
             continue
         fields = reader.mapping(value, where, _PROVIDER_FIELDS)
         by_provider[name] = _parse_provider(reader, fields, where, defaults)
-    return ResilienceSettings(deadline, defaults, by_provider)
+    shadow_cap = reader.positive(
+        section, "shadow_max_in_flight", path, int, DEFAULT_SHADOW_MAX_IN_FLIGHT
+    )
+    return ResilienceSettings(deadline, defaults, by_provider, shadow_cap)
 
 
 def _parse_deadline(reader: ConfigReader, section: Mapping[str, Any]) -> DeadlineSettings:

@@ -113,6 +113,27 @@ IN_FLIGHT = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livesum",  # under --workers: the sum over live workers
 )
+CONNECTIONS_OPEN = Gauge(
+    "drm_gateway_connections_open",
+    "Client connections open right now, by listener (public, internal, speke).",
+    ["listener"],
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+CONNECTIONS_REFUSED = Counter(
+    "drm_gateway_connections_refused_total",
+    "Client connections closed as soon as accepted, by listener and the cap they were over "
+    "(max_connections, max_connections_per_client).",
+    ["listener", "cap"],
+    registry=REGISTRY,
+)
+CLIENT_TIMEOUTS = Counter(
+    "drm_gateway_client_timeouts_total",
+    "Client connections closed for slowness, by listener and phase (first_request, header, "
+    "body, keepalive).",
+    ["listener", "phase"],
+    registry=REGISTRY,
+)
 FAIRPLAY_TRANSCODES = Counter(
     "drm_gateway_fairplay_transcodes_total",
     "FairPlay bodies rewritten, by the client's request format and the provider's format.",
@@ -172,7 +193,8 @@ RATE_LIMITED = Counter(
 )
 SHADOW_REQUESTS = Counter(
     "drm_gateway_shadow_requests_total",
-    "Shadow copies sent, by shadow provider and whether its answer matched (match, differ, error).",
+    "Shadow copies by shadow provider and result: match, differ, error, or dropped (not sent: "
+    "resilience.shadow_max_in_flight copies already in flight).",
     ["provider", "result"],
     registry=REGISTRY,
 )
@@ -248,7 +270,7 @@ BAD_RESPONSE_KINDS = (
 CATALOG_RESULTS = ("hit", "negative_hit", "miss", "coalesced", "stale", "error")
 RELOAD_RESULTS = ("ok", "unchanged", "refused")
 RATE_LIMITS = ("user", "ip")
-SHADOW_RESULTS = ("match", "differ", "error")
+SHADOW_RESULTS = ("match", "differ", "error", "dropped")
 SPEKE_RESULTS = (
     "ok",
     "invalid_cpix",
@@ -267,6 +289,8 @@ SPEKE_RESULTS = (
     "internal_error",
     "other",
 )
+CONNECTION_CAPS = ("max_connections", "max_connections_per_client")
+CLIENT_PHASES = ("first_request", "header", "body", "keepalive")
 MIRROR_RESULTS = ("ok", "failed", "queued", "retry_ok", "retry_failed")
 NO_PROVIDER = "-"  # the provider label of a request refused before one was chosen
 # Gauges whose label sets `forget` withdraws; multiprocess mode shows them only while not 0.
@@ -349,9 +373,20 @@ def initialise(
     ):
         for value in values:
             labelled(metric, value)
+    initialise_clients()
     for code in _refusal_codes():
         for detail in refusal_details.get(code, ("-",)):
             labelled(REFUSED, code, detail)
+
+
+def initialise_clients(listeners: Iterable[str] = ("public", "internal")) -> None:
+    """Create at 0 the connection series of each listener."""
+    for listener in listeners:
+        labelled(CONNECTIONS_OPEN, listener)
+        for cap in CONNECTION_CAPS:
+            labelled(CONNECTIONS_REFUSED, listener, cap)
+        for phase in CLIENT_PHASES:
+            labelled(CLIENT_TIMEOUTS, listener, phase)
 
 
 def initialise_speke(providers: Iterable[str]) -> None:

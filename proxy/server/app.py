@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import resource
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
@@ -31,7 +32,7 @@ from proxy.observability.logs import get_logger
 from proxy.routing.watcher import RulesWatcher
 from proxy.server.admin import ADMIN_CATALOG, ADMIN_TOKEN, MISSING, RULES, add_admin_routes
 from proxy.server.middleware import create_middleware
-from proxy.server.protocol import GatewayRunner
+from proxy.server.protocol import ClientPolicy, GatewayRunner
 from proxy.server.routes import CERTIFICATE, GATEWAY, GUARD, MAX_BODY, add_public_routes
 from proxy.server.speke import SPEKE_REFUSALS, add_speke_route, create_speke_app, speke_context
 from proxy.upstream.base import ProviderClient
@@ -40,6 +41,8 @@ from proxy.upstream.registry import close_providers, open_providers
 CONFIG = web.AppKey("config", Config)
 CATALOG = web.AppKey("catalog", CachedCatalog)
 PROVIDERS: web.AppKey[Mapping[str, ProviderClient]] = web.AppKey("providers")
+# A second client per provider for shadow copies: their own connection pools.
+SHADOW_PROVIDERS: web.AppKey[Mapping[str, ProviderClient]] = web.AppKey("shadow_providers")
 PUBLIC_APP = web.AppKey("public_app", web.Application)
 DRAINING = web.AppKey("draining", asyncio.Event)
 
@@ -76,8 +79,11 @@ async def _catalog_changes_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
     providers = await open_providers(app[CONFIG].providers)
     app[PROVIDERS] = providers
+    shadows = await open_providers(app[CONFIG].providers)  # connections opened on first use
+    app[SHADOW_PROVIDERS] = shadows
     yield
     await close_providers(providers)
+    await close_providers(shadows)
 
 
 async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -92,7 +98,14 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     async with _missing_store(app[CONFIG]) as missing:
-        gateway = Gateway(app[CONFIG], app[CATALOG], app[PROVIDERS], app[RULES], missing=missing)
+        gateway = Gateway(
+            app[CONFIG],
+            app[CATALOG],
+            app[PROVIDERS],
+            app[RULES],
+            missing=missing,
+            shadow_providers=app[SHADOW_PROVIDERS],
+        )
         app[GATEWAY] = gateway
         yield
         await gateway.close()
@@ -243,11 +256,18 @@ class RunningGateway:
     public_app: web.Application
     _runners: tuple[GatewayRunner, ...]
     speke_url: str | None = None
+    _stopped: bool = False
 
     async def stop(self) -> None:
         """Unready at once, finish the packagers' key requests on a SPEKE listener of its own,
         stop accepting players, let in-flight requests finish (up to the configured grace),
-        then close the internal port last so probes see the drain."""
+        then close the internal port last so probes see the drain.
+
+        Each connection answers the request it is handling with `Connection: close`; an idle
+        keep-alive connection is closed at once. A second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         public, internal, *own = self._runners
         self.public_app[DRAINING].set()
         for runner in own:
@@ -269,19 +289,34 @@ async def start_gateway(config: Config, *, reuse_port: bool = False) -> RunningG
     }
     metrics.initialise(config.providers, details)
     metrics.initialise_speke(config.providers)  # even when off: the dashboard shows zeros
+    _check_descriptors(config)
     public_app = create_public_app(config)
-    grace = config.server.shutdown_grace_seconds
-    public = GatewayRunner(public_app, shutdown_timeout=grace)
+    server = config.server
+    grace = server.shutdown_grace_seconds
+    clients, trusted = server.clients, server.trusted_proxies
+    # Each listener counts its own connections: a flood of one leaves the others their room.
+    public = GatewayRunner(
+        public_app,
+        shutdown_timeout=grace,
+        policy=ClientPolicy("public", clients, clients.public, trusted),
+    )
     await public.setup()
     runners = [public]
     try:
-        internal = GatewayRunner(create_internal_app(public_app))
+        internal = GatewayRunner(
+            create_internal_app(public_app),
+            policy=ClientPolicy("internal", clients, clients.internal),
+        )
         runners.append(internal)
         await internal.setup()
         listeners = [config.server.public, config.server.internal]
         speke = config.speke
         if speke is not None and speke.listener == "own":
-            own = GatewayRunner(create_own_speke_app(public_app), shutdown_timeout=grace)
+            own = GatewayRunner(
+                create_own_speke_app(public_app),
+                shutdown_timeout=grace,
+                policy=ClientPolicy("speke", clients, clients.public, trusted),
+            )
             runners.append(own)
             await own.setup()
             listeners.append(Listener(speke.host, speke.port))
@@ -306,10 +341,43 @@ async def start_gateway(config: Config, *, reuse_port: bool = False) -> RunningG
     return RunningGateway(urls[0], urls[1], public_app, tuple(runners), speke_url)
 
 
+# Descriptors besides client connections: upstream pools, catalog, Redis, logs, the loop.
+_DESCRIPTOR_MARGIN = 1024
+
+
+def _check_descriptors(config: Config) -> None:
+    """Raise the soft file-descriptor limit to the hard one (as Go's runtime does); warn if
+    the listeners' connection caps still do not fit under it: past the limit every accept
+    fails, the internal port's too."""
+    clients = config.server.clients
+    caps = clients.public.max_connections + clients.internal.max_connections
+    if config.speke is not None and config.speke.listener == "own":
+        caps += clients.public.max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # pragma: no cover - e.g. a hard limit of RLIM_INFINITY
+            pass
+    if soft != resource.RLIM_INFINITY and caps + _DESCRIPTOR_MARGIN > soft:
+        log.warning(
+            "connection_caps_above_descriptor_limit",
+            max_connections=caps,
+            descriptor_limit=soft,
+            detail="lower server.clients.*.max_connections or raise `ulimit -n`",
+        )
+
+
 async def _listen(runner: GatewayRunner, listener: Listener, reuse_port: bool) -> str:
     """Bind `runner` to the listener; its URL (the port chosen for port 0)."""
     site = web.TCPSite(
-        runner, listener.host, listener.port, reuse_address=True, reuse_port=reuse_port
+        runner,
+        listener.host,
+        listener.port,
+        backlog=runner.policy.backlog,
+        reuse_address=True,
+        reuse_port=reuse_port,
     )
     await site.start()
     host, port = runner.addresses[0][:2]

@@ -116,3 +116,11 @@ def test_the_pool_wait_must_fit_in_the_deadline() -> None:
 def test_a_section_that_is_not_a_mapping_is_refused() -> None:
     assert problems_of([1]) == ["resilience: must be a mapping"]
     assert problems_of({"providers": 5}) == ["resilience.providers: must be a mapping"]
+
+
+def test_the_shadow_cap_defaults_to_32_and_must_be_positive() -> None:
+    assert settings_of(None).shadow_max_in_flight == 32
+    assert settings_of({"shadow_max_in_flight": 4}).shadow_max_in_flight == 4
+    assert problems_of({"shadow_max_in_flight": 0}) == [
+        "resilience.shadow_max_in_flight: must be greater than 0"
+    ]
