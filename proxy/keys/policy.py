@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
+from proxy.problems import named_items, show
 from proxy.routing.rules import NAME_PATTERN, Providers
 
 MirrorFailure = Literal["fail", "queue"]
@@ -136,7 +137,7 @@ def parse_key_policy(raw: Any, p: SectionProblems, providers: Providers | None) 
     """
     where = "keys"
     if not isinstance(raw, dict):
-        p.problem(where, f"must be a mapping of default and rules, not {_show(raw)}")
+        p.problem(where, f"must be a mapping of default and rules, not {show(raw)}")
         return None
     count = len(p.problems)
     _unknown_fields(raw, SECTION_FIELDS, f"{where}.", p)
@@ -154,21 +155,9 @@ def parse_key_policy(raw: Any, p: SectionProblems, providers: Providers | None) 
 def _parse_rules(raw: Any, p: SectionProblems, providers: Providers | None) -> tuple[KeyRule, ...]:
     if raw is None:
         return ()
-    if not isinstance(raw, list):
-        p.problem("keys.rules", f"must be a list, not {_show(raw)}")
-        return ()
     rules: list[KeyRule] = []
-    first_index: dict[str, int] = {}
-    for index, item in enumerate(raw, start=1):
-        name = item.get("name") if isinstance(item, dict) else None
-        where = f"keys rule '{name}' (#{index})" if isinstance(name, str) else f"keys rule #{index}"
-        if isinstance(name, str) and name in first_index:
-            p.problem(f"{where}: name", f"duplicate of keys rule #{first_index[name]}")
-        elif isinstance(name, str):
-            first_index[name] = index
-        if not isinstance(item, dict):
-            p.problem(where, f"must be a mapping, not {_show(item)}")
-        elif rule := _parse_rule(item, f"{where}: ", p, providers):
+    for _, where, item in named_items(raw, "keys.rules", "keys rule", p.problem):
+        if rule := _parse_rule(item, f"{where}: ", p, providers):
             rules.append(rule)
     return tuple(rules)
 
@@ -183,7 +172,7 @@ def _parse_rule(
         p.problem(f"{where}name", "is required")
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
-        p.problem(f"{where}enabled", f"must be true or false, not {_show(enabled)}")
+        p.problem(f"{where}enabled", f"must be true or false, not {show(enabled)}")
     when = _parse_when(raw.get("when"), f"{where}when", p)
     target_fields = {key: raw[key] for key in TARGET_FIELDS if key in raw}
     target = _parse_target(target_fields, where.rstrip(": "), p, providers, rule=True)
@@ -206,7 +195,7 @@ def _parse_when(raw: Any, where: str, p: SectionProblems) -> KeyWhen:
     if raw is None:  # no `when`: every title
         return KeyWhen()
     if not isinstance(raw, dict):
-        p.problem(where, f"must be a mapping, not {_show(raw)}")
+        p.problem(where, f"must be a mapping, not {show(raw)}")
         return KeyWhen()
     _unknown_fields(raw, WHEN_FIELDS, f"{where}.", p)
     lists = {key: p.string_list(raw[key], f"{where}.{key}") for key in WHEN_FIELDS if key in raw}
@@ -229,7 +218,7 @@ def _parse_target(
     """`source`, `mirrors` and `mirror_failure` (a rule's own fields, or `keys.default`)."""
     sep = ": " if rule else "."
     if not isinstance(raw, dict):
-        p.problem(where, f"must be a mapping of {', '.join(TARGET_FIELDS)}, not {_show(raw)}")
+        p.problem(where, f"must be a mapping of {', '.join(TARGET_FIELDS)}, not {show(raw)}")
         return None
     if not rule:
         _unknown_fields(raw, TARGET_FIELDS, f"{where}.", p)
@@ -254,7 +243,7 @@ def _parse_mirrors(
     if raw is None or raw == []:
         return ()
     if not isinstance(raw, list):
-        p.problem(where, f"must be a list of providers, not {_show(raw)}")
+        p.problem(where, f"must be a list of providers, not {show(raw)}")
         return ()
     mirrors: list[str] = []
     for index, item in enumerate(raw):
@@ -296,7 +285,3 @@ def _unknown_fields(
             hints = difflib.get_close_matches(str(key), allowed, n=1)
             hint = "".join(f" (did you mean '{h}'?)" for h in hints)
             p.problem(f"{where}{key}", "unknown field" + hint)
-
-
-def _show(value: Any) -> str:
-    return f"{type(value).__name__} {repr(value)[:40]}"

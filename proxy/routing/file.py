@@ -13,7 +13,7 @@ import yaml
 
 from proxy.domain import ALL_DRMS
 from proxy.keys.policy import KeyPolicy, parse_key_policy
-from proxy.problems import Problems
+from proxy.problems import Problems, named_items, show
 from proxy.routing.rules import (
     NAME_PATTERN,
     STICKINESS,
@@ -63,10 +63,6 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _show(value: Any) -> str:
-    return f"{type(value).__name__} {repr(value)[:40]}"
-
-
 class _Problems(Problems):
     """Collects every problem of a file, with typed checks for the rules' fields."""
 
@@ -91,7 +87,7 @@ class _Problems(Problems):
     def string(self, value: Any, where: str) -> str | None:
         if isinstance(value, str) and value.strip():
             return value
-        self.problem(where, f"must be a non-empty string, not {_show(value)}")
+        self.problem(where, f"must be a non-empty string, not {show(value)}")
         return None
 
     def provider(self, value: Any, where: str) -> str | None:
@@ -103,7 +99,7 @@ class _Problems(Problems):
 
     def percent(self, value: Any, where: str) -> float | None:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            self.problem(where, f"must be a number 0-100, not {_show(value)}")
+            self.problem(where, f"must be a number 0-100, not {show(value)}")
         elif not math.isfinite(value) or not 0 <= value <= 100:
             self.problem(where, f"{value} is out of range 0-100")
         elif abs(value * 100 - round(value * 100)) > 1e-6:
@@ -114,7 +110,7 @@ class _Problems(Problems):
 
     def string_list(self, value: Any, where: str) -> list[str]:
         if not isinstance(value, list) or not value:
-            self.problem(where, f"must be a non-empty list, not {_show(value)}")
+            self.problem(where, f"must be a non-empty list, not {show(value)}")
             return []
         items = [self.string(item, f"{where}[{i}]") for i, item in enumerate(value)]
         return [item for item in items if item is not None]
@@ -155,14 +151,14 @@ def load_rules_file(path: Path, *, providers: Providers | None) -> RuleSet:
 
 def _parse_document(doc: Any, text: str, source: str, p: _Problems) -> RuleSet | None:
     if not isinstance(doc, dict):
-        p.problem("top level", f"must be a mapping of version, default, rules; not {_show(doc)}")
+        p.problem("top level", f"must be a mapping of version, default, rules; not {show(doc)}")
         return None
     p.unknown_fields(doc, _TOP_FIELDS, "")
     p.required(doc, _REQUIRED_TOP_FIELDS, "")
     version = doc.get("version")
     if "version" in doc and not (isinstance(version, str) and version.strip()):
         hint = f' (quote it: version: "{version}")' if version is not None else ""
-        p.problem("version", f"must be a non-empty string{hint}, not {_show(version)}")
+        p.problem("version", f"must be a non-empty string{hint}, not {show(version)}")
     default = p.provider(doc["default"], "default") if "default" in doc else None
     if default and p.providers and default in p.providers:
         if p.providers[default].needs_drm_resource_id:
@@ -187,21 +183,9 @@ def _parse_keys(doc: dict[Any, Any], p: _Problems) -> KeyPolicy | None:
 
 
 def _parse_rule_list(raw: Any, p: _Problems) -> tuple[Rule, ...]:
-    if not isinstance(raw, list):
-        p.problem("rules", f"must be a list, not {_show(raw)}")
-        return ()
     rules: list[Rule] = []
-    first_index: dict[str, int] = {}
-    for index, item in enumerate(raw, start=1):
-        name = item.get("name") if isinstance(item, dict) else None
-        where = f"rule '{name}' (#{index})" if isinstance(name, str) else f"rule #{index}"
-        if isinstance(name, str) and name in first_index:
-            p.problem(f"{where}: name", f"duplicate of rule #{first_index[name]}")
-        elif isinstance(name, str):
-            first_index[name] = index
-        if not isinstance(item, dict):
-            p.problem(where, f"must be a mapping, not {_show(item)}")
-        elif rule := _parse_rule(item, index, f"{where}: ", p):
+    for index, where, item in named_items(raw, "rules", "rule", p.problem):
+        if rule := _parse_rule(item, index, f"{where}: ", p):
             rules.append(rule)
     return tuple(rules)
 
@@ -213,7 +197,7 @@ def _parse_rule(raw: dict[Any, Any], index: int, where: str, p: _Problems) -> Ru
     name = _rule_name(raw["name"], f"{where}name", p) if "name" in raw else None
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
-        p.problem(f"{where}enabled", f"must be true or false, not {_show(enabled)}")
+        p.problem(f"{where}enabled", f"must be true or false, not {show(enabled)}")
     when = _parse_when(raw.get("when"), f"{where}when", p)
     route = p.provider(raw["route"], f"{where}route") if "route" in raw else None
     percent = p.percent(raw["percent"], f"{where}percent") if "percent" in raw else 100.0
@@ -244,7 +228,7 @@ def _parse_when(raw: Any, where: str, p: _Problems) -> When:
     if raw is None:  # `when:` left empty matches everything, like no `when`
         return When()
     if not isinstance(raw, dict):
-        p.problem(where, f"must be a mapping, not {_show(raw)}")
+        p.problem(where, f"must be a mapping, not {show(raw)}")
         return When()
     p.unknown_fields(raw, _WHEN_FIELDS, f"{where}.")
     lists = {key: p.string_list(raw[key], f"{where}.{key}") for key in _LIST_FIELDS if key in raw}
@@ -278,7 +262,7 @@ def _parse_when(raw: Any, where: str, p: _Problems) -> When:
 
 def _parse_shadow(raw: Any, route: str | None, where: str, p: _Problems) -> Shadow | None:
     if not isinstance(raw, dict):
-        p.problem(where, f"must be a mapping of to and percent, not {_show(raw)}")
+        p.problem(where, f"must be a mapping of to and percent, not {show(raw)}")
         return None
     p.unknown_fields(raw, _SHADOW_FIELDS, f"{where}.")
     p.required(raw, _SHADOW_FIELDS, f"{where}.")
