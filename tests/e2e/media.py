@@ -62,15 +62,19 @@ async def package_hls(
     *,
     key_uri: Callable[[str], str],
     key_for: Callable[[str], bytes],
+    key_ids: list[str] | None = None,
 ) -> HlsMedia:
     """Segment `clip` as HLS AES-128, rotating the key every SEGMENTS_PER_KEY segments.
 
     With `-hls_flags periodic_rekey` ffmpeg re-reads its key info file at every segment; the
     file is a FIFO fed one key info per read, so each rotation gets a new key id and key.
-    `key_uri(key_id)` must keep TOKEN_PLACEHOLDER where the player token goes.
+    `key_uri(key_id)` must keep TOKEN_PLACEHOLDER where the player token goes. `key_ids`, one
+    per rotation (ROTATIONS of them), are made up when not given.
     """
     folder.mkdir(parents=True)
-    key_ids = [secrets.token_hex(16) for _ in range(ROTATIONS)]
+    if key_ids is None:
+        key_ids = [secrets.token_hex(16) for _ in range(ROTATIONS)]
+    assert len(key_ids) == ROTATIONS
     for key_id in key_ids:
         (folder / f"{key_id}.key").write_bytes(key_for(key_id))
     fifo = folder / "keyinfo.fifo"

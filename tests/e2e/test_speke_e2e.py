@@ -19,7 +19,6 @@ import asyncio
 import base64
 import copy
 import json
-import os
 import secrets
 import sys
 import time
@@ -31,17 +30,15 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.dev.media import PACKAGE_TIMEOUT, SEGMENT_SECONDS
 from tests.conftest import ENV, StackFactory, free_ports, write_catalog
 from tests.e2e.media import (
     EXPECTED_FRAMES,
     ROTATIONS,
-    SEGMENTS,
     SEGMENTS_PER_KEY,
     TOKEN_PLACEHOLDER,
     HlsMedia,
-    _feed_fifo,
     package_dash,
+    package_hls,
 )
 from tests.e2e.players import assert_played, count_frames, play_pages
 from tests.e2e.procs import run
@@ -216,45 +213,19 @@ async def package_hls_with(
 ) -> HlsMedia:
     """ffmpeg segments `clip` as HLS AES-128, period i (SEGMENTS_PER_KEY segments) encrypted
     with kids[i]'s key and pointing at the key URI the SPEKE answer gave for it (plus the
-    player token placeholder). The key info file is a FIFO fed once per segment, as in
-    tests/e2e/media.py."""
-    folder.mkdir(parents=True)
-    for kid in kids:
-        (folder / f"{kid}.key").write_bytes(keys[kid].key)
-    fifo = folder / "keyinfo.fifo"
-    os.mkfifo(fifo)
-    infos = []
-    for segment in range(SEGMENTS):
-        kid = kids[segment // SEGMENTS_PER_KEY]
+    player token placeholder), by tests/e2e/media.py's packager."""
+
+    def key_uri(kid: str) -> str:
         uri = keys[kid].hls_uri
         assert uri is not None
-        infos.append(f"{uri}?token={TOKEN_PLACEHOLDER}\n{folder / (kid + '.key')}\n")
-    ffmpeg = asyncio.ensure_future(
-        run(
-            tools.ffmpeg, "-v", "error", "-y", "-i", str(clip), "-c", "copy",
-            "-f", "hls", "-hls_time", str(SEGMENT_SECONDS), "-hls_playlist_type", "vod",
-            "-hls_key_info_file", str(fifo), "-hls_flags", "periodic_rekey",
-            "-hls_segment_filename", str(folder / "seg%03d.ts"),
-            str(folder / "index.m3u8"),
-            timeout=PACKAGE_TIMEOUT,
-        )
-    )  # fmt: skip
-    try:
-        writes = await _feed_fifo(fifo, infos, until=ffmpeg)
-        finished = await ffmpeg
-    finally:
-        ffmpeg.cancel()
-    assert finished.returncode == 0, finished.stderr
-    assert writes == SEGMENTS
+        return f"{uri}?token={TOKEN_PLACEHOLDER}"
+
+    media = await package_hls(
+        tools, clip, folder, key_uri=key_uri, key_for=lambda kid: keys[kid].key, key_ids=kids
+    )
     for kid in kids:  # the packager's copy of the keys goes once the media is written
         (folder / f"{kid}.key").unlink()
-    text = (folder / "index.m3u8").read_text()
-    key_uris = [
-        line.split('URI="', 1)[1].split('"', 1)[0]
-        for line in text.splitlines()
-        if line.startswith("#EXT-X-KEY:")
-    ]
-    return HlsMedia(folder, key_uris, kids)
+    return media
 
 
 @dataclass
