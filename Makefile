@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools e2e-tools demo test check lint typecheck unit e2e bench deploy-check clean
+.PHONY: install tools e2e-tools demo test check lint typecheck unit e2e bench chaos deploy-check clean
 
 install: $(STAMP)
 
@@ -60,6 +60,11 @@ e2e: e2e-tools
 # Benchmark (issue 8): installs wrk/nginx when missing; BENCH_DURATION=3 BENCH_REPEATS=1 is quick.
 bench: install
 	bash scripts/bench.sh
+
+# Resilience under faults (issue 17): gateway + both emulators on loopback, one bounded run per
+# scenario (~6 min in all); CHAOS_RATE (200 req/s), CHAOS_SECONDS (30), CHAOS_SCENARIOS (a,b).
+chaos: install
+	$(BIN)/python -m tests.perf.chaos
 
 check: lint typecheck
 
