@@ -37,6 +37,7 @@ import asyncio
 import json
 import math
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -704,7 +705,19 @@ async def run_all(stack: Stack, plan: Plan, res: Resilience) -> list[Outcome]:
     return outcomes
 
 
+def _raise_descriptor_limit(wanted: int = 65_536) -> None:
+    """Root may raise its hard limit on open files (children inherit it): 20,000 slow
+    connections need that many descriptors on each side of loopback."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(hard, wanted)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main() -> int:
+    _raise_descriptor_limit()
     plan = env_plan()
     # Each scenario: its run, the drain (the deadline), circuits closing, a rules reload.
     budget = len(plan.scenarios) * (plan.seconds + 60) + 120
