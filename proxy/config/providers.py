@@ -102,8 +102,8 @@ class ProviderAuth:
 ResourceIdField = Literal["drm_resource_id", "asset_id"]
 
 
-KeyApiProtocol = Literal["native", "speke"]
-KEY_API_PROTOCOLS: tuple[KeyApiProtocol, ...] = ("native", "speke")
+KeyApiProtocol = Literal["native", "speke", "doverunner_cpix"]
+KEY_API_PROTOCOLS: tuple[KeyApiProtocol, ...] = ("native", "speke", "doverunner_cpix")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +116,10 @@ class KeyApiSettings:
     `speke`: a provider's SPEKE v2 endpoint, `base_url` being that endpoint's URL (e.g.
     Axinom's Key Service .../api/SpekeV2): key generation only, behind the bearer `token`
     or HTTP Basic (`basic_username`, `basic_password`).
+    `doverunner_cpix`: DoveRunner's (PallyCon's) CPIX API, `base_url` being its KMS URL up
+    to `getKey` (e.g. https://drm-kms.doverunner.com/v2/cpix/doverunner/getKey): key
+    generation only; the `token` is the KMS token, sent as the URL's last path segment
+    (no Authorization header). See `request_url`.
 
     `resource_id_field` names the catalog id a title is known by at this API: the one the
     provider's own URL templates use (`drm_resource_id` or `asset_id`), so the keys written
@@ -134,6 +138,15 @@ class KeyApiSettings:
     def resource_id(self, asset_id: str, drm_resource_id: str | None) -> str | None:
         """The id naming this title at the key API (None: the title lacks it)."""
         return asset_id if self.resource_id_field == "asset_id" else drm_resource_id
+
+    @property
+    def request_url(self) -> str:
+        """The URL key generation posts to: `base_url`, plus for `doverunner_cpix` the KMS
+        token percent-encoded as the last path segment. It holds a secret then: never log
+        it, never put it in a message."""
+        if self.protocol == "doverunner_cpix":
+            return f"{self.base_url}/{quote(self.token, safe='')}"
+        return self.base_url
 
     @property
     def authorization(self) -> str:
@@ -314,7 +327,9 @@ def _parse_key_api(
     the provider's licenses name a title by, the default `resource_id`.
 
     `protocol: native` (the default) wants a bearer `token`; `protocol: speke` wants exactly
-    one of `token` and `basic: {username, password}`, `base_url` being the SPEKE endpoint."""
+    one of `token` and `basic: {username, password}`, `base_url` being the SPEKE endpoint;
+    `protocol: doverunner_cpix` wants the KMS `token` (non-empty) and no `basic`, `base_url`
+    being the KMS URL up to `getKey`."""
     if "key_api" not in section:
         return None
     path = f"{path}.key_api"
@@ -324,6 +339,15 @@ def _parse_key_api(
     before = len(reader.problems)
     protocol = reader.choice(raw, "protocol", path, KEY_API_PROTOCOLS, "native")
     base_url = _key_api_base_url(reader, raw, path)
+    if protocol == "doverunner_cpix" and base_url is not None:
+        if not urlsplit(base_url).path.endswith("/getKey"):
+            # The KMS token goes after getKey, from `token`: never in base_url (not a secret).
+            reader.problem(
+                f"{path}.base_url",
+                "protocol doverunner_cpix wants the KMS URL up to getKey "
+                "(e.g. https://drm-kms.doverunner.com/v2/cpix/doverunner/getKey), "
+                "the KMS token being given as token",
+            )
     token, username, password = _key_api_credential(reader, raw, path, protocol)
     timeouts = reader.mapping(raw.get("timeouts"), f"{path}.timeouts", _TIMEOUT_FIELDS)
     settings = KeyApiSettings(
@@ -349,14 +373,19 @@ def _key_api_credential(
 ) -> tuple[str | None, str | None, str | None]:
     """(bearer token, basic username, basic password), each from the section's secrets."""
     has_token, has_basic = "token" in raw, "basic" in raw
-    if protocol == "native":
+    if protocol in ("native", "doverunner_cpix"):
         if has_basic:
             reader.problem(
-                f"{path}.basic", "is for protocol: speke only (the native key API takes a token)"
+                f"{path}.basic",
+                f"is for protocol: speke only (the {protocol} key API takes a token)",
             )
         if not has_token:
             reader.problem(f"{path}.token", "is missing, and has no default")
             return None, None, None
+        token = reader.secret(raw["token"], f"{path}.token")
+        if protocol == "doverunner_cpix" and token is not None and not token.strip():
+            reader.problem(f"{path}.token", "must not be empty (it is the KMS token)")
+        return token, None, None
     elif has_token == has_basic:
         reader.problem(
             path,

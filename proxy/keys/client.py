@@ -14,6 +14,13 @@ KeyApiError `not_supported` (not retryable): such a provider can be a `keys:` so
 a mirror nor a backfill source or destination. The credential is the bearer token or HTTP
 Basic, as configured.
 
+With `key_api.protocol: doverunner_cpix` the provider is DoveRunner's (formerly PallyCon's)
+CPIX API: `generate` posts a minimal CPIX document (root `id` = the content id, one
+ContentKey per kid, one Widevine DRMSystem per kid; `build_doverunner_cpix_request`) to
+`base_url` + `/` + the percent-encoded KMS token, with no Authorization header, and reads the
+keys (pskc PlainValue) from the answer; export and ingest are `not_supported` as for speke.
+The request URL then holds the KMS token: no message, log line or repr shows a URL.
+
 Every call is one HTTP request (no retry here: callers decide, since all three are idempotent
 for given key ids) over a keep-alive aiohttp session with verified TLS, the provider's
 timeouts, no redirects followed and a bounded answer. Each failure is one `KeyApiError` with a
@@ -49,6 +56,8 @@ EXPORT_BATCH = 100
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # The SPEKE version asked of a `protocol: speke` endpoint.
 SPEKE_VERSION = "2.0"
+# The Widevine DRM system id (DASH-IF registry), named in a doverunner_cpix request.
+WIDEVINE_SYSTEM_ID = "edef8ba9-79d6-4ace-a3c8-27dcd51d21ed"
 # Statuses after which the same request may succeed later.
 _RETRYABLE_STATUSES = frozenset({408, 425, 429})
 T = TypeVar("T")
@@ -103,12 +112,17 @@ class KeyApiClient:
         _check_kids(kids)
         body = build_cpix_request(resource_id, kids)
         headers = {"Content-Type": "application/xml", "Accept": "application/xml"}
-        path = "/v2/cpix"
+        url = self.settings.base_url + "/v2/cpix"
+        reader: Callable[[bytes], dict[KeyId, bytes]] = read_cpix_keys
         if self.settings.protocol == "speke":  # base_url is the SPEKE endpoint itself
             headers["X-Speke-Version"] = SPEKE_VERSION
-            path = ""
-        answer = await self._call("generate", resource_id, "POST", path, body, headers)
-        keys = self._read(answer, "generate", resource_id, read_cpix_keys)
+            url = self.settings.base_url
+        elif self.settings.protocol == "doverunner_cpix":  # the KMS token ends the URL
+            body = build_doverunner_cpix_request(resource_id, kids)
+            url = self.settings.request_url
+            reader = _doverunner_reader(resource_id)
+        answer = await self._call("generate", resource_id, "POST", url, body, headers)
+        keys = self._read(answer, "generate", resource_id, reader)
         return self._exactly(keys, kids, "generate", resource_id)
 
     async def export(self, resource_id: str, kids: Sequence[KeyId]) -> dict[KeyId, bytes]:
@@ -119,8 +133,8 @@ class KeyApiClient:
         for start in range(0, len(kids), EXPORT_BATCH):
             batch = kids[start : start + EXPORT_BATCH]
             query = urlencode([("kid", kid) for kid in batch])
-            path = f"{_keys_path(resource_id)}?{query}"
-            answer = await self._call("export", resource_id, "GET", path)
+            url = f"{self.settings.base_url}{_keys_path(resource_id)}?{query}"
+            answer = await self._call("export", resource_id, "GET", url)
             found = self._read(answer, "export", resource_id, _export_reader(resource_id))
             keys.update(self._exactly(found, batch, "export", resource_id))
         return keys
@@ -134,18 +148,19 @@ class KeyApiClient:
         document = {"keys": [{"kid": kid, "key": _b64(key)} for kid, key in keys.items()]}
         body = json.dumps(document).encode()
         headers = {"Content-Type": "application/json"}
-        path = _keys_path(resource_id)
-        answer = await self._call("ingest", resource_id, "PUT", path, body, headers)
+        url = self.settings.base_url + _keys_path(resource_id)
+        answer = await self._call("ingest", resource_id, "PUT", url, body, headers)
         return self._read(answer, "ingest", resource_id, _read_ingest)
 
     def _check_supported(self, operation: str, resource_id: str) -> None:
-        """A SPEKE endpoint only generates keys: export and ingest are KeyApiError
-        `not_supported` (not retryable), raised before any request."""
-        if self.settings.protocol != "speke":
+        """A SPEKE endpoint or DoveRunner's CPIX API only generates keys: export and ingest
+        are KeyApiError `not_supported` (not retryable), raised before any request."""
+        protocol = self.settings.protocol
+        if protocol == "native":
             return
         message = (
             f"{self.provider} key API: {operation} of resource {resource_id!r} is not "
-            "supported: its key_api protocol is speke (key generation only), so this "
+            f"supported: its key_api protocol is {protocol} (key generation only), so this "
             "provider can be a keys: source but not a mirror nor a backfill source or "
             "destination"
         )
@@ -163,12 +178,18 @@ class KeyApiClient:
         """The session, created on first use (inside the running loop)."""
         if self._session is None:
             settings = self.settings
+            # doverunner_cpix: the KMS token is in the URL, no Authorization header.
+            authorization = (
+                {}
+                if settings.protocol == "doverunner_cpix"
+                else {"Authorization": settings.authorization}
+            )
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=True, limit=64),  # ssl=True: verified
                 timeout=aiohttp.ClientTimeout(
                     total=settings.total_timeout, sock_connect=settings.connect_timeout
                 ),
-                headers={"Authorization": settings.authorization},
+                headers=authorization,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
             )
@@ -179,13 +200,14 @@ class KeyApiClient:
         operation: str,
         resource_id: str,
         method: str,
-        path: str,
+        url: str,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> bytes:
-        """Send one request; the body of a 2xx answer, else KeyApiError."""
+        """Send one request; the body of a 2xx answer, else KeyApiError. The URL may hold a
+        secret (doverunner_cpix): no message made here names it, nor the exception's text
+        (only its type), and the exception is not chained."""
         where = f"{self.provider} key API: {operation} of resource {resource_id!r}"
-        url = self.settings.base_url + path
         try:
             async with self._open().request(
                 method, url, data=body, headers=headers, allow_redirects=False
@@ -270,6 +292,36 @@ def build_cpix_request(resource_id: str, kids: Sequence[KeyId]) -> bytes:
         ET.SubElement(key_list, f"{{{CPIX_NS}}}ContentKey", attributes)
     document: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
     return document
+
+
+def build_doverunner_cpix_request(content_id: str, kids: Sequence[KeyId]) -> bytes:
+    """A minimal CPIX document for DoveRunner's CPIX API: root `id` = the content id (CPIX
+    2.x style), one ContentKey per kid (no Data: the provider fills it) and one Widevine
+    DRMSystem per kid."""
+    root = ET.Element(f"{{{CPIX_NS}}}CPIX", {"id": content_id})
+    key_list = ET.SubElement(root, f"{{{CPIX_NS}}}ContentKeyList")
+    drm_list = ET.Element(f"{{{CPIX_NS}}}DRMSystemList")
+    for kid in kids:
+        text = str(uuid.UUID(hex=kid))
+        ET.SubElement(key_list, f"{{{CPIX_NS}}}ContentKey", {"kid": text})
+        attributes = {"kid": text, "systemId": WIDEVINE_SYSTEM_ID}
+        ET.SubElement(drm_list, f"{{{CPIX_NS}}}DRMSystem", attributes)
+    root.append(drm_list)
+    document: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return document
+
+
+def _doverunner_reader(content_id: str) -> Callable[[bytes], dict[KeyId, bytes]]:
+    """The keys of a DoveRunner CPIX answer, which must not name another content id."""
+
+    def read(data: bytes) -> dict[KeyId, bytes]:
+        keys = read_cpix_keys(data)
+        answered = parse_xml(data, forbid_dtd=True).get("id")  # well-formed: read above
+        if answered is not None and answered != content_id:
+            raise ValueError("the answer names another content id")
+        return keys
+
+    return read
 
 
 def read_cpix_keys(data: bytes) -> dict[KeyId, bytes]:

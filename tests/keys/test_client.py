@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
+import traceback
+import urllib.parse
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +22,15 @@ from proxy.config.providers import KeyApiSettings
 from proxy.dev.emulator import EmulatorSettings, RunningEmulator, start_emulator
 from proxy.dev.emulator.kinds.axinom import DEMO_SECRETS as AXINOM
 from proxy.dev.emulator.kinds.axinom import KeyServiceTenant
+from proxy.dev.emulator.kinds.doverunner import DEMO_SECRETS as DOVERUNNER
+from proxy.dev.emulator.kinds.doverunner import cpix_key, cpix_key_seed
 from proxy.domain import KeyId
 from proxy.keys.client import (
     IngestResult,
     KeyApiClient,
     KeyApiError,
     build_cpix_request,
+    build_doverunner_cpix_request,
     key_clients,
     read_cpix_keys,
 )
@@ -562,3 +570,266 @@ async def test_speke_with_a_bearer_token_posts_to_the_endpoint_itself() -> None:
     assert headers["Content-Type"] == "application/xml"
     assert b'contentId="r-1"' in body and b'version="2.3"' in body
     assert b'commonEncryptionScheme="cenc"' in body
+
+
+# --- protocol: doverunner_cpix (DoveRunner's CPIX API, the KMS token in the URL) -------------
+
+KMS_TOKEN = DOVERUNNER["kms_token"]
+KMS_ENV = "DOVERUNNER_KMS_TOKEN"
+CPIX_ENV = {**KEY_ENV, KMS_ENV: KMS_TOKEN}
+KMS_PATH = "/v2/cpix/doverunner/getKey"
+
+
+def cpix_section(url: str, **fields: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {
+        "protocol": "doverunner_cpix",
+        "base_url": url,
+        "token": {"env": KMS_ENV},
+    }
+    return section | fields
+
+
+def cpix_config(tmp_path: Path, section: Any, env: dict[str, str] = CPIX_ENV) -> Any:
+    raw = raw_config(None, "http://127.0.0.1:1", "http://127.0.0.1:2")
+    raw["providers"]["incoming"]["key_api"] = section
+    return parse_config(raw, base_dir=tmp_path, env=env)
+
+
+def cpix_client(url: str, token: str = KMS_TOKEN, **settings: Any) -> KeyApiClient:
+    key_api = KeyApiSettings(url, token, protocol="doverunner_cpix", **settings)
+    return KeyApiClient("doverunner", key_api)
+
+
+def doverunner_key(content_id: str, kid: KeyId) -> bytes:
+    """The key the DoveRunner emulator derives for `kid` of `content_id` (its demo seed)."""
+    return cpix_key(cpix_key_seed(DOVERUNNER), content_id, uuid.UUID(hex=kid))
+
+
+@pytest.fixture
+async def doverunner() -> AsyncIterator[RunningEmulator]:
+    emulator = await start_emulator(EmulatorSettings(kind="doverunner"))
+    yield emulator
+    await emulator.stop()
+
+
+async def emulator_recent(emulator: RunningEmulator) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{emulator.url}/_emulator/stats") as response:
+            recent: list[dict[str, Any]] = (await response.json())["recent"]
+    return recent
+
+
+def assert_no_token(error: BaseException, token: str = KMS_TOKEN) -> None:
+    """Neither the message, the repr nor the printed traceback shows the token."""
+    printed = "".join(traceback.format_exception(error))
+    for text in (str(error), repr(error), printed):
+        assert token not in text and quote_token(token) not in text
+
+
+def quote_token(token: str) -> str:
+    return urllib.parse.quote(token, safe="")
+
+
+def test_a_doverunner_cpix_key_api_is_parsed(tmp_path: Path) -> None:
+    url = "https://drm-kms.doverunner.com/v2/cpix/doverunner/getKey"
+    config = cpix_config(tmp_path, cpix_section(url + "/"))
+    settings = config.providers["incoming"].key_api
+    assert settings is not None and settings.protocol == "doverunner_cpix"
+    assert (settings.base_url, settings.token, settings.basic_username) == (url, KMS_TOKEN, None)
+    assert settings.request_url == f"{url}/{KMS_TOKEN}"
+    assert KMS_TOKEN not in repr(config.providers)
+    assert KMS_TOKEN not in repr(KeyApiClient("incoming", settings))
+    # The token is one path segment, percent-encoded.
+    odd = KeyApiSettings(url, "a/b?c d#e%", protocol="doverunner_cpix")
+    assert odd.request_url == f"{url}/a%2Fb%3Fc%20d%23e%25"
+
+
+@pytest.mark.parametrize(
+    ("section", "env", "problem"),
+    [
+        ({"protocol": "doverunner_cpix", "base_url": "https://kms.example/getKey"}, CPIX_ENV,
+         "providers.incoming.key_api.token: is missing"),
+        (cpix_section("https://kms.example/getKey"), KEY_ENV,
+         "key_api.token.env: environment variable DOVERUNNER_KMS_TOKEN is not set"),
+        (cpix_section("https://kms.example/getKey"), {**KEY_ENV, KMS_ENV: "   "},
+         "key_api.token: must not be empty (it is the KMS token)"),
+        (cpix_section("https://kms.example/getKey",
+                      basic={"username": "u", "password": {"env": KMS_ENV}}), CPIX_ENV,
+         "key_api.basic: is for protocol: speke only (the doverunner_cpix key API takes a token)"),
+        (cpix_section(f"https://kms.example/getKey/{KMS_TOKEN}"), CPIX_ENV,
+         "key_api.base_url: protocol doverunner_cpix wants the KMS URL up to getKey"),
+        (cpix_section("https://kms.example/v2/cpix/doverunner"), CPIX_ENV,
+         "key_api.base_url: protocol doverunner_cpix wants the KMS URL up to getKey"),
+        (cpix_section("http://kms.example/getKey"), CPIX_ENV,
+         "key_api.base_url: must be an https:// URL (http:// only to a loopback host)"),
+        (cpix_section("https://kms.example/getKey?token=x"), CPIX_ENV,
+         "key_api.base_url: must be an https:// URL with a host (no query)"),
+    ],
+)  # fmt: skip
+def test_doverunner_cpix_key_api_problems_are_reported_with_their_path(
+    tmp_path: Path, section: Any, env: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        cpix_config(tmp_path, section, env)
+    assert any(problem in line for line in caught.value.problems), caught.value.problems
+    assert not any(KMS_TOKEN in line for line in caught.value.problems)
+
+
+def test_the_doverunner_cpix_request_is_minimal() -> None:
+    kid = KeyId("00112233445566778899aabbccddeeff")
+    document = build_doverunner_cpix_request("title-1", [kid])
+    root = ET.fromstring(document)
+    assert root.tag == "{urn:dashif:org:cpix}CPIX"
+    assert root.attrib == {"id": "title-1"}  # CPIX 2.x: the content id is the root's id
+    keys = root.findall("{urn:dashif:org:cpix}ContentKeyList/{urn:dashif:org:cpix}ContentKey")
+    assert [k.attrib for k in keys] == [{"kid": "00112233-4455-6677-8899-aabbccddeeff"}]
+    systems = root.findall("{urn:dashif:org:cpix}DRMSystemList/{urn:dashif:org:cpix}DRMSystem")
+    assert [s.attrib for s in systems] == [
+        {"kid": "00112233-4455-6677-8899-aabbccddeeff",
+         "systemId": "edef8ba9-79d6-4ace-a3c8-27dcd51d21ed"}
+    ]  # fmt: skip
+
+
+async def test_doverunner_cpix_generate_gets_the_emulators_keys(
+    doverunner: RunningEmulator,
+) -> None:
+    client = cpix_client(doverunner.url + KMS_PATH)
+    try:
+        keys = await client.generate("title-cpix", KIDS)
+        again = await client.generate("title-cpix", KIDS[:1])
+        other = await client.generate("other-title", KIDS[:1])
+    finally:
+        await client.close()
+    assert keys == {kid: doverunner_key("title-cpix", kid) for kid in KIDS}
+    assert again == {KIDS[0]: keys[KIDS[0]]}  # deterministic
+    assert other == {KIDS[0]: doverunner_key("other-title", KIDS[0])} != again
+    recent = await emulator_recent(doverunner)
+    assert [r["route"] for r in recent] == ["keys", "keys", "keys"]
+    assert recent[0]["verified"] == {"content_id": "title-cpix", "key_ids": list(KIDS)}
+    assert "authorization" not in {name.lower() for name in recent[0]["header_names"]}
+
+
+async def test_doverunner_cpix_wrong_token_is_not_retryable_and_never_shown(
+    doverunner: RunningEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = "wrong-kms-token-3f9a1c"
+    client = cpix_client(doverunner.url + KMS_PATH, wrong)
+    caplog.set_level(logging.DEBUG)
+    try:
+        with pytest.raises(KeyApiError) as caught:
+            await client.generate("t", KIDS)
+    finally:
+        await client.close()
+    error = caught.value
+    assert (error.provider, error.code, error.status, error.retryable) == (
+        "doverunner",
+        "http_401",
+        401,
+        False,
+    )
+    assert "generate of resource 't' answered 401" in str(error)
+    assert_no_token(error, wrong)
+    assert_no_token(error, KMS_TOKEN)
+    assert wrong not in caplog.text and KMS_TOKEN not in caplog.text
+
+
+async def test_doverunner_cpix_failures_never_show_the_url(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A provider that is down, or hangs: the error names the provider, never the URL."""
+    caplog.set_level(logging.DEBUG)
+    emulator = await start_emulator(EmulatorSettings(kind="doverunner"))
+    url = emulator.url + KMS_PATH
+    await emulator.stop()
+    client = cpix_client(url, connect_timeout=0.5)
+    try:
+        with pytest.raises(KeyApiError) as down:
+            await client.generate("t", KIDS)
+    finally:
+        await client.close()
+    assert (down.value.code, down.value.retryable) == ("connect", True)
+    assert_no_token(down.value)
+
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", hang)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    client = cpix_client(f"http://127.0.0.1:{port}{KMS_PATH}", total_timeout=0.3)
+    try:
+        with pytest.raises(KeyApiError) as slow:
+            await client.generate("t", KIDS)
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert (slow.value.code, slow.value.retryable) == ("timeout", True)
+    assert_no_token(slow.value)
+    assert KMS_TOKEN not in caplog.text
+
+
+async def test_doverunner_cpix_export_and_ingest_are_not_supported(
+    doverunner: RunningEmulator,
+) -> None:
+    client = cpix_client(doverunner.url + KMS_PATH)
+    try:
+        with pytest.raises(KeyApiError) as exported:
+            await client.export("t", KIDS)
+        with pytest.raises(KeyApiError) as ingested:
+            await client.ingest("t", {KIDS[0]: b"\x06" * 16})
+    finally:
+        await client.close()
+    for caught, operation in ((exported, "export"), (ingested, "ingest")):
+        error = caught.value
+        assert (error.code, error.status, error.retryable) == ("not_supported", None, False)
+        assert f"{operation} of resource 't' is not supported" in str(error)
+        assert "protocol is doverunner_cpix" in str(error)
+        assert_no_token(error)
+    assert await emulator_recent(doverunner) == []  # nothing was sent
+
+
+async def test_doverunner_cpix_answers_are_checked() -> None:
+    """The token ends the path; an answer for another content id, or lacking a key, is a
+    bad_answer that shows neither the token nor a key."""
+    seen: list[tuple[str, dict[str, str], bytes]] = []
+    kid = "00112233-4455-6677-8899-aabbccddeeff"
+    answers = [
+        f'<cpix:CPIX id="{content}" xmlns:cpix="urn:dashif:org:cpix" '
+        'xmlns:pskc="urn:ietf:params:xml:ns:keyprov:pskc"><cpix:ContentKeyList>'
+        f'<cpix:ContentKey kid="{kid}"><cpix:Data><pskc:Secret><pskc:PlainValue>'
+        f"{base64.b64encode(b'k' * 16).decode()}</pskc:PlainValue></pskc:Secret></cpix:Data>"
+        "</cpix:ContentKey></cpix:ContentKeyList></cpix:CPIX>"
+        for content in ("r-1", "someone-else")
+    ]
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append((request.raw_path, dict(request.headers), await request.read()))
+        return web.Response(body=answers[len(seen) - 1].encode(), content_type="application/xml")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    client = cpix_client(f"http://127.0.0.1:{port}{KMS_PATH}", "tok/en+1")
+    try:
+        keys = await client.generate("r-1", [KeyId(uuid.UUID(kid).hex)])
+        with pytest.raises(KeyApiError) as caught:
+            await client.generate("r-1", [KeyId(uuid.UUID(kid).hex)])
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert keys == {uuid.UUID(kid).hex: b"k" * 16}
+    path, headers, body = seen[0]
+    assert path == f"{KMS_PATH}/tok%2Fen%2B1"
+    assert "Authorization" not in headers and "X-Speke-Version" not in headers
+    assert headers["Content-Type"] == "application/xml"
+    assert b'id="r-1"' in body and b"contentId" not in body
+    assert (caught.value.code, caught.value.retryable) == ("bad_answer", False)
+    assert "another content id" in str(caught.value)
+    assert_no_token(caught.value, "tok/en+1")

@@ -198,7 +198,7 @@ def _record(
     state.stats.record(
         RequestRecord(
             method=request.method,
-            path=request.path,
+            path=_recorded_path(request),
             route=route,
             drm=drm,
             resource=resource,
@@ -429,3 +429,16 @@ async def start_site(
         await runner.cleanup()
         raise
     return runner, int(runner.addresses[0][1])
+
+
+# Path parameters that are credentials (DoveRunner's KMS token ends its CPIX URL): the stats
+# show the route's template there instead of the value.
+_SECRET_PATH_PARAMETERS = frozenset({"kms_token"})
+
+
+def _recorded_path(request: web.Request) -> str:
+    """The request's path as the stats show it, with credential segments masked."""
+    if not _SECRET_PATH_PARAMETERS & request.match_info.keys():
+        return request.path
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "[masked]"

@@ -8,6 +8,8 @@ import base64
 import hashlib
 import hmac
 import json
+import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,11 +18,13 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+from aiohttp import web
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from proxy.dev.emulator import EmulatorSettings, RunningEmulator
 from proxy.dev.emulator.cli import register, settings_from_args
+from proxy.dev.emulator.kinds.doverunner import add_routes
 from tests.dev.conftest import Launch
 from tests.dev.emulator_helpers import emulate_help
 
@@ -28,7 +32,16 @@ from tests.dev.emulator_helpers import emulate_help
 SITE_ID = "DEMO"
 SITE_KEY = "demo0123456789abcdefghijklmnopqr"
 ACCESS_KEY = "demoAccessKey0123456789abcdefghi"
-SECRETS = {"site_id": SITE_ID, "site_key": SITE_KEY, "access_key": ACCESS_KEY}
+# The CPIX API's KMS token and key seed (the emulator's demo values, restated here).
+KMS_TOKEN = "demo-kms-token-0123456789abcdefghijklmn"
+CPIX_SEED_B64 = "ZW11bGF0ZWQtZG92ZXJ1bm5lci1jcGl4LXNlZWQtZG8tbm90LXVzZQ=="
+SECRETS = {
+    "site_id": SITE_ID,
+    "site_key": SITE_KEY,
+    "access_key": ACCESS_KEY,
+    "kms_token": KMS_TOKEN,
+    "cpix_key_seed": CPIX_SEED_B64,
+}
 PATH = "/ri/licenseManager.do"
 IV = b"0123456789abcdef"
 CID = "res-42"
@@ -532,3 +545,152 @@ def test_cli_help_and_secret_overrides() -> None:
     assert dict(defaults.secrets) == SECRETS
     args = parser.parse_args(["emulate", "doverunner", "--secret", "site_id=ZZZZ"])
     assert dict(settings_from_args(args).secrets) == {**SECRETS, "site_id": "ZZZZ"}
+
+
+# --- the CPIX API (KMS URL V2) ---------------------------------------------------------------
+
+CPIX_PATH = "/v2/cpix/doverunner/getKey"
+CPIX_NSS = 'xmlns:cpix="urn:dashif:org:cpix" xmlns:pskc="urn:ietf:params:xml:ns:keyprov:pskc"'
+KID_1 = uuid.UUID("9eb4050d-e44b-4802-932e-27d75083e266")
+KID_2 = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
+WIDEVINE = "edef8ba9-79d6-4ace-a3c8-27dcd51d21ed"
+
+
+def cpix_request(content_id: str | None, *kids: uuid.UUID) -> bytes:
+    """A CPIX 2.x request as a packager writes it: root id, ContentKeys, DRMSystems."""
+    root_id = f' id="{content_id}"' if content_id is not None else ""
+    keys = "".join(f'<cpix:ContentKey kid="{kid}"/>' for kid in kids)
+    drms = "".join(f'<cpix:DRMSystem kid="{kid}" systemId="{WIDEVINE}"/>' for kid in kids)
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><cpix:CPIX{root_id} {CPIX_NSS}>'
+        f"<cpix:ContentKeyList>{keys}</cpix:ContentKeyList>"
+        f"<cpix:DRMSystemList>{drms}</cpix:DRMSystemList></cpix:CPIX>"
+    ).encode()
+
+
+def cpix_expected_key(seed_b64: str, content_id: str, kid: uuid.UUID) -> bytes:
+    """The emulator's documented rule: HMAC-SHA256(seed, label + len(cid) (4 bytes, big
+    endian) + cid + kid bytes), first 16 bytes."""
+    cid = content_id.encode()
+    message = b"doverunner-emulator-cpix" + len(cid).to_bytes(4, "big") + cid + kid.bytes
+    return hmac.new(base64.b64decode(seed_b64), message, hashlib.sha256).digest()[:16]
+
+
+def answered(document: bytes) -> dict[uuid.UUID, bytes]:
+    ns = {"cpix": "urn:dashif:org:cpix", "pskc": "urn:ietf:params:xml:ns:keyprov:pskc"}
+    root = ET.fromstring(document)
+    return {
+        uuid.UUID(element.get("kid", "")): base64.b64decode(
+            element.findtext("cpix:Data/pskc:Secret/pskc:PlainValue", "", ns)
+        )
+        for element in root.iterfind("cpix:ContentKeyList/cpix:ContentKey", ns)
+    }
+
+
+async def post_cpix(
+    http: aiohttp.ClientSession, emulator: RunningEmulator, body: bytes, token: str = KMS_TOKEN
+) -> tuple[int, str, bytes]:
+    url = f"{emulator.url}{CPIX_PATH}/{quote(token, safe='')}"
+    headers = {"Content-Type": "application/xml"}
+    async with http.post(url, data=body, headers=headers) as response:
+        return response.status, response.content_type, await response.read()
+
+
+async def test_cpix_keys_derive_from_the_seed_the_content_id_and_the_kid(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    emulator = await start()
+    status, content_type, answer = await post_cpix(
+        http, emulator, cpix_request("movie-1", KID_1, KID_2)
+    )
+    assert (status, content_type) == (200, "application/xml"), answer
+    keys = answered(answer)
+    assert keys == {kid: cpix_expected_key(CPIX_SEED_B64, "movie-1", kid) for kid in (KID_1, KID_2)}
+    # The same request again: the same keys; another content id: other keys.
+    assert answered((await post_cpix(http, emulator, cpix_request("movie-1", KID_1)))[2]) == {
+        KID_1: keys[KID_1]
+    }
+    other = answered((await post_cpix(http, emulator, cpix_request("movie-2", KID_1)))[2])
+    assert other[KID_1] != keys[KID_1]
+    # The answer is the request's document: its root id and DRMSystemList are kept.
+    root = ET.fromstring(answer)
+    assert root.get("id") == "movie-1"
+    drm_systems = "{urn:dashif:org:cpix}DRMSystemList/{urn:dashif:org:cpix}DRMSystem"
+    assert len(root.findall(drm_systems)) == 2
+    seen = await last_request(http, emulator)
+    assert seen["route"] == "keys" and seen["resource"] == "movie-2"
+    assert seen["verified"] == {"content_id": "movie-2", "key_ids": [KID_1.hex]}
+
+
+async def test_cpix_keys_follow_the_seed_override(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    seed = base64.b64encode(b"another-seed-of-16+bytes").decode()
+    emulator = await start(secrets={**SECRETS, "cpix_key_seed": seed, "kms_token": "t/k n"})
+    status, _, answer = await post_cpix(http, emulator, cpix_request("c", KID_2), "t/k n")
+    assert status == 200 and answered(answer) == {KID_2: cpix_expected_key(seed, "c", KID_2)}
+
+
+async def test_cpix_wrong_token_is_401_and_names_no_secret(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    emulator = await start()
+    for token_text in ("not-the-token", KMS_TOKEN + "x", KMS_TOKEN[:-1]):
+        status, content_type, answer = await post_cpix(
+            http, emulator, cpix_request("c", KID_1), token_text
+        )
+        assert (status, content_type) == (401, "text/plain")
+        assert KMS_TOKEN.encode() not in answer and token_text.encode() not in answer
+    async with http.post(f"{emulator.url}{CPIX_PATH}/", data=cpix_request("c", KID_1)) as resp:
+        assert resp.status in (401, 404)  # no token at all: never keys
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not xml",
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>',
+        b'<CPIX id="c"><ContentKeyList><ContentKey kid="%s"/></ContentKeyList></CPIX>'
+        % str(KID_1).encode(),  # no CPIX namespace
+        cpix_request(None, KID_1),
+        cpix_request("", KID_1),
+        cpix_request("c"),
+        cpix_request("c", KID_1, KID_1),
+        cpix_request("c", KID_1).replace(str(KID_1).encode(), b"not-a-uuid", 1),
+    ],
+)
+async def test_a_malformed_cpix_request_is_400(
+    start: Start, http: aiohttp.ClientSession, body: bytes
+) -> None:
+    emulator = await start()
+    status, content_type, answer = await post_cpix(http, emulator, body)
+    assert (status, content_type) == (400, "text/plain") and answer
+    assert b"PlainValue" not in answer
+
+
+async def test_cpix_wrong_token_is_checked_before_the_body(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    emulator = await start()
+    status, _, _ = await post_cpix(http, emulator, b"not xml", "wrong")
+    assert status == 401
+
+
+def test_a_bad_cpix_key_seed_fails_at_start() -> None:
+    for seed in ("not base64!", base64.b64encode(b"short").decode()):
+        settings = EmulatorSettings(kind="doverunner", secrets={**SECRETS, "cpix_key_seed": seed})
+        with pytest.raises(ValueError, match="cpix_key_seed"):
+            add_routes(web.Application(), settings)
+
+
+async def test_the_stats_never_show_the_kms_token(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    emulator = await start()
+    for token_text in (KMS_TOKEN, "a-wrong-token"):
+        await post_cpix(http, emulator, cpix_request("c", KID_1), token_text)
+    async with http.get(f"{emulator.url}/_emulator/stats") as resp:
+        stats = await resp.text()
+    assert KMS_TOKEN not in stats and "a-wrong-token" not in stats
+    assert "{kms_token}" in stats

@@ -54,6 +54,29 @@ not documented for this URL; they are answered like the main path's (HTTP 200 +
 another site id; 7001 for a cid outside the key store. Checked in that order: parameters,
 site, content, body.
 
+CPIX API (packaging keys). ``POST /v2/cpix/doverunner/getKey/{kms_token}``, the path of the
+documented KMS URL V2 (https://drm-kms.doverunner.com/v2/cpix/doverunner/getKey/<token>;
+CPIX API Guide, https://pallycon.com/docs/en/multidrm/packaging/cpix-api/): the last path
+segment is the KMS token the console shows (secret ``kms_token``), the body a CPIX document
+(``Content-Type: application/xml``) following DASH-IF CPIX 2.x: the root's ``id`` attribute
+is the content id, a ContentKeyList holds ContentKeys whose ``kid`` is any UUID the caller
+picks, a DRMSystemList names the DRM systems wanted. The answer is the same document with
+each ContentKey given ``Data/pskc:Secret/pskc:PlainValue`` (base64 key); DRMSystem elements
+are returned as sent (no PSSH filled in). The guide documents neither the statuses nor the
+body of a refusal; this emulator's reading, from DoveRunner's Service API guide (401 when
+the token is wrong or its user cannot be found): a KMS token other than this site's is 401,
+a body that is not such a CPIX document (not well-formed, DTD, another root, no or empty
+``id``, no ContentKey, a kid that is not a UUID, a repeated kid) is 400, a body over 1 MiB
+413; each refusal is a plain-text message naming neither the token nor a key. The token is
+compared in constant time and never recorded in ``request[VERIFIED]`` (the stats' path,
+recorded by the common middleware, does hold it: the emulator's stats are a test tool).
+Keys: this emulator's own rule, not DoveRunner's (which stores random keys per content and
+kid), is ``HMAC-SHA256(key_seed, b"doverunner-emulator-cpix" + len(content id) as 4 bytes
+big-endian + content id UTF-8 + kid's 16 bytes)[:16]`` (``cpix_key``), ``key_seed`` being the
+base64 secret ``cpix_key_seed`` (16+ bytes): the same seed, content id and kid give the same
+key on every request and restart, and another content id gives another key. Any content id
+is accepted (the CPIX API registers content as it is packaged: the key store is not asked).
+
 Sources: DoveRunner/PallyCon License Token Guide (token JSON, hash message, AES256 settings)
 https://pallycon.com/docs/en/multidrm/license/license-token/ ; License Token Tutorial (the
 sample values and outputs the tests reuse)
@@ -75,6 +98,8 @@ import hashlib
 import hmac
 import json
 import time
+import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -83,6 +108,8 @@ from urllib.parse import parse_qs
 from aiohttp import web
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as parse_xml
 
 from proxy.dev.emulator.app import CHALLENGE, SEEN, STATE, VERIFIED
 from proxy.dev.emulator.errors import EmulatorError
@@ -94,6 +121,10 @@ DEMO_SECRETS = {
     "site_id": "DEMO",
     "site_key": "demo0123456789abcdefghijklmnopqr",
     "access_key": "demoAccessKey0123456789abcdefghi",
+    # The CPIX API: the KMS token ending the KMS URL, and the seed the emulator's keys derive
+    # from (base64, 16+ bytes).
+    "kms_token": "demo-kms-token-0123456789abcdefghijklmn",
+    "cpix_key_seed": "ZW11bGF0ZWQtZG92ZXJ1bm5lci1jcGl4LXNlZWQtZG8tbm90LXVzZQ==",
 }
 
 LICENSE_PATH = "/ri/licenseManager.do"
@@ -146,6 +177,8 @@ def add_routes(app: web.Application, settings: EmulatorSettings) -> None:
         raise ValueError("the doverunner site_key must be 32 bytes (AES-256)")
     app.router.add_post(LICENSE_PATH, handle_license, name="license:doverunner")
     app.router.add_post(CLEARKEY_PATH, handle_clearkey, name="license:clearkey")
+    cpix_key_seed(site_secrets(settings))  # a bad seed fails at start, not per request
+    app.router.add_post(CPIX_PATH, handle_cpix, name="keys:cpix")
 
 
 def site_secrets(settings: EmulatorSettings) -> dict[str, str]:
@@ -339,3 +372,104 @@ def _known_content(settings: EmulatorSettings, cid: str) -> str:
 
 def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+# --- the CPIX API (packaging keys) -----------------------------------------------------------
+
+CPIX_PATH = "/v2/cpix/doverunner/getKey/{kms_token}"
+CPIX_NS = "urn:dashif:org:cpix"
+PSKC_NS = "urn:ietf:params:xml:ns:keyprov:pskc"
+MAX_CPIX_BODY = 1_048_576
+_CPIX_LABEL = b"doverunner-emulator-cpix"
+ET.register_namespace("cpix", CPIX_NS)
+ET.register_namespace("pskc", PSKC_NS)
+
+
+class CpixRefused(Exception):
+    """A CPIX request refused with `status` and a plain-text message (no token, no key)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def cpix_key_seed(secrets: Mapping[str, str]) -> bytes:
+    """The ``cpix_key_seed`` secret's bytes (ValueError unless base64 of 16+ bytes)."""
+    try:
+        seed = base64.b64decode(secrets["cpix_key_seed"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("doverunner: cpix_key_seed must be base64") from None
+    if len(seed) < 16:
+        raise ValueError("doverunner: cpix_key_seed must be 16+ bytes")
+    return seed
+
+
+def cpix_key(seed: bytes, content_id: str, kid: uuid.UUID) -> bytes:
+    """This emulator's key for `kid` of `content_id` (the rule in the module docstring)."""
+    cid = content_id.encode()
+    message = _CPIX_LABEL + len(cid).to_bytes(4, "big") + cid + kid.bytes
+    return hmac.new(seed, message, hashlib.sha256).digest()[:16]
+
+
+async def handle_cpix(request: web.Request) -> web.Response:
+    """``POST /v2/cpix/doverunner/getKey/{kms_token}``: the keys of every ContentKey."""
+    secrets = site_secrets(request.app[STATE].settings)
+    request[SEEN] = (None, None)
+    if not _same(request.match_info["kms_token"], secrets["kms_token"]):
+        return _cpix_refusal(CpixRefused(401, "Invalid KMS token."))
+    body = await request.read()
+    if len(body) > MAX_CPIX_BODY:
+        return _cpix_refusal(CpixRefused(413, "The CPIX document is too large."))
+    try:
+        root, content_id, kids = read_cpix_request(body)
+    except CpixRefused as refused:
+        return _cpix_refusal(refused)
+    request[SEEN] = (None, content_id)
+    request[VERIFIED] = {"content_id": content_id, "key_ids": [kid.hex for kid in kids]}
+    document = fill_cpix_answer(root, cpix_key_seed(secrets), content_id)
+    return web.Response(body=document, content_type="application/xml", charset="utf-8")
+
+
+def _cpix_refusal(refused: CpixRefused) -> web.Response:
+    return web.Response(status=refused.status, text=refused.message, content_type="text/plain")
+
+
+def read_cpix_request(body: bytes) -> tuple[ET.Element, str, list[uuid.UUID]]:
+    """(root, content id, ContentKey kids) of a CPIX request; CpixRefused (400) otherwise."""
+    try:
+        root = parse_xml(body, forbid_dtd=True)
+    except (ET.ParseError, DefusedXmlException, ValueError):
+        raise CpixRefused(400, "The request is not a well-formed CPIX document.") from None
+    if root.tag != f"{{{CPIX_NS}}}CPIX":
+        raise CpixRefused(400, "The request is not a CPIX document.")
+    content_id = root.get("id", "")
+    if not content_id.strip():
+        raise CpixRefused(400, "Missing CPIX@id (the content id).")
+    elements = root.findall(f"{{{CPIX_NS}}}ContentKeyList/{{{CPIX_NS}}}ContentKey")
+    if not elements:
+        raise CpixRefused(400, "The CPIX document has no ContentKey.")
+    kids: list[uuid.UUID] = []
+    for element in elements:
+        try:
+            kid = uuid.UUID(element.get("kid", ""))
+        except ValueError:
+            raise CpixRefused(400, "Every ContentKey needs a kid that is a UUID.") from None
+        if kid in kids:
+            raise CpixRefused(400, f"ContentKey {kid} is listed twice.")
+        kids.append(kid)
+    return root, content_id, kids
+
+
+def fill_cpix_answer(root: ET.Element, seed: bytes, content_id: str) -> bytes:
+    """The request document with each ContentKey's key as ``Data/Secret/PlainValue``."""
+    for element in root.iter(f"{{{CPIX_NS}}}ContentKey"):
+        for old in element.findall(f"{{{CPIX_NS}}}Data"):
+            element.remove(old)
+        data = ET.SubElement(element, f"{{{CPIX_NS}}}Data")
+        secret = ET.SubElement(data, f"{{{PSKC_NS}}}Secret")
+        value = ET.SubElement(secret, f"{{{PSKC_NS}}}PlainValue")
+        key = cpix_key(seed, content_id, uuid.UUID(element.get("kid", "")))
+        value.text = base64.b64encode(key).decode()
+    document: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return document
