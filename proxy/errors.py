@@ -184,6 +184,16 @@ class KeyConflict(Unprocessable):
     message = "A key provider already holds a different key for a key id of this document."
 
 
+class Overloaded(GatewayError):
+    """Too many player requests in flight, and the bounded queue in front is full or its wait
+    ran out (proxy/server/admission.py): refused before any work."""
+
+    status = 503
+    code = "overloaded"
+    message = "The gateway is overloaded; retry later."
+    retry_after = 1
+
+
 class RateLimited(GatewayError):
     status = 429
     code = "rate_limited"

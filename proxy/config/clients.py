@@ -14,6 +14,10 @@
           max_connections: 256
           max_connections_per_client: 0
           backlog: 128
+        in_flight:                         # player requests being served, per worker
+          max_requests: 2048               # past it a request queues ...
+          max_queued: 1024                 # ... with at most this many others ...
+          queue_seconds: 1                 # ... for at most this long; else 503 overloaded
 
 A connection over a cap is closed as soon as it is accepted (nothing is read or written)
 and counted in `drm_gateway_connections_refused_total`. The caps of each listener are its
@@ -46,6 +50,19 @@ _TIMEOUTS = (
     "keepalive_timeout_seconds",
 )
 _LISTENER_FIELDS = {"max_connections", "max_connections_per_client", "backlog"}
+_IN_FLIGHT_FIELDS = {"max_requests", "max_queued", "queue_seconds"}
+
+
+@dataclass(frozen=True, slots=True)
+class InFlightLimits:
+    """Player requests in flight per worker, and the bounded queue in front of them
+    (proxy/server/admission.py); `max_queued` 0 refuses at once past the cap."""
+
+    max_requests: int = 2048
+    max_queued: int = 1024
+    queue_seconds: float = 1.0
+
+
 _MAX_BACKLOG = 65_535  # the kernel clamps to net.core.somaxconn anyway
 
 
@@ -68,12 +85,13 @@ class ClientSettings:
     keepalive_timeout_seconds: float = 75.0  # above a cloud load balancer's 60 s idle timeout
     public: ConnectionLimits = field(default_factory=lambda: ConnectionLimits(10_000, 256, 1024))
     internal: ConnectionLimits = field(default_factory=lambda: ConnectionLimits(256, 0, 128))
+    in_flight: InFlightLimits = field(default_factory=InFlightLimits)
 
 
 def parse_clients(reader: ConfigReader, raw: Any) -> ClientSettings:
     """`server.clients` (every problem to `reader`, with its key path)."""
     path = "server.clients"
-    section = reader.mapping(raw, path, {*_TIMEOUTS, "public", "internal"})
+    section = reader.mapping(raw, path, {*_TIMEOUTS, "public", "internal", "in_flight"})
     defaults = ClientSettings()
     timeouts = {
         name: reader.positive(section, name, path, float, getattr(defaults, name))
@@ -84,6 +102,23 @@ def parse_clients(reader: ConfigReader, raw: Any) -> ClientSettings:
         public=_parse_limits(reader, section.get("public"), f"{path}.public", defaults.public),
         internal=_parse_limits(
             reader, section.get("internal"), f"{path}.internal", defaults.internal
+        ),
+        in_flight=_parse_in_flight(reader, section.get("in_flight"), f"{path}.in_flight"),
+    )
+
+
+def _parse_in_flight(reader: ConfigReader, raw: Any, path: str) -> InFlightLimits:
+    section: Mapping[str, Any] = reader.mapping(raw, path, _IN_FLIGHT_FIELDS)
+    defaults = InFlightLimits()
+    queued = reader.value(section, "max_queued", path, int, defaults.max_queued)
+    if queued < 0:
+        reader.problem(f"{path}.max_queued", "must be 0 (no queue) or more")
+        queued = defaults.max_queued
+    return InFlightLimits(
+        max_requests=reader.positive(section, "max_requests", path, int, defaults.max_requests),
+        max_queued=queued,
+        queue_seconds=reader.positive(
+            section, "queue_seconds", path, float, defaults.queue_seconds
         ),
     )
 

@@ -31,6 +31,7 @@ from proxy.observability import metrics
 from proxy.observability.logs import get_logger
 from proxy.routing.watcher import RulesWatcher
 from proxy.server.admin import ADMIN_CATALOG, ADMIN_TOKEN, MISSING, RULES, add_admin_routes
+from proxy.server.admission import Admission
 from proxy.server.middleware import create_middleware
 from proxy.server.protocol import ClientPolicy, GatewayRunner
 from proxy.server.routes import CERTIFICATE, GATEWAY, GUARD, MAX_BODY, add_public_routes
@@ -143,10 +144,16 @@ async def _missing_store(config: Config) -> AsyncIterator[MissingStore]:
 
 def create_public_app(config: Config) -> web.Application:
     """The player-facing app: license, key and certificate routes."""
+    in_flight = config.server.clients.in_flight
     app = web.Application(
         middlewares=[
             create_middleware(
-                public=True, cors=config.cors, trusted_proxies=config.server.trusted_proxies
+                public=True,
+                cors=config.cors,
+                trusted_proxies=config.server.trusted_proxies,
+                admission=Admission(
+                    in_flight.max_requests, in_flight.max_queued, in_flight.queue_seconds
+                ),
             )
         ],
         client_max_size=config.server.max_body_bytes,

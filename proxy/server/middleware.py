@@ -26,11 +26,13 @@ from proxy.errors import (
     GatewayError,
     InternalError,
     NotFound,
+    Overloaded,
     PackagerUnauthorized,
 )
 from proxy.observability import metrics
 from proxy.observability.access import RequestInfo
 from proxy.observability.logs import ACCESS_LOG, REQUEST_ID, get_logger
+from proxy.server.admission import Admission
 
 INFO = web.RequestKey("info", RequestInfo)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
@@ -80,10 +82,15 @@ async def _refuse_target(request: web.Request) -> web.StreamResponse:
 
 
 def create_middleware(
-    *, public: bool, cors: CorsPolicy | None = None, trusted_proxies: Sequence[Network] = ()
+    *,
+    public: bool,
+    cors: CorsPolicy | None = None,
+    trusted_proxies: Sequence[Network] = (),
+    admission: Admission | None = None,
 ) -> Middleware:
     """The gateway middleware; `public` adds CORS, the client address behind
-    `trusted_proxies`, access logging and player metrics."""
+    `trusted_proxies`, access logging, player metrics and (with `admission`) the cap on
+    requests in flight."""
     proxies = TrustedProxies(trusted_proxies)
     behind_proxies = bool(proxies)
     replica = replica_name()  # once: it does not change while the process runs
@@ -98,8 +105,10 @@ def create_middleware(
         try:
             if request.method == "OPTIONS" and handler is not _refuse_target:
                 response = _preflight(request, cors, info)
-            else:
+            elif admission is None:
                 response = await _call(request, handler, info)
+            else:
+                response = await _admitted(request, handler, info, admission)
         finally:
             metrics.IN_FLIGHT.dec()
         response.headers["X-Request-Id"] = info.request_id
@@ -183,6 +192,21 @@ async def _call(request: web.Request, handler: Handler, info: RequestInfo) -> we
     except Exception:
         _errors.exception("unhandled_error", request_id=info.request_id, path=request.path)
         return _answer(info, InternalError())
+
+
+async def _admitted(
+    request: web.Request, handler: Handler, info: RequestInfo, admission: Admission
+) -> web.StreamResponse:
+    """`_call` within a slot of `admission`; refused with 503 when none comes free in time."""
+    try:
+        await admission.acquire()
+    except Overloaded as exc:
+        metrics.labelled(metrics.REFUSED, exc.code, exc.detail).inc()
+        return _answer(info, exc)
+    try:
+        return await _call(request, handler, info)
+    finally:
+        admission.release()
 
 
 def _client_header(request: web.Request, name: str) -> str | None:

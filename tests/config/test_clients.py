@@ -100,3 +100,15 @@ def test_every_problem_is_reported_at_once() -> None:
         {"header_timeout_seconds": 0, "public": {"backlog": 0}, "internal": {"x": 1}}
     )
     assert len(problems) == 3, problems
+
+
+def test_the_in_flight_cap_and_its_queue() -> None:
+    raw = config_with({"in_flight": {"max_requests": 8, "max_queued": 0, "queue_seconds": 0.5}})
+    limits = parse_config(raw, base_dir=Path("/srv"), env=ENV).server.clients.in_flight
+    assert (limits.max_requests, limits.max_queued, limits.queue_seconds) == (8, 0, 0.5)
+    assert ClientSettings().in_flight.max_requests == 2048
+    assert problems_of({"in_flight": {"max_requests": 0, "max_queued": -1, "wait": 1}}) == [
+        "server.clients.in_flight.wait: unknown field",
+        "server.clients.in_flight.max_queued: must be 0 (no queue) or more",
+        "server.clients.in_flight.max_requests: must be greater than 0",
+    ]
