@@ -156,8 +156,11 @@ class LineWriter:
             if self._binary is None:
                 self._out.write(line.decode())
             else:
-                # Straight to the buffer: the text layer holds nothing, since the stdlib
-                # handler (the only other writer) flushes after each record.
+                # Straight to the buffer. Serving, the text layer holds nothing (the stdlib
+                # handler flushes after each record); a CLI may have print()ed just before,
+                # so without a running loop the text layer goes first, keeping the order.
+                if not _loop_running():
+                    self._out.flush()
                 self._binary.write(line)
             self._schedule_flush()
 
@@ -238,6 +241,14 @@ class AccessLog:
         line["level"] = "info"
         line["timestamp"] = self._clock.now()
         writer.write_line(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE))
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _common_processors() -> list[Any]:

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import re
+from pathlib import Path
 
 import pytest
 import structlog
@@ -258,3 +259,15 @@ def test_a_closed_stream_never_makes_a_log_call_raise() -> None:
     configure_logging(level="info", fmt="json", stream=out)
     out.close()
     logging.getLogger("some.library").warning("still fine")  # dropped, not raised
+
+
+def test_without_a_loop_printed_text_and_log_lines_keep_their_order(tmp_path: Path) -> None:
+    with (tmp_path / "out.txt").open("w") as out:
+        configure_logging(level="info", fmt="json", stream=out)
+        print("printed first", file=out)
+        get_logger("cli").info("logged second")
+        print("printed third", file=out)
+        out.flush()
+    lines = (tmp_path / "out.txt").read_text().splitlines()
+    assert lines[0] == "printed first" and json.loads(lines[1])["event"] == "logged second"
+    assert lines[2] == "printed third"
