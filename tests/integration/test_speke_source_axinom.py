@@ -19,23 +19,16 @@ import yaml
 
 from proxy.dev.emulator.kinds import demo_secrets
 from proxy.dev.emulator.kinds.axinom import KeyServiceTenant
-from proxy.dev.kinds import kind_env, provider_section
 from proxy.domain import KeyId
 from tests.conftest import StackFactory
+from tests.integration.speke_sources import INCOMING_SOURCE, speke_source_stack
 from tests.integration.test_speke import answered_keys, eventually, request_for
 from tests.keys.cpix_docs import AUDIO, VIDEO
-from tests.keys.speke_stack import (
-    BEARER,
-    KEY_ENV,
-    LEGACY_KEY_API_TOKEN,
-    PUBLIC_BASE,
-    SpekeStack,
-    rules_text,
-)
+from tests.keys.speke_stack import SpekeStack
 
 AXINOM = demo_secrets("axinom")
 MANAGEMENT_KEY_ENV = "AXINOM_MANAGEMENT_KEY"
-AXINOM_SOURCE: dict[str, Any] = {"default": {"source": "incoming"}}
+AXINOM_SOURCE = INCOMING_SOURCE
 LEGACY_WITH_AXINOM_MIRROR: dict[str, Any] = {
     "default": {"source": "legacy", "mirrors": ["incoming"]}
 }
@@ -50,45 +43,27 @@ async def axinom_speke_stack(
     make_stack: StackFactory, tmp_path: Path, keys: dict[str, Any]
 ) -> SpekeStack:
     """The gateway with `incoming` an `axinom` provider whose key API is the Axinom
-    emulator's SPEKE v2 endpoint, `legacy` the legacy emulator with its native key API, and
-    a SPEKE endpoint on the internal listener."""
-    rules = tmp_path / "routing.yaml"
-    rules.write_text(rules_text(keys))
+    emulator's SPEKE v2 endpoint (HTTP Basic with the demo tenant's management key)."""
 
-    def configure(raw: dict[str, Any]) -> None:
-        legacy = raw["providers"]["legacy"]
-        legacy["key_api"] = {
-            "base_url": legacy["base_url"],
-            "token": {"env": "LEGACY_KEY_API_TOKEN"},
-            "timeouts": {"connect_seconds": 1.0, "total_seconds": 2.0},
-        }
-        url = raw["providers"]["incoming"]["base_url"]
-        section = provider_section("axinom", url)
-        section["key_api"] = {
+    def speke_key_api(url: str) -> dict[str, Any]:
+        return {
             "protocol": "speke",
             "base_url": f"{url}/api/SpekeV2",
             "basic": {
                 "username": AXINOM["tenant_id"],
                 "password": {"env": MANAGEMENT_KEY_ENV},
             },
-            "timeouts": {"connect_seconds": 1.0, "total_seconds": 2.0},
         }
-        raw["providers"]["incoming"] = section
 
-    stack = await make_stack(
-        legacy={"key_api_token": LEGACY_KEY_API_TOKEN},
-        incoming={"kind": "axinom", "secrets": dict(AXINOM), "resources": None},
-        configure=configure,
-        env={**KEY_ENV, **kind_env("axinom"), MANAGEMENT_KEY_ENV: AXINOM["management_key"]},
-        routing={"rules_file": str(rules), "poll_seconds": 0.1},
-        speke={
-            "listener": "internal",
-            "credential": BEARER,
-            "public_base_url": PUBLIC_BASE,
-            "max_body_bytes": 2 * 1024 * 1024,
-        },
+    return await speke_source_stack(
+        make_stack,
+        tmp_path,
+        keys,
+        kind="axinom",
+        secrets=AXINOM,
+        key_api=speke_key_api,
+        env={MANAGEMENT_KEY_ENV: AXINOM["management_key"]},
     )
-    return SpekeStack(stack, rules, stack.gateway.internal_url + "/v2/speke")
 
 
 async def test_a_packager_gets_the_keys_the_axinom_key_service_derives(
