@@ -511,17 +511,25 @@ async def test_speke_refusal_of_the_credential_is_not_retryable(axinom: RunningE
     assert "not-the-management-key" not in str(caught.value) + repr(caught.value)
 
 
-async def test_speke_export_and_ingest_are_not_supported(axinom: RunningEmulator) -> None:
-    client = speke_client(f"{axinom.url}/api/SpekeV2")
+async def export_and_ingest_errors(client: KeyApiClient) -> list[tuple[str, KeyApiError]]:
+    """(operation, error) of an export and an ingest by `client` (each must raise), then
+    close it."""
+    errors = []
     try:
         with pytest.raises(KeyApiError) as exported:
             await client.export("t", KIDS)
+        errors.append(("export", exported.value))
         with pytest.raises(KeyApiError) as ingested:
             await client.ingest("t", {KIDS[0]: b"\x06" * 16})
+        errors.append(("ingest", ingested.value))
     finally:
         await client.close()
-    for caught, operation in ((exported, "export"), (ingested, "ingest")):
-        error = caught.value
+    return errors
+
+
+async def test_speke_export_and_ingest_are_not_supported(axinom: RunningEmulator) -> None:
+    client = speke_client(f"{axinom.url}/api/SpekeV2")
+    for operation, error in await export_and_ingest_errors(client):
         assert (error.provider, error.code, error.status, error.retryable) == (
             "axinom",
             "not_supported",
@@ -776,15 +784,7 @@ async def test_doverunner_cpix_export_and_ingest_are_not_supported(
     doverunner: RunningEmulator,
 ) -> None:
     client = cpix_client(doverunner.url + KMS_PATH)
-    try:
-        with pytest.raises(KeyApiError) as exported:
-            await client.export("t", KIDS)
-        with pytest.raises(KeyApiError) as ingested:
-            await client.ingest("t", {KIDS[0]: b"\x06" * 16})
-    finally:
-        await client.close()
-    for caught, operation in ((exported, "export"), (ingested, "ingest")):
-        error = caught.value
+    for operation, error in await export_and_ingest_errors(client):
         assert (error.code, error.status, error.retryable) == ("not_supported", None, False)
         assert f"{operation} of resource 't' is not supported" in str(error)
         assert "protocol is doverunner_cpix" in str(error)
