@@ -315,23 +315,32 @@ def _doverunner_reader(content_id: str) -> Callable[[bytes], dict[KeyId, bytes]]
     """The keys of a DoveRunner CPIX answer, which must not name another content id."""
 
     def read(data: bytes) -> dict[KeyId, bytes]:
-        keys = read_cpix_keys(data)
-        answered = parse_xml(data, forbid_dtd=True).get("id")  # well-formed: read above
+        root = _cpix_root(data)
+        answered = root.get("id")
         if answered is not None and answered != content_id:
             raise ValueError("the answer names another content id")
-        return keys
+        return _content_keys(root)
 
     return read
 
 
 def read_cpix_keys(data: bytes) -> dict[KeyId, bytes]:
     """kid -> key of every ContentKey of a CPIX answer (defusedxml: no DTD, no entities)."""
+    return _content_keys(_cpix_root(data))
+
+
+def _cpix_root(data: bytes) -> ET.Element:
+    """The root of a CPIX answer, parsed once with defusedxml (no DTD, no entities)."""
     try:
         root = parse_xml(data, forbid_dtd=True)
     except (ET.ParseError, DefusedXmlException):
         raise ValueError("the CPIX answer is not well-formed XML without a DTD") from None
     if root.tag != f"{{{CPIX_NS}}}CPIX":
         raise ValueError("the answer is not a CPIX document")
+    return root
+
+
+def _content_keys(root: ET.Element) -> dict[KeyId, bytes]:
     keys: dict[KeyId, bytes] = {}
     for number, element in enumerate(root.iter(f"{{{CPIX_NS}}}ContentKey"), start=1):
         kid = _uuid_kid(element.get("kid", ""), number)
