@@ -159,6 +159,19 @@ class Scene:
         return lines
 
 
+def player_auth_section(secret_file: Path) -> dict[str, Any]:
+    """The e2e gateways' player auth: HS256 player tokens signed with the secret in
+    `secret_file`, from ISSUER for AUDIENCE."""
+    return {
+        "mode": "jwt",
+        "algorithms": ["HS256"],
+        "hmac_secret": {"file": str(secret_file)},
+        "issuer": ISSUER,
+        "audience": AUDIENCE,
+        "leeway_seconds": 30,
+    }
+
+
 async def start_scene(
     make_stack: StackFactory, tmp_path: Path, static: StaticServer, *, incoming_kind: str = ""
 ) -> Scene:
@@ -176,14 +189,7 @@ async def start_scene(
     def configure(raw: dict[str, Any]) -> None:
         raw["routing"] = {"default_provider": "legacy", "rules_file": str(rules), "poll_seconds": 1}
         raw["admin"] = {"token": {"file": str(admin_file)}}
-        raw["player_auth"] = {
-            "mode": "jwt",
-            "algorithms": ["HS256"],
-            "hmac_secret": {"file": str(secret_file)},
-            "issuer": ISSUER,
-            "audience": AUDIENCE,
-            "leeway_seconds": 30,
-        }
+        raw["player_auth"] = player_auth_section(secret_file)
         raw["cors"] = {"allowed_origins": [static.url], "allow_credentials": False}
         if incoming_kind:
             url = raw["providers"]["incoming"]["base_url"]

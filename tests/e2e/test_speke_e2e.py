@@ -42,7 +42,7 @@ from tests.e2e.media import (
 )
 from tests.e2e.players import assert_played, count_frames, play_pages
 from tests.e2e.procs import run
-from tests.e2e.scenario import AUDIENCE, ISSUER, Scene
+from tests.e2e.scenario import Scene, player_auth_section
 from tests.e2e.server import start_static_server
 from tests.e2e.speke_client import (
     SpekeKey,
@@ -160,14 +160,7 @@ async def speke_scene(make_stack: StackFactory, tmp_path: Path) -> AsyncIterator
                 "poll_seconds": 0.2,
             }
             raw["admin"] = {"token": {"file": str(admin_file)}}
-            raw["player_auth"] = {
-                "mode": "jwt",
-                "algorithms": ["HS256"],
-                "hmac_secret": {"file": str(secret_file)},
-                "issuer": ISSUER,
-                "audience": AUDIENCE,
-                "leeway_seconds": 30,
-            }
+            raw["player_auth"] = player_auth_section(secret_file)
             raw["cors"] = {"allowed_origins": [static.url], "allow_credentials": False}
             for name in ("legacy", "incoming"):
                 provider = raw["providers"][name]
