@@ -797,18 +797,11 @@ def _store_rows(
     accepted = 0
     line_no = 0
     now = time.time()
-    for line_no, row in records:
-        if isinstance(row, str):
-            rejected.append(Rejection(line_no, row))
-            continue
-        if check is not None and (reason := check(row)) is not None:
-            rejected.append(Rejection(line_no, reason))
+    accept = RowFilter(rejected, check, seen).accept
+    for line_no, record in records:
+        if (row := accept(line_no, record)) is None:
             continue
         asset_id, drm_resource_id, key_holders, tags, key_ids = row
-        first = seen.first_line(asset_id, line_no)
-        if first != line_no:
-            rejected.append(Rejection(line_no, f"duplicate of line {first}"))
-            continue
         if key_ids is KEEP_KEY_IDS:
             keeping.append((asset_id, drm_resource_id, key_holders, tags, now))
         else:
@@ -840,6 +833,39 @@ class SeenIds:
 
     def close(self) -> None:
         self._conn.close()
+
+
+class RowFilter:
+    """Accepts or rejects each record as every import and sync does: a row that did not
+    parse, then one a `check` refuses, then (with `seen`) an asset id already read; each
+    rejection goes to `rejected` with its line."""
+
+    def __init__(
+        self, rejected: list[Rejection], check: RowCheck | None, seen: SeenIds | None = None
+    ) -> None:
+        self._rejected = rejected
+        self._check = check
+        self._seen = seen
+
+    def accept(self, line_no: int, row: Row | str) -> Row | None:
+        """The row if accepted, else None (its rejection recorded)."""
+        if isinstance(row, str):
+            self._rejected.append(Rejection(line_no, row))
+            return None
+        reason = self._refusal(line_no, row)
+        if reason is None:
+            return row
+        self._rejected.append(Rejection(line_no, reason))
+        return None
+
+    def _refusal(self, line_no: int, row: Row) -> str | None:
+        if self._check is not None and (reason := self._check(row)) is not None:
+            return reason
+        if self._seen is not None:
+            first = self._seen.first_line(row[0], line_no)
+            if first != line_no:
+                return f"duplicate of line {first}"
+        return None
 
 
 _REMEMBER = "INSERT OR IGNORE INTO seen (asset_id, line) VALUES (?, ?)"

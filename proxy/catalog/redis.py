@@ -56,6 +56,7 @@ from proxy.catalog.importer import (
     Rejection,
     Row,
     RowCheck,
+    RowFilter,
     SeenIds,
     read_records,
 )
@@ -373,17 +374,10 @@ def _batches(
     seen = SeenIds()
     batch: list[Row] = []
     line_no = 0
+    accept = RowFilter(rejected, check, seen).accept
     try:
-        for line_no, row in records:
-            if isinstance(row, str):
-                rejected.append(Rejection(line_no, row))
-                continue
-            if check is not None and (reason := check(row)) is not None:
-                rejected.append(Rejection(line_no, reason))
-                continue
-            first = seen.first_line(row[0], line_no)
-            if first != line_no:
-                rejected.append(Rejection(line_no, f"duplicate of line {first}"))
+        for line_no, record in records:
+            if (row := accept(line_no, record)) is None:
                 continue
             batch.append(row)
             if len(batch) >= size:

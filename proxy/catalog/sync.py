@@ -50,6 +50,7 @@ from proxy.catalog.importer import (
     Rejection,
     Row,
     RowCheck,
+    RowFilter,
     _key_ids_json,
     _names_json,
     format_rejections,
@@ -349,12 +350,9 @@ def _insert_source(
     chunk: list[tuple[int, str, str | None, str | None, str, str | None, int]] = []
     line_no = 0
     conn.execute("BEGIN")
-    for line_no, row in records:
-        if isinstance(row, str):
-            rejected.append(Rejection(line_no, row))
-            continue
-        if check is not None and (reason := check(row)) is not None:
-            rejected.append(Rejection(line_no, reason))
+    accept = RowFilter(rejected, check).accept
+    for line_no, record in records:
+        if (row := accept(line_no, record)) is None:
             continue
         asset_id, drm_resource_id, key_holders, tags, key_ids = row
         ids = None if key_ids is KEEP_KEY_IDS else key_ids
