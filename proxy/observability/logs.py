@@ -121,8 +121,8 @@ class _ForeignHandler(logging.StreamHandler[TextIO]):
     def handleError(self, record: logging.LogRecord) -> None:
         try:
             self.stream.write('{"event": "log_record_unrenderable", "level": "error"}\n')
-        except (OSError, ValueError):
-            pass  # the stream itself is gone (closed): a log call must never raise
+        except _STREAM_GONE:
+            pass
 
 
 class LineWriter:
@@ -147,38 +147,45 @@ class LineWriter:
             self.write_line((message + "\n").encode())
             return
         with self._lock:
-            self._out.write(message + "\n")
-            self._schedule_flush()
+            try:
+                self._out.write(message + "\n")
+                self._flushed_in_turn(_running_loop())
+            except _STREAM_GONE:
+                pass
 
     def write_line(self, line: bytes) -> None:
         """Write one rendered line, newline included."""
+        loop = _running_loop()
         with self._lock:
-            if self._binary is None:
-                self._out.write(line.decode())
-            else:
-                # Straight to the buffer. Serving, the text layer holds nothing (the stdlib
-                # handler flushes after each record); a CLI may have print()ed just before,
-                # so without a running loop the text layer goes first, keeping the order.
-                if not _loop_running():
-                    self._out.flush()
-                self._binary.write(line)
-            self._schedule_flush()
+            try:
+                if self._binary is None:
+                    self._out.write(line.decode())
+                else:
+                    # Straight to the buffer. Serving, the text layer holds nothing (the
+                    # stdlib handler flushes after each record); a CLI may have print()ed
+                    # just before, so without a running loop the text layer goes first.
+                    if loop is None:
+                        self._out.flush()
+                    self._binary.write(line)
+                self._flushed_in_turn(loop)
+            except _STREAM_GONE:
+                pass
 
-    def _schedule_flush(self) -> None:
+    def _flushed_in_turn(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Under the lock: flush now without a running loop, else once at the loop's turn."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        if loop is None:
             self._out.flush()
-            return
-        if self._flush_on is not loop:
+        elif self._flush_on is not loop:
             self._flush_on = loop
             loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         with self._lock:
             self._flush_on = None
-            self._out.flush()
+            try:
+                self._out.flush()
+            except _STREAM_GONE:
+                pass
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
@@ -243,12 +250,16 @@ class AccessLog:
         writer.write_line(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE))
 
 
-def _loop_running() -> bool:
+# What writing to a stream that is gone (closed) raises: the line is dropped, since a log
+# call must never raise. (try/except, free when nothing is raised, on the access line's path.)
+_STREAM_GONE = (ValueError, OSError)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
-        asyncio.get_running_loop()
+        return asyncio.get_running_loop()
     except RuntimeError:
-        return False
-    return True
+        return None
 
 
 def _common_processors() -> list[Any]:

@@ -271,3 +271,17 @@ def test_without_a_loop_printed_text_and_log_lines_keep_their_order(tmp_path: Pa
     lines = (tmp_path / "out.txt").read_text().splitlines()
     assert lines[0] == "printed first" and json.loads(lines[1])["event"] == "logged second"
     assert lines[2] == "printed third"
+
+
+def test_a_closed_stream_drops_our_own_lines_too() -> None:
+    out = io.StringIO()
+    configure_logging(level="info", fmt="json", stream=out)
+    out.close()
+    get_logger("test").info("dropped, not raised")
+    ACCESS_LOG.info("request", status=200)
+
+    async def in_a_loop() -> None:
+        ACCESS_LOG.info("request", status=200)
+        await asyncio.sleep(0)  # the scheduled flush meets the closed stream too
+
+    asyncio.run(in_a_loop())
