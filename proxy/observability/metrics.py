@@ -22,7 +22,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 
 from proxy.domain import ALL_DRMS as DRM_SYSTEMS
-from proxy.errors import GatewayError, UpstreamError
+from proxy.errors import GatewayError, Overloaded, UpstreamError
 from proxy.upstream.fairplay import REQUEST_FORMATS
 
 if TYPE_CHECKING:
@@ -315,8 +315,9 @@ def status_class(status: int) -> str:
 
 
 def _refusal_codes() -> list[str]:
-    """Codes of the errors counted as refusals: client errors, none of them a provider's."""
-    codes, pending = set(), [GatewayError]
+    """Codes of the errors counted as refusals: client errors, none of them a provider's,
+    and the gateway's own load shedding (503 overloaded, before any provider)."""
+    codes, pending = {Overloaded.code}, [GatewayError]
     while pending:
         error = pending.pop()
         pending.extend(error.__subclasses__())

@@ -14,6 +14,9 @@ import asyncio
 
 from proxy.errors import Overloaded
 
+# Why a request was refused as overloaded (the `detail` of drm_gateway_refused_requests_total).
+OVERLOAD_DETAILS = ("queue_full", "queue_timeout")
+
 
 class Admission:
     """Admits player requests: `async with admission.slot(): ...` around the handler."""
@@ -30,12 +33,12 @@ class Admission:
             await self._slots.acquire()  # a free slot: taken without waiting
             return
         if self.queued >= self._max_queued:
-            raise Overloaded(detail="queue_full")
+            raise Overloaded(detail=OVERLOAD_DETAILS[0])
         self.queued += 1
         try:
             await asyncio.wait_for(self._slots.acquire(), self._queue_seconds)
         except TimeoutError:
-            raise Overloaded(detail="queue_timeout") from None
+            raise Overloaded(detail=OVERLOAD_DETAILS[1]) from None
         finally:
             self.queued -= 1
 

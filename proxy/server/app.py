@@ -31,7 +31,7 @@ from proxy.observability import metrics
 from proxy.observability.logs import get_logger
 from proxy.routing.watcher import RulesWatcher
 from proxy.server.admin import ADMIN_CATALOG, ADMIN_TOKEN, MISSING, RULES, add_admin_routes
-from proxy.server.admission import Admission
+from proxy.server.admission import OVERLOAD_DETAILS, Admission
 from proxy.server.middleware import create_middleware
 from proxy.server.protocol import ClientPolicy, GatewayRunner
 from proxy.server.routes import CERTIFICATE, GATEWAY, GUARD, MAX_BODY, add_public_routes
@@ -293,6 +293,7 @@ async def start_gateway(config: Config, *, reuse_port: bool = False) -> RunningG
     details = {
         "unauthorized": (*TOKEN_REFUSALS.values(), "admin_token", *SPEKE_REFUSALS),
         "rate_limited": metrics.RATE_LIMITS,
+        "overloaded": OVERLOAD_DETAILS,
     }
     metrics.initialise(config.providers, details)
     metrics.initialise_speke(config.providers)  # even when off: the dashboard shows zeros
