@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -96,13 +96,29 @@ def asset_key(key_prefix: str, asset_id: str) -> str:
     return f"{key_prefix}asset:{asset_id}"
 
 
+def asset_glob(key_prefix: str) -> str:
+    """The SCAN pattern matching every asset's hash (the prefix's glob characters escaped)."""
+    prefix = asset_key(key_prefix, "")
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in prefix) + "*"
+
+
+POOL_CONNECTIONS = 100  # per client (per worker process)
+
+
 def create_client(settings: RedisCatalogSettings) -> Redis:
-    """A client for `settings.url`; TLS with verified certificates and host name for rediss."""
+    """A client for `settings.url`; TLS with verified certificates and host name for rediss.
+
+    Its pool holds at most POOL_CONNECTIONS connections, and a command finding none free
+    waits for one (up to the command timeout) rather than failing at once: a burst of cache
+    misses larger than the pool (the event loop catching up after a stall) must not become
+    503s."""
     tls: dict[str, Any] = {}
     if urlsplit(settings.url).scheme == "rediss":
         tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         settings.url,
+        max_connections=POOL_CONNECTIONS,
+        timeout=settings.timeout,  # the wait for a free connection
         password=settings.password,
         socket_connect_timeout=settings.connect_timeout,
         socket_timeout=settings.timeout,
@@ -111,6 +127,9 @@ def create_client(settings: RedisCatalogSettings) -> Redis:
         retry=Retry(NoBackoff(), 1),
         **tls,
     )
+    client = Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # aclose() closes the pool, as from_url's do
+    return client
 
 
 # --- encoding --------------------------------------------------------------------------------
@@ -259,41 +278,121 @@ class RedisCatalog:
         """Close the connections."""
         await self._client.aclose()
 
+    # --- whole-catalog reads: for tools such as `rules diff`, never on the request path ---
+
+    async def count(self) -> int:
+        """How many assets the catalog holds (a SCAN over the asset keys)."""
+        total = 0
+        async for ids in self.iter_ids():
+            total += len(ids)
+        return total
+
+    async def iter_entries(self, batch: int = 1_000) -> AsyncIterator[list[CatalogEntry]]:
+        """Every entry, about `batch` at a time: a SCAN page of keys, then one pipeline. An
+        asset changed during the scan may come twice (SCAN's own guarantee)."""
+        async for ids in self.iter_ids(batch):
+            yield await self.get_many(ids)
+
+    async def iter_ids(self, batch: int = 1_000) -> AsyncIterator[list[str]]:
+        """Every asset id, about `batch` at a time, by SCAN (no hash is read)."""
+        start = len(asset_key(self._prefix, ""))
+        ids: list[str] = []
+        try:
+            async for key in self._client.scan_iter(match=asset_glob(self._prefix), count=batch):
+                ids.append(cast(bytes, key).decode()[start:])
+                if len(ids) >= batch:
+                    yield ids
+                    ids = []
+        except (RedisError, OSError) as exc:
+            self._failures.failed(exc)
+            raise CatalogUnavailable() from exc
+        if ids:
+            yield ids
+
+    async def get_many(self, asset_ids: Sequence[str]) -> list[CatalogEntry]:
+        """The entries of those of `asset_ids` the catalog holds, in one pipeline."""
+        pipe = self._client.pipeline(transaction=False)
+        for asset_id in asset_ids:
+            pipe.hgetall(asset_key(self._prefix, asset_id))
+        try:
+            stored = await pipe.execute()
+            return [
+                decode_fields(asset_id, fields)
+                for asset_id, fields in zip(asset_ids, stored, strict=True)
+                if fields
+            ]
+        except (RedisError, OSError, GarbledValue) as exc:
+            self._failures.failed(exc)
+            raise CatalogUnavailable() from exc
+
     async def follow_changes(
         self, on_changed: ChangedIds, on_subscribed: Callable[[], object]
     ) -> None:
         """Until cancelled: call `on_changed(ids)` per change message, and `on_subscribed()`
         each time the subscription is (re)established, since messages published while it
         was down are lost. Reconnects with exponential backoff; logs once per outage."""
-        backoff = _FIRST_BACKOFF
-        lost_at: float | None = None
-        while True:
-            pubsub = self._client.pubsub()
-            try:
-                await pubsub.subscribe(self._channel)
-                async for message in _messages(pubsub):
-                    if message["type"] == "message":
-                        on_changed(decode_changes(message["data"]))
-                    elif message["type"] == "subscribe":
-                        on_subscribed()
-                        backoff = _FIRST_BACKOFF
-                        if lost_at is not None:
-                            down = round(time.monotonic() - lost_at, 3)
-                            log.info("catalog_changes_resumed", url=self._url, down_seconds=down)
-                            lost_at = None
-            except (RedisError, OSError) as exc:
-                if lost_at is None:
-                    lost_at = time.monotonic()
-                    log.warning(
-                        "catalog_changes_lost",
-                        url=self._url,
-                        error=type(exc).__name__,
-                        detail="cache entries expire by TTL until Redis is back",
-                    )
-            finally:
-                await _close_quietly(pubsub)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _MAX_BACKOFF)
+
+        async def changed(message: Mapping[str, Any]) -> None:
+            on_changed(decode_changes(message["data"]))
+
+        def lost(exc: BaseException) -> None:
+            log.warning(
+                "catalog_changes_lost",
+                url=self._url,
+                error=type(exc).__name__,
+                detail="cache entries expire by TTL until Redis is back",
+            )
+
+        def resumed(down_seconds: float) -> None:
+            log.info("catalog_changes_resumed", url=self._url, down_seconds=down_seconds)
+
+        await follow_channels(
+            self._client,
+            (self._channel,),
+            changed,
+            on_subscribed=on_subscribed,
+            on_lost=lost,
+            on_resumed=resumed,
+        )
+
+
+async def follow_channels(
+    client: Redis,
+    channels: Sequence[str],
+    on_message: Callable[[Mapping[str, Any]], Awaitable[None]],
+    *,
+    on_subscribed: Callable[[], object],
+    on_lost: Callable[[BaseException], None],
+    on_resumed: Callable[[float], None],
+    running: Callable[[], bool] = lambda: True,
+) -> None:
+    """Until cancelled (or `running()` turns false): subscribe to `channels` and await
+    `on_message(message)` for each message; `on_subscribed()` once every channel is
+    (re)subscribed. A lost connection is retried with exponential backoff: `on_lost(error)`
+    once per outage, `on_resumed(seconds down)` when subscribed again."""
+    backoff = _FIRST_BACKOFF
+    lost_at: float | None = None
+    while running():
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(*channels)
+            async for message in _messages(pubsub):
+                if message["type"] == "message":
+                    await on_message(message)
+                elif message["type"] == "subscribe" and message["data"] == len(channels):
+                    on_subscribed()
+                    backoff = _FIRST_BACKOFF
+                    if lost_at is not None:
+                        on_resumed(round(time.monotonic() - lost_at, 3))
+                        lost_at = None
+        except (RedisError, OSError) as exc:
+            if lost_at is None:
+                lost_at = time.monotonic()
+                on_lost(exc)
+        finally:
+            await _close_quietly(pubsub)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, _MAX_BACKOFF)
 
 
 async def _messages(pubsub: PubSub) -> Any:

@@ -15,11 +15,11 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 from proxy.catalog.base import CatalogEntry
 from proxy.errors import CatalogUnavailable
@@ -60,6 +60,17 @@ _LOOKUP_SCHEMA_1 = "SELECT drm_resource_id, key_holders, tags FROM assets WHERE 
 _PING = "SELECT 1 FROM assets LIMIT 1"
 
 _Job: TypeAlias = Callable[[sqlite3.Connection, str], "CatalogEntry | None"]
+_T = TypeVar("_T")
+
+# Whole-catalog reads (`rules diff`): pages in rowid order (sequential in the file), ids by
+# the primary key's index, entries by id. {columns} is the lookup's, schema 1 or 2.
+_PAGE = "SELECT rowid, asset_id, {columns} FROM assets WHERE rowid > ? ORDER BY rowid LIMIT ?"
+_IDS_PAGE = "SELECT asset_id FROM assets WHERE asset_id > ? ORDER BY asset_id LIMIT ?"
+_BY_IDS = "SELECT asset_id, {columns} FROM assets WHERE asset_id IN ({marks})"
+_COLUMNS = "drm_resource_id, key_holders, tags, key_ids"
+_COLUMNS_SCHEMA_1 = "drm_resource_id, key_holders, tags"
+_COUNT = "SELECT count(*) FROM assets"
+_IN_LIMIT = 500  # ids per IN (...) query, well under SQLite's parameter limit
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
@@ -191,6 +202,50 @@ class SqliteCatalog:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._guarded, func, arg)
 
+    # --- whole-catalog reads: for tools such as `rules diff`, never on the request path ---
+
+    async def count(self) -> int:
+        """How many assets the catalog holds; CatalogUnavailable on a database error."""
+        return await self._read(lambda conn: int(conn.execute(_COUNT).fetchone()[0]))
+
+    async def iter_entries(self, batch: int = 1_000) -> AsyncIterator[list[CatalogEntry]]:
+        """Every entry, `batch` at a time, in file order; each page is its own short read
+        (keyset paging on rowid), so only one page is held at a time."""
+        after = 0
+        while True:
+            last, page = await self._read(partial(_entries_page, after=after, size=batch))
+            if page:
+                yield page
+            if len(page) < batch:
+                return
+            after = last
+
+    async def iter_ids(self, batch: int = 1_000) -> AsyncIterator[list[str]]:
+        """Every asset id, `batch` at a time, in id order (read from the primary key's index:
+        no row is decoded), e.g. to draw a uniform sample before reading the entries."""
+        after = ""
+        while True:
+            page = await self._read(partial(_ids_page, after=after, size=batch))
+            if page:
+                yield page
+            if len(page) < batch:
+                return
+            after = page[-1]
+
+    async def get_many(self, asset_ids: Sequence[str]) -> list[CatalogEntry]:
+        """The entries of those of `asset_ids` the catalog holds (unknown ids are left out)."""
+        return await self._read(lambda conn: _entries_by_id(conn, asset_ids))
+
+    async def _read(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run `job` on the executor thread, failures mapped as for `get`."""
+        result: list[_T] = []
+
+        def run(conn: sqlite3.Connection, _: str) -> None:
+            result.append(job(conn))
+
+        await self._run(run, "")
+        return result[0]
+
     def _guarded(self, func: _Job, arg: str) -> CatalogEntry | None:
         """Run `func` on the executor thread, mapping database errors to CatalogUnavailable."""
         try:
@@ -246,3 +301,29 @@ class SqliteCatalog:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _columns(conn: sqlite3.Connection) -> str:
+    return _COLUMNS if has_key_ids_column(conn) else _COLUMNS_SCHEMA_1
+
+
+def _entries_page(
+    conn: sqlite3.Connection, after: int, size: int
+) -> tuple[int, list[CatalogEntry]]:
+    """The next `size` entries after rowid `after`, and the last rowid read."""
+    rows = conn.execute(_PAGE.format(columns=_columns(conn)), (after, size)).fetchall()
+    return (rows[-1][0] if rows else after), [decode_row(row[1], row[2:]) for row in rows]
+
+
+def _ids_page(conn: sqlite3.Connection, after: str, size: int) -> list[str]:
+    return [row[0] for row in conn.execute(_IDS_PAGE, (after, size))]
+
+
+def _entries_by_id(conn: sqlite3.Connection, asset_ids: Sequence[str]) -> list[CatalogEntry]:
+    columns = _columns(conn)
+    entries: list[CatalogEntry] = []
+    for start in range(0, len(asset_ids), _IN_LIMIT):
+        chunk = asset_ids[start : start + _IN_LIMIT]
+        query = _BY_IDS.format(columns=columns, marks=",".join("?" * len(chunk)))
+        entries.extend(decode_row(row[0], row[1:]) for row in conn.execute(query, chunk))
+    return entries
