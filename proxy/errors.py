@@ -6,11 +6,13 @@
     │   ├── AssetMismatch             400 asset_mismatch
     │   └── BadSpc                    400 bad_spc
     ├── Unauthorized                  401 unauthorized
-    │   └── PackagerUnauthorized      401 unauthorized          (+ WWW-Authenticate)
+    │   ├── PackagerUnauthorized      401 unauthorized          (+ WWW-Authenticate)
+    │   └── AdminUnauthorized         401 unauthorized          (+ WWW-Authenticate)
     ├── NotEntitled                   403 not_entitled
     ├── CorsRefused                   403 cors_refused
     ├── NotFound                      404 not_found
     │   └── UnknownAsset              404 unknown_asset
+    ├── FleetUnavailable              409 fleet_unavailable     (scope=fleet without Redis)
     ├── BodyTooLarge                  413 body_too_large
     ├── UriTooLong                    414 uri_too_long
     ├── UnsupportedMediaType          415 unsupported_media_type
@@ -108,7 +110,20 @@ class PackagerUnauthorized(Unauthorized):
 
     def __init__(self, challenge: str, message: str | None = None, *, detail: str) -> None:
         super().__init__(message, detail=detail)
-        self.challenge = challenge
+        self.challenges: tuple[str, ...] = (challenge,)
+
+
+class AdminUnauthorized(Unauthorized):
+    """An admin route without a valid admin token; the answer offers Basic and Bearer, one
+    WWW-Authenticate line each: Chromium reads only a line's first challenge, and Basic is
+    the one a browser (the console page) can answer."""
+
+    message = "A valid admin token is required."
+    detail = "admin_token"
+    challenges: tuple[str, ...] = (
+        'Basic realm="drm-gateway admin"',
+        'Bearer realm="drm-gateway admin"',
+    )
 
 
 class NotEntitled(GatewayError):
@@ -132,6 +147,14 @@ class NotFound(GatewayError):
 class UnknownAsset(NotFound):
     code = "unknown_asset"
     message = "The asset is not in the catalog."
+
+
+class FleetUnavailable(GatewayError):
+    """An admin call asked for `scope=fleet`, but no Redis links this gateway to others."""
+
+    status = 409
+    code = "fleet_unavailable"
+    message = "No Redis configured: this gateway acts on one replica only."
 
 
 class BodyTooLarge(GatewayError):

@@ -140,6 +140,8 @@ class Gateway:
         self._shadow_providers = shadow_providers if shadow_providers is not None else providers
         self.rules = rules
         self._client_response = config.fairplay.client_response
+        # Whether answers name the provider that answered (server.provider_header).
+        self.provider_header = config.server.provider_header
         self._max_spc_bytes = config.server.max_body_bytes
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._clock = clock

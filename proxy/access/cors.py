@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from proxy.domain import HTTP_TOKEN
 
 _ORIGIN = re.compile(r"^(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?$")
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 MAX_AGE_LIMIT = 86_400
+# The answer header naming the provider that answered a license or key request, sent with
+# `server.provider_header: true` (then exposed to allowed origins: a page on another origin
+# reads no other header than the CORS-safelisted ones unless it is listed).
+PROVIDER_HEADER = "X-Drm-Gateway-Provider"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,12 @@ class CorsPolicy:
         if not origin:
             return False
         return origin in self.allowed_origins or "*" in self.allowed_origins
+
+    def exposing(self, header: str) -> CorsPolicy:
+        """This policy, letting allowed origins also read `header` (once, whatever its case)."""
+        if header.lower() in {h.lower() for h in self.expose_headers}:
+            return self
+        return replace(self, expose_headers=(*self.expose_headers, header))
 
     def preflight_headers(
         self, origin: str | None, request_method: str | None, request_headers: str | None

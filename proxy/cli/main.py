@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from proxy.catalog import CatalogSettings
 from proxy.cli.backfill import add_backfill_command
+from proxy.cli.rules_diff import add_diff_command
 from proxy.config import Config, ConfigError, RulesView, load_config, load_rules_view
 from proxy.domain import ALL_DRMS
 from proxy.observability.logs import configure_logging
@@ -628,6 +629,7 @@ def _add_rules_commands(commands: Any) -> None:
     exp.add_argument("--app-version")
     exp.add_argument("--user")
     exp.set_defaults(func=cmd_rules_explain)
+    add_diff_command(rules_cmds)
 
 
 def _add_token_commands(commands: Any) -> None:

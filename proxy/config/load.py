@@ -16,7 +16,7 @@ from typing import Any, Literal, cast
 import yaml
 
 from proxy.access.client_address import Network, parse_network
-from proxy.access.cors import CorsPolicy
+from proxy.access.cors import PROVIDER_HEADER, CorsPolicy
 from proxy.access.player_tokens import PlayerAuthSettings
 from proxy.catalog.base import CatalogSettings, HttpCatalogSettings, RedisCatalogSettings
 from proxy.catalog.http import create_ssl_context, parse_base_url
@@ -24,6 +24,7 @@ from proxy.catalog.missing import MissingSettings
 from proxy.catalog.redis import check_url as check_redis_url
 from proxy.catalog.registry import KNOWN_BACKENDS
 from proxy.config.clients import ClientSettings, parse_clients
+from proxy.config.fleet import FleetSettings, parse_fleet
 from proxy.config.providers import (
     HEADER_NAME,
     ProviderAuth,
@@ -35,7 +36,7 @@ from proxy.config.reader import REQUIRED, ConfigError, ConfigReader
 from proxy.config.resilience import ResilienceSettings, parse_resilience
 from proxy.config.security import RateLimits, parse_cors, parse_player_auth, parse_rate_limits
 from proxy.config.speke import SpekeSettings, parse_speke
-from proxy.routing.rules import ProviderTraits
+from proxy.routing.rules import NAME_PATTERN, ProviderTraits
 from proxy.upstream.fairplay import (
     DEFAULT_CLIENT_RESPONSE,
     REQUEST_FORMATS,
@@ -76,6 +77,8 @@ class ServerSettings:
     trusted_proxies: tuple[Network, ...] = ()
     # Client timeouts and connection caps (proxy/config/clients.py).
     clients: ClientSettings = field(default_factory=ClientSettings)
+    # License and key answers name the provider that answered (X-Drm-Gateway-Provider).
+    provider_header: bool = False
 
 
 LogFormat = Literal["auto", "json", "console"]
@@ -114,7 +117,7 @@ class Config:
     providers: Mapping[str, ProviderSettings]
     routing: RoutingSettings
     fairplay: FairPlaySettings = field(default_factory=FairPlaySettings)
-    admin_token: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)  # admin.token: named "admin"
     player_auth: PlayerAuthSettings = field(default_factory=PlayerAuthSettings)
     cors: CorsPolicy | None = None
     rate_limits: RateLimits = field(default_factory=RateLimits)
@@ -122,6 +125,9 @@ class Config:
     missing: MissingSettings = field(default_factory=MissingSettings)
     speke: SpekeSettings | None = None  # the SPEKE endpoint for packagers; None: not served
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    # Every admin token by caller name: admin.token as "admin" plus admin.tokens.
+    admin_tokens: Mapping[str, str] = field(default_factory=dict, repr=False)
+    fleet: FleetSettings = field(default_factory=FleetSettings)  # the whole-fleet view
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -191,15 +197,18 @@ def parse_config(
     catalog = _parse_catalog(reader, top.get("catalog"))
     providers = parse_providers(reader, top.get("providers"))
     routing = _parse_routing(reader, top.get("routing"), providers)
-    admin_token = _parse_admin(reader, top.get("admin"))
+    admin_token, admin_tokens = _parse_admin(reader, top.get("admin"))
     fairplay = _parse_fairplay(reader, top.get("fairplay"))
     player_auth = parse_player_auth(reader, top.get("player_auth"))
     cors = parse_cors(reader, top.get("cors"))
+    if cors is not None and server.provider_header:  # browser pages may read the header
+        cors = cors.exposing(PROVIDER_HEADER)
     rate_limits = parse_rate_limits(reader, top.get("rate_limit"))
     missing = _parse_missing(reader, top.get("missing"))
     speke = parse_speke(reader, top.get("speke"))
     _check_speke(reader, speke, server, catalog, providers)
     resilience = parse_resilience(reader, top.get("resilience"), providers)
+    fleet = parse_fleet(reader, top.get("fleet"))
     if reader.problems:
         raise ConfigError(reader.problems)
     return Config(
@@ -217,6 +226,8 @@ def parse_config(
         missing=missing,
         speke=speke,
         resilience=resilience,
+        admin_tokens=admin_tokens,
+        fleet=fleet,
     )
 
 
@@ -278,6 +289,7 @@ _TOP_SECTIONS = {
     "missing",
     "speke",
     "resilience",
+    "fleet",
 }
 
 
@@ -328,6 +340,7 @@ def _parse_server(reader: ConfigReader, raw: Any) -> ServerSettings:
             "shutdown_grace_seconds",
             "trusted_proxies",
             "clients",
+            "provider_header",
         },
     )
     defaults = ServerSettings()
@@ -344,6 +357,7 @@ def _parse_server(reader: ConfigReader, raw: Any) -> ServerSettings:
         ),
         trusted_proxies=_parse_trusted_proxies(reader, section),
         clients=parse_clients(reader, section.get("clients")),
+        provider_header=reader.value(section, "provider_header", path, bool, False),
     )
 
 
@@ -552,14 +566,48 @@ def _parse_routing(
     return RoutingSettings(str(default or ""), rules_file, poll)
 
 
-def _parse_admin(reader: ConfigReader, raw: Any) -> str | None:
-    section = reader.mapping(raw, "admin", {"token"})
-    if "token" not in section:
+LEGACY_ADMIN_NAME = "admin"  # the caller name of `admin.token`
+ADMIN_TOKEN_MIN_LENGTH = 16
+
+
+def _parse_admin(reader: ConfigReader, raw: Any) -> tuple[str | None, dict[str, str]]:
+    """`admin.token` and every named token of `admin.tokens`, by caller name (the single
+    token is named "admin"); no two names may share a secret, or the log could not say who."""
+    section = reader.mapping(raw, "admin", {"token", "tokens"})
+    token = _admin_secret(reader, section["token"], "admin.token") if "token" in section else None
+    tokens = {LEGACY_ADMIN_NAME: token} if token is not None else {}
+    _add_named_admin_tokens(reader, section.get("tokens"), tokens)
+    return token, tokens
+
+
+def _add_named_admin_tokens(reader: ConfigReader, named: Any, tokens: dict[str, str]) -> None:
+    if named is not None and not isinstance(named, dict):
+        reader.problem("admin.tokens", "must be a mapping of caller name to {env: ...}/{file: ...}")
+        return
+    for name, ref in (named or {}).items():
+        where = f"admin.tokens.{name}"
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            reader.problem(where, f"the name must match ^{NAME_PATTERN.pattern}$")
+            continue
+        if name in tokens:
+            reader.problem(where, f"'{name}' is already the name of admin.token")
+            continue
+        secret = _admin_secret(reader, ref, where)
+        if secret is None:
+            continue
+        twin = next((other for other, known in tokens.items() if known == secret), None)
+        if twin is not None:
+            reader.problem(where, f"has the same secret as the token named '{twin}'")
+            continue
+        tokens[name] = secret
+
+
+def _admin_secret(reader: ConfigReader, raw: Any, where: str) -> str | None:
+    secret = reader.secret(raw, where)
+    if secret is not None and len(secret) < ADMIN_TOKEN_MIN_LENGTH:
+        reader.problem(where, f"must be at least {ADMIN_TOKEN_MIN_LENGTH} characters")
         return None
-    token = reader.secret(section["token"], "admin.token")
-    if token is not None and len(token) < 16:
-        reader.problem("admin.token", "must be at least 16 characters")
-    return token
+    return secret
 
 
 def _parse_fairplay(reader: ConfigReader, raw: Any) -> FairPlaySettings:

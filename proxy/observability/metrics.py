@@ -253,6 +253,11 @@ KEY_MIRROR_QUEUE = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livemax",  # one shared queue: every worker sees the same count
 )
+FLEET_MESSAGES_IGNORED = Counter(
+    "drm_gateway_fleet_messages_ignored_total",
+    "Fleet commands and replies read from Redis pub/sub and ignored as malformed.",
+    registry=REGISTRY,
+)
 BUILD_INFO = Info("drm_gateway_build", "Gateway version.", registry=REGISTRY)
 
 

@@ -140,13 +140,17 @@ def parse_rules(text: str, *, source: str, providers: Providers | None) -> RuleS
 
 def load_rules_file(path: Path, *, providers: Providers | None) -> RuleSet:
     """Read and parse a rules file; an unreadable file is a RulesError too."""
+    return parse_rules(read_rules_text(path), source=str(path), providers=providers)
+
+
+def read_rules_text(path: Path) -> str:
+    """A rules file's text; RulesError if it cannot be read or is not UTF-8."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise RulesError([f"cannot read {path}: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError as exc:
         raise RulesError([f"{path} is not UTF-8 (byte {exc.start})"]) from None
-    return parse_rules(text, source=str(path), providers=providers)
 
 
 def _parse_document(doc: Any, text: str, source: str, p: _Problems) -> RuleSet | None:
@@ -172,7 +176,7 @@ def _parse_document(doc: Any, text: str, source: str, p: _Problems) -> RuleSet |
     if p.problems or not isinstance(version, str) or default is None:
         return None
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return RuleSet(version, digest, default, rules, source, doc, keys)
+    return RuleSet(version, digest, default, rules, source, doc, keys, text)
 
 
 def _parse_keys(doc: dict[Any, Any], p: _Problems) -> KeyPolicy | None:

@@ -160,6 +160,7 @@ class RuleSet:
     source: str
     document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     keys: KeyPolicy | None = None
+    text: str = field(default="", compare=False, repr=False)  # as written: for the change log
 
     def providers_used(self) -> frozenset[str]:
         """Every provider named by the default or a rule (route, fallback, shadow)."""
@@ -260,7 +261,7 @@ def _mismatch(when: When, ctx: RequestContext) -> str | None:
     return None
 
 
-def _guard(provider: str, ctx: RequestContext, providers: Providers) -> GuardReason | None:
+def guard_against(provider: str, ctx: RequestContext, providers: Providers) -> GuardReason | None:
     """None if `provider` may serve this request, else the guard that forbids it."""
     traits = providers.get(provider)
     entry = ctx.entry
@@ -297,17 +298,17 @@ def _judge(
     slot = bucket(rule.name, _stickiness_value(rule, ctx)) if rule.threshold < BUCKETS else None
     if slot is not None and slot >= rule.threshold:
         return "rollout_excluded", "rollout_excluded", slot
-    guard = _guard(rule.route, ctx, providers)
+    guard = guard_against(rule.route, ctx, providers)
     return ("guarded", guard, slot) if guard else ("matched", None, slot)
 
 
 def _rule_decision(rule: Rule, ctx: RequestContext, providers: Providers) -> Decision:
     """The rule's decision; fallback and shadow only where the guards let them serve."""
     fallback = rule.fallback
-    if fallback is not None and _guard(fallback, ctx, providers):
+    if fallback is not None and guard_against(fallback, ctx, providers):
         fallback = None
     shadow = rule.shadow
-    if shadow is not None and _guard(shadow.to, ctx, providers):
+    if shadow is not None and guard_against(shadow.to, ctx, providers):
         shadow = None
     return Decision(rule.route, rule.name, "rule_match", fallback, shadow)
 
@@ -330,14 +331,14 @@ def _decide(
             passed_on = passed_on or cast(Reason, why)
     if winner is not None:
         return winner
-    guard = _guard(rules.default, ctx, providers)
+    guard = guard_against(rules.default, ctx, providers)
     if guard is None:
         return Decision(rules.default, "default", passed_on or "default")
     # The default cannot serve this asset: any provider the guards allow may (e.g. a new
     # title whose keys exist only at the incoming provider), in configuration order. The
     # guard chose, so it is named, not the earlier rule that merely passed the request on.
     for name in providers:
-        if _guard(name, ctx, providers) is None:
+        if guard_against(name, ctx, providers) is None:
             return Decision(name, GUARD_RULES[guard], guard)
     raise NoProvider(_NO_PROVIDER[guard])
 

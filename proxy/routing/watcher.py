@@ -2,6 +2,8 @@
 
 The active RuleSet is one attribute; a request reads it once, so it sees the old rules or the
 new ones, never a mix. A file that fails validation is refused and the last good rules stay.
+Every version accepted or refused goes to `history` (proxy.routing.history) with who asked
+and its diff, and to one `rules_loaded` or `rules_refused` log line.
 
 A file refused at start-up leaves no rules active: the gateway starts anyway, not ready
 (/readyz lists the problems), and answers 503 until a reload finds the file valid. We start
@@ -23,7 +25,17 @@ from proxy.config import Config, ProviderSettings
 from proxy.errors import RulesUnavailable
 from proxy.observability import metrics
 from proxy.observability.logs import get_logger
-from proxy.routing.file import load_rules_file, parse_rules
+from proxy.routing.file import load_rules_file, parse_rules, read_rules_text
+from proxy.routing.history import (
+    NO_VERSION,
+    ChangeResult,
+    RulesChange,
+    RulesHistory,
+    Version,
+    build_change,
+    sha256_text,
+    who_for,
+)
 from proxy.routing.rules import ProviderTraits, RequestContext, RulesError, RuleSet, explain
 
 log = get_logger("rules")
@@ -73,6 +85,10 @@ def load_rules(
     return load_rules_file(path, providers=providers)
 
 
+def _version_of(rules: RuleSet) -> Version:
+    return Version(rules.version, rules.sha256, rules.text)
+
+
 def explain_answer(
     rules: RuleSet, context: RequestContext, providers: Mapping[str, ProviderTraits]
 ) -> dict[str, object]:
@@ -92,20 +108,22 @@ class RulesWatcher:
         default: str,
         providers: Mapping[str, ProviderTraits],
         poll_seconds: float = 2.0,
+        history: RulesHistory | None = None,
     ) -> None:
         self.path = path
         self.default = default
         self.providers = providers
         self.poll_seconds = poll_seconds
+        self.history = history if history is not None else RulesHistory()
         self.rules: RuleSet | None = None  # None until the file validates: not ready
         self.problems: list[str] = []  # why the file was refused at the last attempt
         self.loaded_at: float | None = None
         self._stamp: tuple[int, int] | None = None
-        candidate = self._attempt()
+        candidate, seen = self._attempt()
         if candidate is None:
-            self._log_refused("start")
+            self._refuse("start", "start", seen)
         else:
-            self._activate(candidate)
+            self._accept("start", "start", candidate)
 
     @classmethod
     def from_config(cls, config: Config) -> RulesWatcher:
@@ -137,42 +155,74 @@ class RulesWatcher:
             return None
         return stat.st_mtime_ns, stat.st_size
 
-    def _attempt(self) -> RuleSet | None:
-        """Load the file and record whether it validates (problems, gauge); None if refused."""
+    def _attempt(self) -> tuple[RuleSet | None, Version]:
+        """Load the file and record whether it validates (problems, gauge): the rules (None
+        if refused) and the text read, for the change log."""
         self._stamp = self._file_stamp()
+        text: str | None = None
         try:
-            candidate = load_rules(self.path, default=self.default, providers=self.providers)
+            if self.path is None:
+                candidate = rules_without_file(self.default, self.providers)
+            else:
+                text = read_rules_text(self.path)
+                candidate = parse_rules(text, source=str(self.path), providers=self.providers)
         except RulesError as exc:
             self.problems = exc.problems
             metrics.RULES_FILE_VALID.set(0)
-            return None
+            return None, Version(None, None if text is None else sha256_text(text), text or "")
         self.problems = []
         metrics.RULES_FILE_VALID.set(1)
-        return candidate
+        return candidate, _version_of(candidate)
 
-    def reload(self, trigger: str) -> ReloadResult:
-        """Load the file now; swap in the new rules only if they validate and differ."""
+    def reload(self, trigger: str, *, who: str | None = None) -> ReloadResult:
+        """Load the file now; swap in the new rules only if they validate and differ.
+        `who` asked for it (an admin caller's name); by default the trigger says."""
         current = self.rules
         if self.path is None:
             return self._result("unchanged")
-        candidate = self._attempt()
+        candidate, seen = self._attempt()
         if candidate is None:
             metrics.RULES_RELOADS.labels("refused").inc()
-            self._log_refused(trigger)
+            self._refuse(trigger, who_for(trigger, who), seen)
             return self._result("refused")
         if current is not None and candidate.sha256 == current.sha256:
             metrics.RULES_RELOADS.labels("unchanged").inc()
             return self._result("unchanged")
-        self._activate(candidate)
+        self._accept(trigger, who_for(trigger, who), candidate)
         metrics.RULES_RELOADS.labels("ok").inc()
+        return self._result("ok")
+
+    def _record(self, result: ChangeResult, trigger: str, who: str, new: Version) -> RulesChange:
+        previous = self.rules
+        change = build_change(
+            result=result,
+            new=new,
+            previous=NO_VERSION if previous is None else _version_of(previous),
+            who=who,
+            trigger=trigger,
+            problems=self.problems if result == "refused" else (),
+        )
+        self.history.record(change)
+        return change
+
+    def _accept(self, trigger: str, who: str, candidate: RuleSet) -> None:
+        """Swap `candidate` in, record it and log one line."""
+        change = self._record("accepted", trigger, who, _version_of(candidate))
+        self._activate(candidate)
         log.info(
             "rules_loaded",
             trigger=trigger,
+            who=who,
             version=candidate.version,
             sha256=candidate.sha256,
-            previous_version=current.version if current is not None else None,
+            previous_version=change.previous_version,
+            diff=change.diff.summary(),
         )
-        return self._result("ok")
+
+    def _refuse(self, trigger: str, who: str, seen: Version) -> None:
+        """Record the refused file and log one line: every problem, what is served meanwhile."""
+        change = self._record("refused", trigger, who, seen)
+        self._log_refused(trigger, who, change.diff.summary())
 
     def _result(self, outcome: ReloadOutcome) -> ReloadResult:
         rules = self.rules
@@ -180,12 +230,14 @@ class RulesWatcher:
             return ReloadResult(outcome, None, None, self.problems)
         return ReloadResult(outcome, rules.version, rules.sha256, self.problems)
 
-    def _log_refused(self, trigger: str) -> None:
+    def _log_refused(self, trigger: str, who: str, diff: str) -> None:
         """One line: every problem, and what is served meanwhile."""
         current = self.rules
         log.error(
             "rules_refused",
             trigger=trigger,
+            who=who,
+            diff=diff,
             path=str(self.path),
             problems=self.problems,
             serving=(

@@ -26,11 +26,13 @@ class Admission:
         self._max_queued = max_queued
         self._queue_seconds = queue_seconds
         self.queued = 0
+        self.in_flight = 0  # holding a slot (the fleet view shows it)
 
     async def acquire(self) -> None:
         """Take a slot, queueing within the bounds; raise Overloaded beyond them."""
         if not self._slots.locked():
             await self._slots.acquire()  # a free slot: taken without waiting
+            self.in_flight += 1
             return
         if self.queued >= self._max_queued:
             raise Overloaded(detail=OVERLOAD_DETAILS[0])
@@ -41,6 +43,8 @@ class Admission:
             raise Overloaded(detail=OVERLOAD_DETAILS[1]) from None
         finally:
             self.queued -= 1
+        self.in_flight += 1
 
     def release(self) -> None:
+        self.in_flight -= 1
         self._slots.release()

@@ -29,10 +29,14 @@ from proxy.config import Config, Listener
 from proxy.gateway import Gateway
 from proxy.observability import metrics
 from proxy.observability.logs import get_logger
+from proxy.routing.history_redis import open_fleet_history
 from proxy.routing.watcher import RulesWatcher
-from proxy.server.admin import ADMIN_CATALOG, ADMIN_TOKEN, MISSING, RULES, add_admin_routes
+from proxy.server.admin import ADMIN_CATALOG, ADMIN_TOKENS, MISSING, RULES, add_admin_routes
 from proxy.server.admission import OVERLOAD_DETAILS, Admission
-from proxy.server.middleware import create_middleware
+from proxy.server.console import SummaryShape, add_console_routes, console_ctx
+from proxy.server.fleet import FLEET, add_fleet_routes, open_fleet, replica_id
+from proxy.server.middleware import create_middleware, error_fields
+from proxy.server.openapi import add_openapi_route
 from proxy.server.protocol import ClientPolicy, GatewayRunner
 from proxy.server.routes import CERTIFICATE, GATEWAY, GUARD, MAX_BODY, add_public_routes
 from proxy.server.speke import SPEKE_REFUSALS, add_speke_route, create_speke_app, speke_context
@@ -46,6 +50,7 @@ PROVIDERS: web.AppKey[Mapping[str, ProviderClient]] = web.AppKey("providers")
 SHADOW_PROVIDERS: web.AppKey[Mapping[str, ProviderClient]] = web.AppKey("shadow_providers")
 PUBLIC_APP = web.AppKey("public_app", web.Application)
 DRAINING = web.AppKey("draining", asyncio.Event)
+ADMISSION = web.AppKey("admission", Admission)
 
 log = get_logger("app")
 
@@ -88,10 +93,14 @@ async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
-    watcher = RulesWatcher.from_config(app[CONFIG])
+    config = app[CONFIG]
+    watcher = RulesWatcher.from_config(config)
     app[RULES] = watcher
     poller = asyncio.get_running_loop().create_task(watcher.poll_forever())
-    yield
+    # With the Redis catalog, each change also goes to the fleet's change log.
+    redis = config.catalog.redis if config.catalog.backend == "redis" else None
+    async with open_fleet_history(redis, watcher.history, replica=replica_id(config.fleet)):
+        yield
     poller.cancel()
     await asyncio.gather(poller, return_exceptions=True)
     watcher.close()
@@ -110,6 +119,15 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         app[GATEWAY] = gateway
         yield
         await gateway.close()
+
+
+async def _fleet_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Heartbeats and fleet-wide admin calls (with the Redis catalog); stopped before the
+    gateway and catalog close."""
+    resources = app[CONFIG], app[CATALOG], app[RULES], app[GATEWAY], app[ADMISSION]
+    async with open_fleet(*resources) as fleet:
+        app[FLEET] = fleet
+        yield
 
 
 @asynccontextmanager
@@ -145,27 +163,27 @@ async def _missing_store(config: Config) -> AsyncIterator[MissingStore]:
 def create_public_app(config: Config) -> web.Application:
     """The player-facing app: license, key and certificate routes."""
     in_flight = config.server.clients.in_flight
+    admission = Admission(in_flight.max_requests, in_flight.max_queued, in_flight.queue_seconds)
     app = web.Application(
         middlewares=[
             create_middleware(
                 public=True,
                 cors=config.cors,
                 trusted_proxies=config.server.trusted_proxies,
-                admission=Admission(
-                    in_flight.max_requests, in_flight.max_queued, in_flight.queue_seconds
-                ),
+                admission=admission,
             )
         ],
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
     app[DRAINING] = asyncio.Event()
+    app[ADMISSION] = admission
     app[GUARD] = PlayerGuard(config.player_auth, config.rate_limits)
     app[MAX_BODY] = config.server.max_body_bytes
     if config.fairplay.certificate is not None:
         app[CERTIFICATE] = config.fairplay.certificate
     app.cleanup_ctx.extend(
-        [_catalog_ctx, _catalog_changes_ctx, _providers_ctx, _rules_ctx, _gateway_ctx]
+        [_catalog_ctx, _catalog_changes_ctx, _providers_ctx, _rules_ctx, _gateway_ctx, _fleet_ctx]
     )
     add_public_routes(app)
     return app
@@ -197,11 +215,12 @@ async def readyz(request: web.Request) -> web.Response:
         warnings.append("speke: the rules file has no keys section; key requests answer 503")
     if public[GUARD].auth_off:
         warnings.append("player authentication is OFF (player_auth.mode: none): development only")
-    status = 503 if problems else 200
-    return web.json_response(
-        {"ready": not problems, "problems": problems, "warnings": warnings, "version": __version__},
-        status=status,
-    )
+    report = {"ready": not problems, "problems": problems, "warnings": warnings}
+    if not problems:
+        return web.json_response({**report, "version": __version__})
+    # Unready is an error answer too: the error shape's fields, then the report.
+    refused = error_fields(request, "not_ready", "The gateway is not ready; see problems.")
+    return web.json_response({**refused, **report, "version": __version__}, status=503)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -220,16 +239,18 @@ def create_internal_app(public: web.Application) -> web.Application:
     app[ADMIN_CATALOG] = public[CATALOG]
     app[MISSING] = public[GATEWAY].missing
     config = public[CONFIG]
-    admin_token = config.admin_token
-    if admin_token:
-        app[ADMIN_TOKEN] = admin_token
+    app[ADMIN_TOKENS] = config.admin_tokens
     add_admin_routes(app)
+    add_fleet_routes(app, public[FLEET])
     if config.speke is not None and config.speke.listener == "internal":
         add_speke_route(app, config.speke)
         app.cleanup_ctx.append(_speke_ctx(public))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    add_openapi_route(app)
+    add_console_routes(app, SummaryShape(config.routing.default_provider, tuple(config.providers)))
+    app.cleanup_ctx.append(console_ctx)
     return app
 
 

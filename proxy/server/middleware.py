@@ -20,6 +20,7 @@ from aiohttp.typedefs import Middleware
 from proxy.access.client_address import Network, TrustedProxies
 from proxy.access.cors import CorsPolicy, merge_vary
 from proxy.errors import (
+    AdminUnauthorized,
     BadRequest,
     BodyTooLarge,
     CorsRefused,
@@ -56,6 +57,12 @@ def replica_name() -> str:
     return os.environ.get("HOSTNAME") or socket.gethostname()
 
 
+def error_fields(request: web.Request, code: str, message: str) -> dict[str, str]:
+    """The error shape's fields for an error answer that also carries a report (a refused
+    rules reload, an unready /readyz): clients reading `error` see every 4xx/5xx alike."""
+    return {"error": code, "message": message, "request_id": request[INFO].request_id}
+
+
 def error_response(error: GatewayError, request_id: str) -> web.Response:
     """The JSON body every error gets; nothing internal leaks into it."""
     response = web.json_response(
@@ -64,8 +71,9 @@ def error_response(error: GatewayError, request_id: str) -> web.Response:
     )
     if error.retry_after is not None:  # rate limited; a provider overloaded or circuit open
         response.headers["Retry-After"] = str(error.retry_after)
-    elif isinstance(error, PackagerUnauthorized):
-        response.headers["WWW-Authenticate"] = error.challenge
+    elif isinstance(error, PackagerUnauthorized | AdminUnauthorized):
+        for challenge in error.challenges:
+            response.headers.add("WWW-Authenticate", challenge)
     return response
 
 

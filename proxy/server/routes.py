@@ -7,6 +7,7 @@ from functools import partial
 
 from aiohttp import web
 
+from proxy.access.cors import PROVIDER_HEADER
 from proxy.access.guard import PlayerGuard
 from proxy.access.player_tokens import Player, bearer_token
 from proxy.domain import KEY_DRM, LICENSE_DRMS, AssetId, asset_id_or_none, parse_key_id
@@ -120,6 +121,8 @@ async def license_handler(request: web.Request) -> web.Response:
     response = web.Response(body=answer.body, headers=answer.headers)
     response.content_type = answer.content_type.split(";", 1)[0]
     response.headers["Cache-Control"] = "no-store"
+    if gateway.provider_header:
+        _name_provider(response, request)
     return response
 
 
@@ -127,17 +130,28 @@ async def key_handler(request: web.Request) -> web.Response:
     request[INFO].drm = KEY_DRM
     player, asset_id = admit(request, query_token=True)
     key_id = parse_key_id(request.match_info["key_id"])
-    key = await request.app[GATEWAY].key(
+    gateway = request.app[GATEWAY]
+    key = await gateway.key(
         request[INFO],
         asset_id=asset_id,
         key_id=key_id,
         client=client_info(request, player),
     )
-    return web.Response(
+    response = web.Response(
         body=key,
         content_type="application/octet-stream",
         headers={"Cache-Control": "no-store"},
     )
+    if gateway.provider_header:
+        _name_provider(response, request)
+    return response
+
+
+def _name_provider(response: web.Response, request: web.Request) -> None:
+    """Name the provider whose answer this is (after a fallback: the fallback), replacing
+    any header of that name the provider itself sent. Only answers carry it: an error names
+    no provider (its request id finds the provider in the access log)."""
+    response.headers[PROVIDER_HEADER] = request[INFO].provider
 
 
 async def certificate_handler(request: web.Request) -> web.Response:

@@ -70,6 +70,7 @@ _ALWAYS_STRIPPED = frozenset(
         "x-powered-by",
         "location",
         "x-request-id",
+        "x-drm-gateway-provider",  # ours alone: a provider cannot forge it (server.provider_header)
     }
 )
 _JSON_ERROR_KEYS = ("errorCode", "error_code", "error", "errors")

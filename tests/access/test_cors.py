@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.access.cors import CorsPolicy, merge_vary, validate_cors
+from proxy.access.cors import PROVIDER_HEADER, CorsPolicy, merge_vary, validate_cors
 
 APP = "https://player.example.com"
 
@@ -140,3 +140,15 @@ def test_wildcard_echoes_the_origin_never_a_star() -> None:
 )
 def test_merge_vary_lists_each_field_once(values: list[str], merged: str) -> None:
     assert merge_vary(values) == merged
+
+
+def test_exposing_adds_a_header_once_whatever_its_case() -> None:
+    policy = CorsPolicy(frozenset({APP}), allow_credentials=False)
+    exposed = policy.exposing(PROVIDER_HEADER)
+    assert exposed.response_headers(APP)["Access-Control-Expose-Headers"] == (
+        f"X-Request-Id, {PROVIDER_HEADER}"
+    )
+    assert exposed.exposing(PROVIDER_HEADER.lower()) is exposed
+    assert policy.expose_headers == ("X-Request-Id",)  # the original is unchanged
+    assert "Access-Control-Expose-Headers" not in exposed.response_headers("https://x.example")
+    assert validate_cors(exposed) == []

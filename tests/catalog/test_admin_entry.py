@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from proxy.catalog import CatalogSettings, build_catalog
 from proxy.catalog.importer import import_file
-from proxy.server.admin import ADMIN_CATALOG, ADMIN_TOKEN, add_admin_routes
+from proxy.server.admin import ADMIN_CATALOG, ADMIN_TOKENS, add_admin_routes
 
 Client = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 TOKEN = "admin-token-for-tests"
@@ -33,7 +33,7 @@ async def client(
     assert not import_file(source, db).rejected
     catalog = build_catalog(CatalogSettings(path=db))
     app = web.Application()
-    app[ADMIN_TOKEN] = TOKEN
+    app[ADMIN_TOKENS] = {"admin": TOKEN}
     app[ADMIN_CATALOG] = catalog
     add_admin_routes(app)
     try:

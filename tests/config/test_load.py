@@ -337,3 +337,18 @@ def test_catalog_caps_found_and_known_missing_assets_apart() -> None:
     assert parse_config(raw, base_dir=Path("/srv"), env=ENV).catalog.max_negative_entries == 50
     raw["catalog"]["max_negative_entries"] = 0
     assert problems_of(raw) == ["catalog.max_negative_entries: must be greater than 0"]
+
+
+def test_the_provider_header_is_off_by_default_and_exposed_to_browsers_when_on() -> None:
+    raw = base()
+    raw["cors"] = {"allowed_origins": ["https://player.example.com"]}
+    off = parse_config(raw, base_dir=Path("/srv"), env=ENV)
+    assert off.server.provider_header is False
+    assert off.cors is not None and off.cors.expose_headers == ("X-Request-Id",)
+    raw["server"]["provider_header"] = True
+    on = parse_config(raw, base_dir=Path("/srv"), env=ENV)
+    assert on.server.provider_header is True
+    assert on.cors is not None
+    assert on.cors.expose_headers == ("X-Request-Id", "X-Drm-Gateway-Provider")
+    raw["server"]["provider_header"] = "yes"
+    assert "server.provider_header: must be true or false" in problems_of(raw)

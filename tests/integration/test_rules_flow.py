@@ -141,6 +141,7 @@ async def test_refused_file_keeps_the_last_good_rules(
         assert resp.status == 422
         body = await resp.json()
     assert body["result"] == "refused" and body["version"] == "v0"
+    assert body["error"] == "rules_refused" and body["request_id"] == resp.headers["X-Request-Id"]
     assert any("percent" in p and "ramp" in p for p in body["problems"])
     after = REGISTRY.get_sample_value("drm_gateway_rules_reloads_total", {"result": "refused"})
     assert after == (refused or 0) + 1
@@ -300,7 +301,7 @@ async def test_a_broken_rules_file_at_start_leaves_the_gateway_up_but_unready(
 ) -> None:
     stack = await rules_stack(make_stack, tmp_path, ramp_rules("bad", 120), poll=0.1)
     status, ready = await readiness(stack)
-    assert status == 503 and ready["ready"] is False
+    assert status == 503 and ready["ready"] is False and ready["error"] == "not_ready"
     assert f"no routing rules active: {tmp_path / 'routing.yaml'} is refused" in ready["problems"]
     assert any("120 is out of range" in p for p in ready["problems"])
     assert file_valid() == 0

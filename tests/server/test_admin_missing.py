@@ -168,7 +168,7 @@ async def test_a_title_that_gains_its_id_leaves_the_list(
         stack.internal("/admin/cache/invalidate?asset=legacy-only"), headers=stack.admin_headers()
     ) as resp:
         assert resp.status == 200
-        assert await resp.json() == {"dropped": 1, "missing_resolved": True}
+        assert await resp.json() == {"dropped": 1, "missing_resolved": True, "scope": "replica"}
     _, body, _ = await get_missing(stack)
     assert [t["asset_id"] for t in body["titles"]] == ["no-res-unknown-holders"]
 
@@ -192,7 +192,7 @@ async def test_invalidating_a_title_still_without_its_id_keeps_it_listed(
         stack.internal("/admin/cache/invalidate?asset=no-res-unknown-holders"),
         headers=stack.admin_headers(),
     ) as resp:
-        assert await resp.json() == {"dropped": 1, "missing_resolved": False}
+        assert await resp.json() == {"dropped": 1, "missing_resolved": False, "scope": "replica"}
     _, body, _ = await get_missing(stack)
     assert body["titles"][0]["count"] == 3  # its history is kept
 

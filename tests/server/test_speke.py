@@ -144,7 +144,7 @@ def test_credentials_are_compared_whole() -> None:
     check_credential(basic_value("user:" + "p" * 20), basic)
     with pytest.raises(PackagerUnauthorized) as refused:
         check_credential(basic_value("user:" + "p" * 19), basic)
-    assert refused.value.challenge == BASIC_CHALLENGE and refused.value.detail == (
+    assert refused.value.challenges == (BASIC_CHALLENGE,) and refused.value.detail == (
         "invalid_credential"
     )
     assert "p" * 19 not in str(refused.value)

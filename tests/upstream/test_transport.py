@@ -168,3 +168,36 @@ async def test_a_generic_provider_counts_its_json_error_codes(aiohttp_server: An
             assert info.value.provider_error == label
     finally:
         await provider.close()
+
+
+async def test_headers_that_reveal_or_impersonate_are_never_passed_back(
+    aiohttp_server: Any,
+) -> None:
+    """A provider cannot set our X-Drm-Gateway-Provider (nor reveal itself by Server or
+    X-Powered-By); an ordinary header of its own passes."""
+
+    async def answer(request: web.Request) -> web.Response:
+        headers = {
+            "X-Drm-Gateway-Provider": "forged",
+            "X-Powered-By": "provider-stack",
+            "X-License-Info": "kept",
+        }
+        return web.Response(body=b"\x08\x04license", headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/", answer)
+    server = await aiohttp_server(app)
+    settings = ProviderSettings(
+        name="plain", license_urls={}, key_url=None, auth=ProviderAuth(), total_timeout=2.0
+    )
+    transport = ProviderTransport(settings)
+    await transport.open()
+    try:
+        sent = await transport.send(
+            "POST", str(server.make_url("/")), drm="widevine", body=b"x", headers={}
+        )
+    finally:
+        await transport.close()
+    names = {name.lower() for name, _ in sent.headers}
+    assert "x-license-info" in names
+    assert not names & {"x-drm-gateway-provider", "x-powered-by", "server"}
