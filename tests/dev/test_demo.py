@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import yaml
@@ -44,20 +44,26 @@ from proxy.dev.demo import (
     DemoPorts,
     demo_stream,
 )
+from proxy.dev.emulator import derive_key
 from proxy.dev.emulator.settings import (
     DEMO_INCOMING_KEY_API_TOKEN,
     DEMO_LEGACY_API_KEY,
     DEMO_LEGACY_KEY_API_TOKEN,
+    DEMO_SEED,
 )
 from proxy.dev.kinds import KIND_ENV
 from proxy.dev.media import (
+    DASHIF_CLEARKEY,
     INSTALL_COMMAND,
     PACKAGER_SPEC,
     SHAKA_PLAYER_FILE,
-    SHAKA_PLAYER_SPEC,
+    WEB_PLAYERS,
+    MediaToolError,
     find_media_tools,
+    install_commands,
+    signal_dashif_clearkey,
 )
-from proxy.dev.player import find_player_tools, prepare_demo_media
+from proxy.dev.player import DASH, HLS, TITLES_FILE, find_player_tools, prepare_demo_media
 from tests.conftest import free_ports
 from tests.e2e.tools import PLAY_SCRIPT, find_tools
 
@@ -66,6 +72,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FROM_CHECKOUT = (sys.executable, "-m", "proxy.cli")
 PLAYER_LINK = re.compile(r"http://127\.0\.0\.1:\d+/player\.html\?\S+")
 FIRST_RUN_LINE = "packaging demo media (first run only)..."
+PICKED = ("dashjs", "hlsjs")  # the players the picker opens beside the printed (Shaka) link
 # The secrets the demo sets for itself (proxy.dev.demo.run_demo), for loading its config here.
 DEMO_SECRETS = {
     "LEGACY_API_KEY": DEMO_LEGACY_API_KEY,
@@ -237,57 +244,90 @@ def test_demo_serves_the_player_page_it_links_or_says_how_to_get_it(demo: Demo) 
 
     status, kind, page = fetch(link.group())
     assert (status, kind.split(";")[0]) == (200, "text/html")
-    assert b'src="/shaka/shaka-player.compiled.js"' in page
+    for player in WEB_PLAYERS:  # the page loads the chosen one from its route
+        script = f"/{player.key}/{player.file}"
+        assert f'script: "{script}"'.encode() in page, script
+        status, kind, body = fetch(server + script)
+        assert status == 200 and kind.split(";")[0] in {"text/javascript", "application/javascript"}
+        assert body == (tools.dists[player.key] / player.file).read_bytes()
     status, kind, mpd = fetch(server + query["manifest"])
     assert (status, kind) == (200, "application/dash+xml")
     kid = DEMO_KEY_ID
     assert f'default_KID="{kid[:8]}-{kid[8:12]}-{kid[12:16]}-{kid[16:20]}-{kid[20:]}"' in (
         mpd.decode()
     )
-    status, kind, script = fetch(f"{server}/shaka/shaka-player.compiled.js")
-    assert status == 200 and kind.split(";")[0] in {"text/javascript", "application/javascript"}
-    assert b"Shaka Player" in script[:500]
+    assert DASHIF_CLEARKEY in mpd.decode()
+    # The picker's titles: the DASH title for Shaka Player and dash.js, the HLS one for hls.js.
+    titles = json.loads(fetch(f"{server}/media/{TITLES_FILE}")[2])
+    assert [(t["format"], t["drm"], t["players"]) for t in titles] == [
+        (DASH, "clearkey", ["shaka", "dashjs"]),
+        (HLS, "aes128", ["hlsjs"]),
+    ]
+    assert titles[0]["manifest"] == query["manifest"]
+    status, kind, playlist = fetch(server + titles[1]["manifest"])
+    assert (status, kind) == (200, "application/vnd.apple.mpegurl")
+    key_uri = f"{query['gateway']}/v1/keys/{demo_stream().asset_id}/{kid}"
+    assert f'#EXT-X-KEY:METHOD=AES-128,URI="{key_uri}"' in playlist.decode()
+    # The key is the gateway's to give: no file of the media folder holds it.
+    key = derive_key(DEMO_SEED, demo_stream().derivation_id, kid)
+    served = [p for p in (demo.workdir / "media").rglob("*") if p.is_file()]
+    assert served and not [p for p in served if key in p.read_bytes()]
 
 
-def test_the_demo_player_page_plays_through_the_gateway(demo: Demo, tmp_path: Path) -> None:
+def test_the_demo_player_page_plays_each_player_and_names_the_provider(
+    demo: Demo, tmp_path: Path
+) -> None:
     e2e_tools, missing = find_tools()
     if e2e_tools is None or find_player_tools(demo.workdir)[0] is None:
         pytest.skip(f"no headless player here ({', '.join(missing)}); {INSTALL_COMMAND}")
     link = PLAYER_LINK.search(demo.banner)
     assert link is not None
-    screenshot = ["--screenshot", str(tmp_path / "demo.png")]
-    bounded = ["--timeout-ms", "60000"]
+    parts = urlsplit(link.group())
+    query = {name: values[0] for name, values in parse_qs(parts.query).items()}
+    page = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    # The printed link (Shaka Player), then dash.js and hls.js as the picker opens them: only
+    # the player chosen, the page picks the title that player plays.
+    chosen = [{"player": p, "gateway": query["gateway"], "token": query["token"]} for p in PICKED]
+    urls = [link.group()] + [f"{page}?{urlencode(fields)}" for fields in chosen]
+    argv = [e2e_tools.node, str(PLAY_SCRIPT)]
+    for index, url in enumerate(urls):
+        argv += ["--url", url, "--screenshot", str(tmp_path / f"demo-{index}.png")]
     played = subprocess.run(
-        [e2e_tools.node, str(PLAY_SCRIPT), "--url", link.group(), *screenshot, *bounded],
-        capture_output=True,
-        text=True,
-        timeout=90,
+        [*argv, "--timeout-ms", "90000"], capture_output=True, text=True, timeout=120
     )
     assert played.returncode == 0, played.stdout[-2000:] + played.stderr[-2000:]
-    [page] = json.loads(played.stdout.strip().splitlines()[-1])["pages"]
-    assert (page["state"], page["error"], page["licenseRequests"]) == ("playing", None, 1), page
-    assert page["currentTime"] > 2 and page["decodedFrames"] > 0
-    # The gateway answered that license from the provider /admin/explain names.
+    pages = json.loads(played.stdout.strip().splitlines()[-1])["pages"]
     asset = demo_stream().asset_id
-    decision = explain(demo.banner, asset)
-    licenses = [
-        line
+    expected = {drm: explain(demo.banner, asset, drm)["provider"] for drm in ("clearkey", "aes128")}
+    kinds = [("license", "clearkey"), ("license", "clearkey"), ("key", "aes128")]
+    for result, (request, drm) in zip(pages, kinds, strict=True):
+        assert (result["state"], result["error"], result["licenseRequests"]) == (
+            "playing",
+            None,
+            1,
+        ), result
+        assert result["currentTime"] > 2 and result["decodedFrames"] > 0
+        # The page shows the provider the gateway's header named: the one the rules chose.
+        assert result["answers"] == [
+            {"request": request, "status": 200, "provider": expected[drm]}
+        ], result
+    # The gateway answered those requests from that provider, as its access log says.
+    answered = [
+        (line["drm"], line["provider"], line["status"])
         for line in map(json.loads, re.findall(r'^\{"component": ?"access".*$', demo.log(), re.M))
-        if line["method"] == "POST"
-        and line["route"] == "/v1/license/{drm}/{asset_id}"
-        and (line["drm"], line["asset_id"]) == ("clearkey", asset)
+        if line["asset_id"] == asset
+        and line["method"] in ("POST", "GET")
+        and line["route"] in ("/v1/license/{drm}/{asset_id}", "/v1/keys/{asset_id}/{key_id}")
     ]
-    assert [(a["provider"], a["rule"], a["status"]) for a in licenses] == [
-        (decision["provider"], decision["rule"], 200)
-    ]
+    assert answered[-3:] == [(drm, expected[drm], 200) for _, drm in kinds]
 
 
-def explain(banner: str, asset: str) -> dict[str, Any]:
-    """The gateway's routing decision for the asset's ClearKey licenses."""
+def explain(banner: str, asset: str, drm: str = "clearkey") -> dict[str, Any]:
+    """The gateway's routing decision for the asset's `drm` requests."""
     internal = re.search(r"gateway, internal\s+(\S+)", banner)
     assert internal is not None
     request = urllib.request.Request(
-        f"{internal.group(1)}/admin/explain?asset={asset}&drm=clearkey",
+        f"{internal.group(1)}/admin/explain?asset={asset}&drm={drm}",
         headers={"Authorization": f"Bearer {DEMO_ADMIN_TOKEN}"},
     )
     with urllib.request.urlopen(request, timeout=10) as resp:
@@ -314,18 +354,56 @@ async def test_demo_media_is_made_once_then_reused(tmp_path: Path) -> None:
     if tools is None:
         pytest.skip(f"no media tools here ({', '.join(missing)}); {INSTALL_COMMAND}")
     said: list[str] = []
-    media = await prepare_demo_media(tmp_path, demo_stream(), tools, said.append)
+    both = (DASH, HLS)
+    first = "http://127.0.0.1:1"
+    media = await prepare_demo_media(
+        tmp_path, demo_stream(), tools, said.append, formats=both, gateway=first
+    )
     folder = media / demo_stream().asset_id
+    hls = media / f"{demo_stream().asset_id}-hls"
     assert said[0] == FIRST_RUN_LINE
     assert (folder / "manifest.mpd").is_file()
     made = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert {"video_init.mp4", "audio_init.mp4", "video_1.m4s"} <= set(made)
+    segments = {p.name: p.stat().st_mtime_ns for p in hls.iterdir()}
+    assert {"index.m3u8", "seg000.ts", "seg004.ts"} <= set(segments)
 
     said.clear()
-    assert await prepare_demo_media(tmp_path, demo_stream(), tools, said.append) == media
+    again = await prepare_demo_media(
+        tmp_path, demo_stream(), tools, said.append, formats=both, gateway=first
+    )
+    assert again == media
     assert said == []
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == made
-    assert [p.name for p in media.iterdir()] == [folder.name]  # no partial folder left
+    assert {p.name: p.stat().st_mtime_ns for p in hls.iterdir()} == segments
+    # No partial folder, no key file left.
+    assert sorted(p.name for p in media.iterdir()) == sorted([folder.name, hls.name, TITLES_FILE])
+
+    # The HLS key URIs name the gateway: another gateway URL re-packages HLS only.
+    await prepare_demo_media(
+        tmp_path, demo_stream(), tools, said.append, formats=both, gateway="http://127.0.0.1:2"
+    )
+    assert [line.split(":")[0] for line in said] == [
+        FIRST_RUN_LINE,
+        f"  encrypting it for {demo_stream().asset_id} with ffmpeg (HLS, AES-128)",
+    ]
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == made
+    assert 'URI="http://127.0.0.1:2/v1/keys/' in (hls / "index.m3u8").read_text()
+
+
+def test_the_demo_mpd_signals_clearkey_as_dash_if_does() -> None:
+    w3c = (
+        '<ContentProtection schemeIdUri="urn:uuid:1077efec-c0b2-4d02-ace3-3c1e52e2fb4b">\n'
+        "  <cenc:pssh>AAAANHBzc2g=</cenc:pssh>\n</ContentProtection>"
+    )
+    mpd = f"<AdaptationSet>{w3c}</AdaptationSet><AdaptationSet>{w3c}</AdaptationSet>"
+    signalled = signal_dashif_clearkey(mpd)
+    assert signalled == (
+        f"<AdaptationSet>{DASHIF_CLEARKEY}</AdaptationSet>"
+        f"<AdaptationSet>{DASHIF_CLEARKEY}</AdaptationSet>"
+    )
+    with pytest.raises(MediaToolError):
+        signal_dashif_clearkey(signalled)
 
 
 def test_the_demo_incoming_provider_verifies_tokens(demo: Demo) -> None:
@@ -470,6 +548,9 @@ def test_the_shipped_demo_config_loads_with_its_files_on_the_demo_ports(
     assert config.cors is not None
     assert f"http://127.0.0.1:{ports.player}" in config.cors.allowed_origins
     assert config.routing.rules_file == DEMO_DATA / "routing.yaml"
+    # The player page shows who answered: the header is on, and exposed to the page.
+    assert config.server.provider_header is True
+    assert "X-Drm-Gateway-Provider" in config.cors.expose_headers
     assert config.catalog.path == DEMO_DATA / "catalog.db"  # written by the demo, in its copy
     certificate = x509.load_der_x509_certificate(config.fairplay.certificate or b"")
     assert certificate.subject.rfc4514_string() == "CN=drm-gateway demo FairPlay"
@@ -481,7 +562,20 @@ def test_the_shipped_demo_config_loads_with_its_files_on_the_demo_ports(
 def test_the_demo_installs_the_tool_versions_the_tests_use() -> None:
     assert PACKAGER_SPEC in (ROOT / "scripts" / "install-e2e.sh").read_text()
     pins = json.loads((ROOT / "tests" / "e2e" / "package.json").read_text())["dependencies"]
-    assert SHAKA_PLAYER_SPEC == f"shaka-player@{pins['shaka-player']}"
+    for player in WEB_PLAYERS:
+        assert player.spec == f"{player.package}@{pins[player.package]}"
+
+
+def test_outside_a_checkout_one_npm_command_installs_the_missing_players(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr("proxy.dev.media.IN_CHECKOUT", False)
+    labels = [player.label for player in WEB_PLAYERS]
+    commands = install_commands(["ffmpeg", labels[0], labels[2]], tmp_path)
+    assert commands[0].startswith("apt-get install ffmpeg")
+    assert commands[1:] == [
+        f"npm install --prefix {tmp_path} {WEB_PLAYERS[0].spec} {WEB_PLAYERS[2].spec}"
+    ]
 
 
 def test_the_demo_finds_shaka_player_in_its_work_directory(tmp_path: Path) -> None:

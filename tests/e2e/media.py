@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.dev import media as demo_media
-from proxy.dev.media import FPS, PACKAGE_TIMEOUT, SEGMENT_SECONDS
+from proxy.dev.media import FPS, PACKAGE_TIMEOUT, SEGMENT_SECONDS, signal_dashif_clearkey
 from tests.e2e.procs import run
 from tests.e2e.tools import Tools
 
@@ -134,3 +134,14 @@ async def package_dash(tools: Tools, clip: Path, folder: Path, *, key_id: str, k
     return await demo_media.package_dash(
         clip, folder, packager=tools.packager, key_id=key_id, key=key
     )
+
+
+def with_dashif_clearkey(manifest: Path, name: str) -> Path:
+    """A copy of `manifest` named `name` that signals ClearKey the DASH-IF way (system id
+    e2719d58..., key ids from `cenc:default_KID`) instead of the W3C common PSSH (1077efec...).
+    dash.js 5.2.1 asks Chromium's ClearKey CDM for a session with init data type `keyids`
+    whatever the init data is, so a PSSH fails (KEY_SESSION_CREATED error 113). The rewrite
+    is the demo's own (proxy/dev/media.signal_dashif_clearkey)."""
+    copy = manifest.with_name(name)
+    copy.write_text(signal_dashif_clearkey(manifest.read_text()))
+    return copy

@@ -9,23 +9,12 @@
 // one more second to confirm playback stays at 0), or at --page-timeout-ms. A screenshot of
 // each page is saved. --timeout-ms bounds the whole run: the browser is killed and the process
 // exits 3. Output: {"userAgent": ..., "pages": [{url, state, error, currentTime,
-// decodedFrames, licenseRequests, screenshot, console}]} (the `token` query is never printed).
-import { execFileSync } from "node:child_process";
+// decodedFrames, licenseRequests, answers, screenshot, console}]} (the `token` query is never
+// printed).
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
-
-const FLAGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--autoplay-policy=no-user-gesture-required",
-];
+import { FLAGS, chromium, chromiumPath } from "./chromium.mjs";
 
 function parseArgs(argv) {
   const options = { pages: [], playSeconds: 2, pageTimeoutMs: 20000, timeoutMs: 90000 };
@@ -58,7 +47,7 @@ async function readState(page) {
   return page.evaluate(() => {
     const video = document.querySelector("video");
     if (!video) return { state: "no-player", error: null, errorData: null, licenseRequests: 0,
-                         currentTime: 0, decodedFrames: 0 };
+                         currentTime: 0, decodedFrames: 0, answers: [] };
     const quality = video.getVideoPlaybackQuality();
     const e = window.e2e || {};
     return {
@@ -66,6 +55,8 @@ async function readState(page) {
       error: e.error ?? null,
       errorData: e.errorData ?? null,
       licenseRequests: e.licenseRequests ?? 0,
+      // What the page lists per license or key answer: {request, status, provider}.
+      answers: e.answers ?? [],
       currentTime: video.currentTime,
       decodedFrames: quality.totalVideoFrames,
     };
@@ -117,7 +108,7 @@ let hardTimedOut = false;
 
 async function main() {
   const options = parseArgs(process.argv.slice(2));
-  const executablePath = execFileSync("sh", ["-c", "command -v chromium"]).toString().trim();
+  const executablePath = chromiumPath();
   const userDataDir = mkdtempSync(join(tmpdir(), "drm-gateway-chromium-"));
   let context = null;
   const killer = setTimeout(() => {

@@ -146,17 +146,22 @@ class Scene:
 
     def access_lines(self, route_prefix: str) -> list[dict[str, Any]]:
         """The gateway's access log lines for routes starting with `route_prefix`."""
-        lines = []
-        for raw in self.stack.logs.getvalue().splitlines():
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            if line.get("component") == "access" and str(line.get("route", "")).startswith(
-                route_prefix
-            ):
-                lines.append(line)
-        return lines
+        return access_lines(self.stack, route_prefix)
+
+
+def access_lines(stack: Stack, route_prefix: str) -> list[dict[str, Any]]:
+    """`stack`'s gateway access log lines for routes starting with `route_prefix`."""
+    lines = []
+    for raw in stack.logs.getvalue().splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if line.get("component") == "access" and str(line.get("route", "")).startswith(
+            route_prefix
+        ):
+            lines.append(line)
+    return lines
 
 
 def player_auth_section(secret_file: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from proxy.dev.media import E2E_NODE_MODULES as NODE_MODULES
-from proxy.dev.media import INSTALL_COMMAND, SHAKA_PLAYER_JS, find_packager
+from proxy.dev.media import INSTALL_COMMAND, WEB_PLAYERS, find_packager
 
 E2E_DIR = Path(__file__).resolve().parent
 PLAY_SCRIPT = E2E_DIR / "play.mjs"
@@ -40,10 +40,9 @@ def find_tools() -> tuple[Tools | None, list[str]]:
     found = {name: shutil.which(name) for name in ("ffmpeg", "ffprobe", "chromium", "node")}
     found["packager"] = find_packager()
     missing = [name for name, path in found.items() if path is None]
-    for path, name in (
-        (SHAKA_PLAYER_JS, "npm shaka-player"),
-        (NODE_MODULES / "playwright-core" / "package.json", "npm playwright-core"),
-    ):
+    needed = [(p.dist_in(NODE_MODULES) / p.file, f"npm {p.package}") for p in WEB_PLAYERS]
+    needed.append((NODE_MODULES / "playwright-core" / "package.json", "npm playwright-core"))
+    for path, name in needed:
         if not path.is_file():
             missing.append(name)
     if missing:
