@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools e2e-tools demo test check lint typecheck unit e2e bench chaos deploy-check clean
+.PHONY: install tools e2e-tools demo test check lint typecheck unit e2e bench chaos rehearse deploy-check clean
 
 install: $(STAMP)
 
@@ -65,6 +65,12 @@ bench: install
 # scenario (~6 min in all); CHAOS_RATE (200 req/s), CHAOS_SECONDS (30), CHAOS_SCENARIOS (a,b).
 chaos: install
 	$(BIN)/python -m tests.perf.chaos
+
+# Migration rehearsal (issue 18): Redis catalog of 100,000 titles, both emulators, the gateway,
+# player load while the backfill, id filling, ramp 0->10->50->100% and a 10 s outage run (~8 min).
+# REHEARSE_SCALE=small (~1 min), REHEARSE_OUT (results dir, default .).
+rehearse: install
+	$(BIN)/python -m tests.perf.rehearse
 
 check: lint typecheck
 

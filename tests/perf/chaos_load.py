@@ -29,6 +29,19 @@ class Sample:
     status: int
 
 
+def player_sessions(count: int) -> list[aiohttp.ClientSession]:
+    """`count` client sessions, each from its own loopback source address (127.0.1.1...),
+    so the gateway's per-client connection cap sees a fleet of players, not one peer."""
+    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_SECONDS)
+    return [
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, local_addr=(f"127.0.1.{n + 1}", 0)),
+            timeout=timeout,
+        )
+        for n in range(count)
+    ]
+
+
 async def paced_load(
     url: str, rate: float, seconds: float, start: float, errors: dict[str, int] | None = None
 ) -> list[Sample]:
@@ -38,14 +51,7 @@ async def paced_load(
     source addresses (127.0.1.1...), so the gateway's per-client connection cap sees a
     fleet, not one peer. `errors` counts the exception names of unanswered requests."""
     samples: list[Sample] = []
-    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_SECONDS)
-    sessions = [
-        aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, local_addr=(f"127.0.1.{n + 1}", 0)),
-            timeout=timeout,
-        )
-        for n in range(PLAYER_SOURCES)
-    ]
+    sessions = player_sessions(PLAYER_SOURCES)
     try:
 
         async def one(index: int, due: float) -> None:
