@@ -173,6 +173,12 @@ def check_job(config: Config, job: BackfillJob) -> None:
             raise UsageError(f"{option}: unknown provider '{name}' (known: {known})")
         if settings.key_api is None:
             raise UsageError(f"{option}: provider '{name}' has no key_api section in the config")
+        if not settings.key_api.transfers:
+            raise UsageError(
+                f"{option}: provider '{name}' has a key_api with protocol "
+                f"'{settings.key_api.protocol}', which only generates keys: a backfill needs "
+                "key export and ingest (protocol native)"
+            )
     if job.source == job.target:
         raise UsageError("--from and --to name the same provider")
     target = config.providers[job.target]

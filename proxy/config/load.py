@@ -27,6 +27,7 @@ from proxy.config.clients import ClientSettings, parse_clients
 from proxy.config.fleet import FleetSettings, parse_fleet
 from proxy.config.providers import (
     HEADER_NAME,
+    KEY_TRANSFER_PROTOCOLS,
     ProviderAuth,
     ProviderSettings,
     UrlTemplate,
@@ -262,16 +263,23 @@ def load_rules_view(path: Path, *, routing: bool = False) -> RulesView:
     # Key APIs are not parsed here (their tokens are secrets): a section present is enough.
     raw_providers = top.get("providers")
     raw_providers = raw_providers if isinstance(raw_providers, dict) else {}
-    traits = {
-        name: replace(p.traits, key_api=_has_key_api(raw_providers.get(name)))
-        for name, p in providers.items()
-    }
+    traits = {}
+    for name, p in providers.items():
+        protocol = _key_api_protocol(raw_providers.get(name))
+        generate_only = protocol is not None and protocol not in KEY_TRANSFER_PROTOCOLS
+        traits[name] = replace(
+            p.traits, key_api=protocol is not None, key_generate_only=generate_only
+        )
     return RulesView(traits, routing_settings, catalog)
 
 
-def _has_key_api(raw: Any) -> bool:
-    """Whether a raw provider section configures a key API."""
-    return isinstance(raw, dict) and raw.get("key_api") is not None
+def _key_api_protocol(raw: Any) -> str | None:
+    """The protocol of a raw provider section's key API (None: it has none)."""
+    if not isinstance(raw, dict) or raw.get("key_api") is None:
+        return None
+    section = raw["key_api"]
+    protocol = section.get("protocol", "native") if isinstance(section, dict) else "native"
+    return str(protocol)
 
 
 KEY_RECORD_BACKENDS = ("sqlite", "redis")  # catalogs the key records write to (not http)

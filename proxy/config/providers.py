@@ -104,6 +104,9 @@ ResourceIdField = Literal["drm_resource_id", "asset_id"]
 
 KeyApiProtocol = Literal["native", "speke", "doverunner_cpix"]
 KEY_API_PROTOCOLS: tuple[KeyApiProtocol, ...] = ("native", "speke", "doverunner_cpix")
+# Protocols with key export and ingest: a provider must have one to be a `keys:` mirror or
+# an end of a backfill. The others only generate keys (source only).
+KEY_TRANSFER_PROTOCOLS: frozenset[KeyApiProtocol] = frozenset({"native"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,11 @@ class KeyApiSettings:
     protocol: KeyApiProtocol = "native"
     basic_username: str | None = None
     basic_password: str | None = field(default=None, repr=False)
+
+    @property
+    def transfers(self) -> bool:
+        """Whether keys can be exported from and ingested into this API (not only made)."""
+        return self.protocol in KEY_TRANSFER_PROTOCOLS
 
     def resource_id(self, asset_id: str, drm_resource_id: str | None) -> str | None:
         """The id naming this title at the key API (None: the title lacks it)."""

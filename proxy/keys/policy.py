@@ -232,6 +232,12 @@ def _parse_target(
     failure = raw.get("mirror_failure", "fail")
     if failure not in MIRROR_FAILURES:
         p.problem(f"{where}{sep}mirror_failure", f"{failure!r} must be 'fail' or 'queue'")
+    elif failure == "queue" and mirrors and _generates_only(source, providers):
+        p.problem(
+            f"{where}{sep}mirror_failure",
+            f"'queue' copies the keys later by exporting them from the source, and "
+            f"'{source}' has a key_api that only generates keys: use 'fail'",
+        )
     if len(p.problems) > count or source is None:
         return None
     return KeyTarget(source, mirrors, "queue" if failure == "queue" else "fail")
@@ -250,13 +256,25 @@ def _parse_mirrors(
         name = _key_provider(item, f"{where}[{index}]", p, providers)
         if name is None:
             continue
-        if name == source:
+        if _generates_only(name, providers):
+            p.problem(
+                f"{where}[{index}]",
+                f"provider '{name}' has a key_api that only generates keys (no ingest), so it "
+                "can be a source but not a mirror",
+            )
+        elif name == source:
             p.problem(f"{where}[{index}]", f"'{name}' is the source; a mirror must be another")
         elif name in mirrors:
             p.problem(f"{where}[{index}]", f"'{name}' is listed twice")
         else:
             mirrors.append(name)
     return tuple(mirrors)
+
+
+def _generates_only(name: str | None, providers: Providers | None) -> bool:
+    """Whether `name` is a known provider whose key API cannot export or ingest keys."""
+    traits = providers.get(name) if providers is not None and name is not None else None
+    return traits is not None and traits.key_api and traits.key_generate_only
 
 
 def _key_provider(

@@ -74,12 +74,15 @@ _VERSION_PATTERN = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}")
 class ProviderTraits:
     """What the rules need to know of one configured provider: what it needs of an asset,
     and the DRM systems (`aes128` for HLS keys) it serves; `serves` None means every one.
-    `key_api`: it has a key API, so the `keys:` section may name it."""
+    `key_api`: it has a key API, so the `keys:` section may name it;
+    `key_generate_only`: that API only makes keys (no export or ingest): a source, never a
+    mirror."""
 
     needs_drm_resource_id: bool
     needs_key_ids: bool = False
     serves: frozenset[str] | None = None
     key_api: bool = False
+    key_generate_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

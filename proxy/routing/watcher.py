@@ -63,8 +63,15 @@ class ReloadResult:
 
 def provider_traits(providers: Mapping[str, ProviderSettings]) -> dict[str, ProviderTraits]:
     """What the rules engine needs to know of each configured provider (and, for the
-    `keys:` section, whether it has a key API)."""
-    return {name: replace(p.traits, key_api=p.key_api is not None) for name, p in providers.items()}
+    `keys:` section, whether it has a key API, and one that can take keys in)."""
+    return {
+        name: replace(
+            p.traits,
+            key_api=p.key_api is not None,
+            key_generate_only=p.key_api is not None and not p.key_api.transfers,
+        )
+        for name, p in providers.items()
+    }
 
 
 def rules_without_file(default: str, providers: Mapping[str, ProviderTraits]) -> RuleSet:

@@ -87,6 +87,9 @@ def offline_config(tmp_path: Path, env: dict[str, str]) -> Path:
         (None, ["--from", "legacy", "--to", "legacy", "--all"], "name the same provider"),
         ("no_key_api", ["--from", "legacy", "--to", "incoming", "--all"],
          "--from: provider 'legacy' has no key_api section"),
+        ("generate_only", ["--from", "legacy", "--to", "incoming", "--all"],
+         "--to: provider 'incoming' has a key_api with protocol 'speke', which only generates "
+         "keys: a backfill needs key export and ingest (protocol native)"),
         ("no_verify", ["--from", "legacy", "--to", "incoming", "--all"],
          "serves neither clearkey nor aes128"),
         ("http", ["--from", "legacy", "--to", "incoming", "--all"],
@@ -108,6 +111,12 @@ def test_usage_problems_exit_2(
     raw = yaml.safe_load(offline_config.read_text())
     if edit == "no_key_api":
         del raw["providers"]["legacy"]["key_api"]
+    elif edit == "generate_only":
+        raw["providers"]["incoming"]["key_api"] = {
+            "protocol": "speke",
+            "base_url": "https://keys.example/api/SpekeV2",
+            "token": {"env": "INCOMING_KEY_API_TOKEN"},
+        }
     elif edit == "no_verify":
         del raw["providers"]["incoming"]["license_urls"]["clearkey"]
         del raw["providers"]["incoming"]["key_url"]

@@ -431,6 +431,23 @@ def test_a_speke_key_api_with_basic_auth_is_parsed(tmp_path: Path) -> None:
     assert config.providers["legacy"].key_api.protocol == "native"  # the default
 
 
+def test_a_speke_key_api_only_generates_keys_for_the_rules(tmp_path: Path) -> None:
+    """The serving config and the rules tooling (no secrets read) agree: a `speke` key API
+    may be a `keys:` source but not a mirror; `native` moves keys both ways."""
+    from proxy.config import load_rules_view
+    from proxy.routing.watcher import provider_traits
+    from tests.keys.backfill_stack import write_config
+
+    config = speke_config(tmp_path, speke_section("https://keys.example/api/SpekeV2"))
+    traits = provider_traits(config.providers)
+    assert traits["incoming"].key_api and traits["incoming"].key_generate_only
+    assert traits["legacy"].key_api and not traits["legacy"].key_generate_only
+    raw = raw_config(None, "http://127.0.0.1:1", "http://127.0.0.1:2")
+    raw["providers"]["incoming"]["key_api"] = speke_section("https://keys.example/api/SpekeV2")
+    view = load_rules_view(write_config(raw, tmp_path / "gateway.yaml"))
+    assert view.providers == traits
+
+
 def test_a_speke_key_api_with_a_bearer_token_is_parsed(tmp_path: Path) -> None:
     section = {
         "protocol": "speke",

@@ -254,3 +254,30 @@ def test_the_watcher_swaps_the_keys_with_the_rules_and_keeps_them_on_a_bad_file(
     assert watcher.reload("test").result == "ok"
     assert watcher.active().keys is None
     watcher.close()
+
+
+# A key API that only generates keys (SPEKE, DoveRunner's CPIX): a source, never a mirror.
+GENERATE_ONLY = {
+    **PROVIDERS,
+    "axinom": ProviderTraits(needs_drm_resource_id=False, key_api=True, key_generate_only=True),
+}
+
+
+def test_a_generate_only_key_api_is_a_source_but_never_a_mirror() -> None:
+    as_source = policy({"default": {"source": "axinom", "mirrors": ["incoming"]}}, GENERATE_ONLY)
+    assert as_source.default == KeyTarget("axinom", ("incoming",), "fail")
+    assert problems({"default": {"source": "legacy", "mirrors": ["axinom"]}}, GENERATE_ONLY) == [
+        "keys.default.mirrors[0]: provider 'axinom' has a key_api that only generates keys "
+        "(no ingest), so it can be a source but not a mirror"
+    ]
+
+
+def test_queueing_mirror_writes_needs_a_source_that_exports() -> None:
+    """The queue copies the keys later by exporting them from the source: a source that can
+    only generate them would leave every queued job failing."""
+    queued = {"source": "axinom", "mirrors": ["incoming"], "mirror_failure": "queue"}
+    assert problems({"default": queued}, GENERATE_ONLY) == [
+        "keys.default.mirror_failure: 'queue' copies the keys later by exporting them from "
+        "the source, and 'axinom' has a key_api that only generates keys: use 'fail'"
+    ]
+    assert policy({"default": {**queued, "mirrors": []}}, GENERATE_ONLY).default.source == "axinom"
