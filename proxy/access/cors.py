@@ -29,12 +29,16 @@ class CorsPolicy:
     allowed_origins: frozenset[str]
     allow_credentials: bool
     max_age: int = 600
+    # SOAPAction: browser players (Shaka, dash.js, Video.js) copy the headers of a PlayReady
+    # key message onto its license request. The gateway reads none of them: the provider
+    # gets the SOAPAction its own protocol wants.
     allowed_headers: tuple[str, ...] = (
         "Authorization",
         "Content-Type",
         "X-Request-Id",
         "X-Client-Platform",
         "X-App-Version",
+        "SOAPAction",
     )
     expose_headers: tuple[str, ...] = ("X-Request-Id",)
     allowed_methods: tuple[str, ...] = ("GET", "POST")

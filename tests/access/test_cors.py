@@ -59,11 +59,18 @@ def test_allowed_preflight(policy: CorsPolicy) -> None:
         "Access-Control-Allow-Credentials": "true",
         "Access-Control-Allow-Methods": "GET, POST",
         "Access-Control-Allow-Headers": (
-            "Authorization, Content-Type, X-Request-Id, X-Client-Platform, X-App-Version"
+            "Authorization, Content-Type, X-Request-Id, X-Client-Platform, X-App-Version, "
+            "SOAPAction"
         ),
         "Access-Control-Max-Age": "600",
         "Vary": "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
     }
+
+
+def test_a_playready_license_request_from_a_browser_player_is_allowed(policy: CorsPolicy) -> None:
+    """Shaka, dash.js and Video.js send the PlayReady key message's own headers."""
+    asked = "authorization, content-type, soapaction"
+    assert policy.preflight_headers(APP, "POST", asked) is not None
 
 
 def test_preflight_without_requested_headers_is_allowed(policy: CorsPolicy) -> None:

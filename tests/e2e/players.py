@@ -1,6 +1,6 @@
 """The real players: ffprobe decoding HLS, and in headless Chromium Shaka Player (the demo's
-player.html) and the web/ pages running hls.js, dash.js and Shaka Player from the snippets
-docs/players.md quotes, or Shaka Player's FairPlay helpers (web/fairplay.html)."""
+player.html) and the web/ pages running hls.js, dash.js, Shaka Player and Video.js from the
+snippets docs/players.md quotes, or Shaka Player's FairPlay helpers (web/fairplay.html)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 from proxy.dev.media import E2E_NODE_MODULES
 from tests.e2e.procs import run
-from tests.e2e.tools import E2E_DIR, INSTALL_HINT, PLAY_SCRIPT, Tools
+from tests.e2e.tools import E2E_DIR, INSTALL_HINT, PLAY_SCRIPT, VIDEOJS_FILES, Tools
 
 FFPROBE_TIMEOUT = 60.0
 # play.mjs bounds itself (--timeout-ms); the outer bound only catches a wedged node.
@@ -103,6 +103,7 @@ WEB_DIR = E2E_DIR / "web"
 WEB_LIBRARIES = (
     E2E_NODE_MODULES / "hls.js" / "dist" / "hls.min.js",
     E2E_NODE_MODULES / "dashjs" / "dist" / "modern" / "umd" / "dash.all.min.js",
+    *(E2E_NODE_MODULES / package / file for package, file in VIDEOJS_FILES),
 )
 PAGE_RESULT_SCRIPT = E2E_DIR / "page_result.mjs"
 PAGE_RESULT_MS = 30_000

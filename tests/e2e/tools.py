@@ -22,6 +22,13 @@ PLAY_SCRIPT = E2E_DIR / "play.mjs"
 # Written by scripts/install-e2e.sh after `npm ci`: proof that the installer ran here.
 INSTALL_STAMP = NODE_MODULES / ".installed-lock.sha256"
 INSTALL_HINT = f"run `make e2e` (or `{INSTALL_COMMAND}`) to install them"
+# Video.js and its EME plugin, for web/player.html only (the demo does not offer Video.js, so
+# they are not among its WEB_PLAYERS): (npm package, file inside it).
+VIDEOJS_FILES = (
+    ("video.js", "dist/video.min.js"),
+    ("video.js", "dist/video-js.min.css"),
+    ("videojs-contrib-eme", "dist/videojs-contrib-eme.min.js"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +49,9 @@ def find_tools() -> tuple[Tools | None, list[str]]:
     missing = [name for name, path in found.items() if path is None]
     needed = [(p.dist_in(NODE_MODULES) / p.file, f"npm {p.package}") for p in WEB_PLAYERS]
     needed.append((NODE_MODULES / "playwright-core" / "package.json", "npm playwright-core"))
+    needed += [(NODE_MODULES / package / file, f"npm {package}") for package, file in VIDEOJS_FILES]
     for path, name in needed:
-        if not path.is_file():
+        if not path.is_file() and name not in missing:
             missing.append(name)
     if missing:
         return None, missing

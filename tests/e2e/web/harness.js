@@ -1,4 +1,4 @@
-// Test harness of player.html: loads the player library and its snippet, runs the snippet
+// Test harness of player.html: loads the player's libraries and its snippet, runs the snippet
 // with the query's parameters and exposes the state play.mjs reads as window.e2e
 // ({state, error, errorData, licenseRequests}). Not part of any snippet.
 "use strict";
@@ -7,6 +7,11 @@ const PLAYERS = {
   hlsjs: { library: "hls.min.js", snippet: "hlsjs.js" },
   dashjs: { library: "dash.all.min.js", snippet: "dashjs.js" },
   shaka: { library: "/shaka/shaka-player.compiled.js", snippet: "shaka.js" },
+  videojs: {
+    library: ["video.min.js", "videojs-contrib-eme.min.js"],
+    styles: "video-js.min.css",
+    snippet: "videojs.js",
+  },
 };
 const params = new URLSearchParams(location.search);
 const video = document.getElementById("video");
@@ -61,6 +66,12 @@ function watch(name, player) {
     player.on(Hls.Events.ERROR, (_event, data) => {
       if (data.fatal) fail(data.details, { type: data.type, status: data.response?.code });
     });
+  } else if (name === "videojs") {
+    // contrib-eme reports license failures as player errors (MEDIA_ERR_ENCRYPTED, code 5).
+    player.on("error", () => {
+      const error = player.error();
+      fail(error?.code, { message: error?.message, metadata: error?.metadata });
+    });
   } else if (name === "dashjs") {
     player.on(dashjs.MediaPlayer.events.ERROR, (event) =>
       fail(event.error?.code, { message: event.error?.message }),
@@ -74,7 +85,13 @@ async function main() {
   const name = params.get("player");
   const spec = PLAYERS[name];
   if (!spec) throw new Error(`unknown player ${name}`);
-  await load(spec.library);
+  if (spec.styles) {
+    const link = document.createElement("link");
+    link.rel = "stylesheet";
+    link.href = spec.styles;
+    document.head.appendChild(link);
+  }
+  for (const library of [].concat(spec.library)) await load(library);
   await load(spec.snippet);
   const options = { gateway, assetId: params.get("asset"), token: params.get("token") };
   video.addEventListener("playing", () => {
@@ -85,6 +102,10 @@ async function main() {
   const src = params.get("src");
   if (name === "hlsjs") watch(name, startHlsJs(video, src, options));
   else if (name === "dashjs") watch(name, startDashJs(video, src, options));
+  else if (name === "videojs") {
+    video.classList.add("video-js"); // what Video.js's stylesheet styles (the page's markup)
+    watch(name, startVideoJs(video, src, options));
+  }
   else {
     // Shaka's load() rejects on a fatal error; the error event says the same.
     const player = await startShaka(video, src, options).catch((error) => fail(error.code));
