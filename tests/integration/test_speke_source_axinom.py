@@ -4,8 +4,8 @@ tenant id and management key), emulated by the Axinom emulator from Axinom's doc
 
 The packager asks the gateway; the gateway asks Axinom; the keys answered are the ones the
 emulator derives from its key seed; the catalog records `incoming` (the Axinom provider) as
-the title's key holder. A SPEKE endpoint only generates keys, so a `keys:` section that names
-it as a mirror fails the packager's request (502, `not_supported` in the log line).
+the title's key holder. A SPEKE endpoint only generates keys, so a rules file whose `keys:`
+section names it as a mirror is refused (the gateway unready, 503 to the packager).
 """
 
 from __future__ import annotations
@@ -117,23 +117,23 @@ async def test_a_title_keyed_at_axinom_is_licensed_there_at_once(
     )
 
 
-async def test_an_axinom_speke_provider_named_as_a_mirror_fails_clearly(
+async def test_an_axinom_speke_provider_named_as_a_mirror_is_refused_by_the_rules(
     make_stack: StackFactory, tmp_path: Path
 ) -> None:
+    """SPEKE only generates keys: a rules file naming Axinom a mirror is refused where it is
+    read (unready, every problem listed), never found out by a packager's call."""
     speke = await axinom_speke_stack(make_stack, tmp_path, LEGACY_WITH_AXINOM_MIRROR)
+    async with speke.stack.anon.get(speke.stack.internal("/readyz")) as resp:
+        assert resp.status == 503
+        ready = await resp.json()
+    assert any(
+        "keys.default.mirrors[0]: provider 'incoming' has a key_api that only generates keys"
+        in problem
+        for problem in ready["problems"]
+    ), ready
     status, _, body = await speke.post(request_for("res-ax-3"), asset="ax-3")
-    assert status == 502, body  # not retryable: the config must change
-    assert json.loads(body)["error"] == "key_mirror_failed"
-    async with speke.stack.anon.get(
-        speke.stack.internal("/admin/catalog/ax-3"), headers=speke.stack.admin_headers()
-    ) as resp:
-        assert resp.status == 404  # nothing recorded
-    # The log says which provider and why; nothing was sent to Axinom.
-    lines = [json.loads(line) for line in speke.stack.logs.getvalue().splitlines()]
-    failed = [line for line in lines if line.get("event") == "key_mirror_write_failed"]
-    assert failed and failed[0]["provider"] == "incoming"
-    assert (failed[0]["code"], failed[0]["retryable"]) == ("not_supported", False)
-    assert (await speke.stack.stats(speke.stack.incoming))["recent"] == []
+    assert status == 503 and json.loads(body)["error"] == "rules_unavailable", body
+    assert (await speke.stack.stats(speke.stack.incoming))["recent"] == []  # nothing sent
 
     # Rules naming it as the source instead take effect on reload, and work.
     speke.rules.write_text(
