@@ -102,6 +102,37 @@ def asset_glob(key_prefix: str) -> str:
     return "".join(f"\\{char}" if char in "*?[]\\" else char for char in prefix) + "*"
 
 
+async def scan_asset_ids(client: Redis, key_prefix: str, batch: int) -> AsyncIterator[list[str]]:
+    """Every asset id of the catalog under `key_prefix`, about `batch` at a time, by SCAN (no
+    hash is read; one changed during the scan may come twice, SCAN's own guarantee). Redis
+    errors pass to the caller, which says whose read failed."""
+    start = len(asset_key(key_prefix, ""))
+    ids: list[str] = []
+    async for key in client.scan_iter(match=asset_glob(key_prefix), count=batch):
+        ids.append(cast(bytes, key).decode()[start:])
+        if len(ids) >= batch:
+            yield ids
+            ids = []
+    if ids:
+        yield ids
+
+
+async def read_entries(
+    client: Redis, key_prefix: str, asset_ids: Sequence[str]
+) -> list[CatalogEntry]:
+    """The entries of those of `asset_ids` the catalog holds, in one pipeline (Redis errors
+    and GarbledValue pass to the caller)."""
+    pipe = client.pipeline(transaction=False)
+    for asset_id in asset_ids:
+        pipe.hgetall(asset_key(key_prefix, asset_id))
+    stored = await pipe.execute()
+    return [
+        decode_fields(asset_id, fields)
+        for asset_id, fields in zip(asset_ids, stored, strict=True)
+        if fields
+    ]
+
+
 POOL_CONNECTIONS = 100  # per client (per worker process)
 
 
@@ -295,32 +326,17 @@ class RedisCatalog:
 
     async def iter_ids(self, batch: int = 1_000) -> AsyncIterator[list[str]]:
         """Every asset id, about `batch` at a time, by SCAN (no hash is read)."""
-        start = len(asset_key(self._prefix, ""))
-        ids: list[str] = []
         try:
-            async for key in self._client.scan_iter(match=asset_glob(self._prefix), count=batch):
-                ids.append(cast(bytes, key).decode()[start:])
-                if len(ids) >= batch:
-                    yield ids
-                    ids = []
+            async for ids in scan_asset_ids(self._client, self._prefix, batch):
+                yield ids
         except (RedisError, OSError) as exc:
             self._failures.failed(exc)
             raise CatalogUnavailable() from exc
-        if ids:
-            yield ids
 
     async def get_many(self, asset_ids: Sequence[str]) -> list[CatalogEntry]:
         """The entries of those of `asset_ids` the catalog holds, in one pipeline."""
-        pipe = self._client.pipeline(transaction=False)
-        for asset_id in asset_ids:
-            pipe.hgetall(asset_key(self._prefix, asset_id))
         try:
-            stored = await pipe.execute()
-            return [
-                decode_fields(asset_id, fields)
-                for asset_id, fields in zip(asset_ids, stored, strict=True)
-                if fields
-            ]
+            return await read_entries(self._client, self._prefix, asset_ids)
         except (RedisError, OSError, GarbledValue) as exc:
             self._failures.failed(exc)
             raise CatalogUnavailable() from exc

@@ -39,17 +39,16 @@ from proxy.catalog.keys.base import (
 from proxy.catalog.missing_redis import MissingKeys, queue_removal
 from proxy.catalog.redis import (
     GarbledValue,
+    asset_glob,
     asset_key,
     check_url,
     create_client,
     decode_fields,
     encode_changes,
+    read_entries,
+    scan_asset_ids,
 )
 from proxy.domain import KeyId
-
-
-def _glob_escaped(text: str) -> str:
-    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
 
 
 def _raw_kids(kids: Iterable[str]) -> bytes:
@@ -108,7 +107,7 @@ class RedisKeyRecords:
         """Every asset hash, a batch per round trip, indexing each (SET NX) as it passes;
         stops at the first holding `drm_resource_id`."""
         keys: list[bytes] = []
-        async for key in self._client.scan_iter(match=self._asset_glob(), count=batch):
+        async for key in self._client.scan_iter(match=asset_glob(self._prefix), count=batch):
             keys.append(cast(bytes, key))
             if len(keys) >= batch:
                 found = await self._index_batch(keys, drm_resource_id)
@@ -135,9 +134,6 @@ class RedisKeyRecords:
                 pipe.set(self._resource_key(resource), asset_id)
         await pipe.execute()
         return found
-
-    def _asset_glob(self) -> str:
-        return _glob_escaped(asset_key(self._prefix, "")) + "*"
 
     async def record(
         self,
@@ -182,37 +178,18 @@ class RedisKeyRecords:
     async def iter_assets(self, batch: int = 1000) -> AsyncIterator[CatalogEntry]:
         """Every asset hash, by SCAN: one that changes during the scan may come twice (SCAN's
         own guarantee: every asset present throughout comes at least once)."""
-        keys: list[bytes] = []
         try:
-            async for key in self._client.scan_iter(match=self._asset_glob(), count=batch):
-                keys.append(cast(bytes, key))
-                if len(keys) >= batch:
-                    for entry in await self._entries(keys):
-                        yield entry
-                    keys = []
-            for entry in await self._entries(keys):
-                yield entry
+            async for ids in scan_asset_ids(self._client, self._prefix, batch):
+                for entry in await read_entries(self._client, self._prefix, ids):
+                    yield entry
         except (RedisError, OSError, GarbledValue) as exc:
             raise KeyRecordsError(f"Redis catalog {self._url}: {exc}") from exc
-
-    async def _entries(self, keys: list[bytes]) -> list[CatalogEntry]:
-        if not keys:
-            return []
-        pipe = self._client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        start = len(asset_key(self._prefix, ""))
-        return [
-            decode_fields(key.decode()[start:], fields)
-            for key, fields in zip(keys, await pipe.execute(), strict=True)
-            if fields
-        ]
 
     async def count_assets(self) -> int:
         async def count() -> int:
             total = 0
-            async for _ in self._client.scan_iter(match=self._asset_glob(), count=1000):
-                total += 1
+            async for ids in scan_asset_ids(self._client, self._prefix, 1000):
+                total += len(ids)
             return total
 
         return await self._guard(count())
