@@ -16,8 +16,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
@@ -128,6 +129,21 @@ def fill_cpix(document: CpixDocument, keys: Mapping[str, bytes]) -> bytes:
         plain.text = base64.b64encode(keys[content_key.kid]).decode("ascii")
         content_key.element.insert(0, data)
     return serialize(document.root, document.prefixes)
+
+
+def with_plain_keys(root: ET.Element, key_for: Callable[[uuid.UUID], bytes]) -> bytes:
+    """``root`` (a CPIX document whose ContentKey kids are UUIDs) with each ContentKey's
+    Data replaced by ``pskc:Secret/pskc:PlainValue`` holding ``key_for(kid)``, as UTF-8 XML
+    with its declaration (ElementTree's prefixes: register cpix and pskc to keep them)."""
+    for element in root.iter(_q(CPIX_NS, "ContentKey")):
+        for old in element.findall(_q(CPIX_NS, "Data")):
+            element.remove(old)
+        data = ET.SubElement(element, _q(CPIX_NS, "Data"))
+        secret = ET.SubElement(data, _q(PSKC_NS, "Secret"))
+        value = ET.SubElement(secret, _q(PSKC_NS, "PlainValue"))
+        value.text = base64.b64encode(key_for(uuid.UUID(element.get("kid", "")))).decode()
+    document: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return document
 
 
 def serialize(root: ET.Element, prefixes: list[tuple[str, str]]) -> bytes:

@@ -67,6 +67,7 @@ from defusedxml.ElementTree import fromstring as parse_xml
 
 from proxy.dev.emulator.app import CHALLENGE, SEEN, STATE, VERIFIED
 from proxy.dev.emulator.auth import ReplayCache
+from proxy.dev.emulator.cpix import CPIX_NS, PSKC_NS, with_plain_keys
 from proxy.dev.emulator.fairplay import synthetic_license
 from proxy.dev.emulator.keys import b64url_decode, b64url_encode
 from proxy.dev.emulator.settings import EmulatorSettings
@@ -410,8 +411,6 @@ def _check_reuse(replay: ReplayCache, entitlement: Entitlement, now: float) -> N
 # --- the Key Service: SPEKE v2 ----------------------------------------------------------------
 
 SPEKE_PATH = "/api/SpekeV2"
-CPIX_NS = "urn:dashif:org:cpix"
-PSKC_NS = "urn:ietf:params:xml:ns:keyprov:pskc"
 SPEKE_VERSION = "2.0"
 ENCRYPTION_SCHEMES = frozenset({"cenc", "cbc1", "cens", "cbcs"})
 MAX_SPEKE_BODY = 1_048_576
@@ -525,12 +524,4 @@ def read_speke_request(body: bytes) -> tuple[ET.Element, list[uuid.UUID]]:
 
 def fill_speke_answer(root: ET.Element, tenant: KeyServiceTenant) -> bytes:
     """The request document with each ContentKey's key as ``Data/Secret/PlainValue``."""
-    for element in root.iter(f"{{{CPIX_NS}}}ContentKey"):
-        for old in element.findall(f"{{{CPIX_NS}}}Data"):
-            element.remove(old)
-        data = ET.SubElement(element, f"{{{CPIX_NS}}}Data")
-        secret = ET.SubElement(data, f"{{{PSKC_NS}}}Secret")
-        value = ET.SubElement(secret, f"{{{PSKC_NS}}}PlainValue")
-        value.text = base64.b64encode(tenant.key(uuid.UUID(element.get("kid", "")))).decode()
-    document: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-    return document
+    return with_plain_keys(root, tenant.key)

@@ -112,6 +112,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as parse_xml
 
 from proxy.dev.emulator.app import CHALLENGE, SEEN, STATE, VERIFIED
+from proxy.dev.emulator.cpix import CPIX_NS, PSKC_NS, with_plain_keys
 from proxy.dev.emulator.errors import EmulatorError
 from proxy.dev.emulator.fairplay import synthetic_license
 from proxy.dev.emulator.keys import clearkey_license, derivation_id_for
@@ -377,8 +378,6 @@ def _same(given: str, expected: str) -> bool:
 # --- the CPIX API (packaging keys) -----------------------------------------------------------
 
 CPIX_PATH = "/v2/cpix/doverunner/getKey/{kms_token}"
-CPIX_NS = "urn:dashif:org:cpix"
-PSKC_NS = "urn:ietf:params:xml:ns:keyprov:pskc"
 MAX_CPIX_BODY = 1_048_576
 _CPIX_LABEL = b"doverunner-emulator-cpix"
 ET.register_namespace("cpix", CPIX_NS)
@@ -463,13 +462,4 @@ def read_cpix_request(body: bytes) -> tuple[ET.Element, str, list[uuid.UUID]]:
 
 def fill_cpix_answer(root: ET.Element, seed: bytes, content_id: str) -> bytes:
     """The request document with each ContentKey's key as ``Data/Secret/PlainValue``."""
-    for element in root.iter(f"{{{CPIX_NS}}}ContentKey"):
-        for old in element.findall(f"{{{CPIX_NS}}}Data"):
-            element.remove(old)
-        data = ET.SubElement(element, f"{{{CPIX_NS}}}Data")
-        secret = ET.SubElement(data, f"{{{PSKC_NS}}}Secret")
-        value = ET.SubElement(secret, f"{{{PSKC_NS}}}PlainValue")
-        key = cpix_key(seed, content_id, uuid.UUID(element.get("kid", "")))
-        value.text = base64.b64encode(key).decode()
-    document: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-    return document
+    return with_plain_keys(root, lambda kid: cpix_key(seed, content_id, kid))
