@@ -725,11 +725,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="drm-chaos-"))
     finished = False
     with srv.Servers(budget) as servers:
-
-        def interrupted(signum: int, _frame: object) -> None:
-            raise KeyboardInterrupt(f"signal {signum}")
-
-        signal.signal(signal.SIGTERM, interrupted)
+        srv.interrupt_on_sigterm()
         try:
             stack = build(workdir, servers)
             res = Resilience(
@@ -746,19 +742,11 @@ def main() -> int:
             print("interrupted: stopping the servers", file=sys.stderr)
             return 130
         finally:
-            # A stopped emulator must be running again for SIGTERM to stop it.
-            for server in servers.running:
-                try:
-                    os.killpg(server.pgid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
-            servers.stop_all()
+            servers.stop_all()  # a stopped (hung) emulator is continued first
             if not finished:
                 print(f"logs kept in {workdir}", file=sys.stderr)
             elif not keep:
-                for path in sorted(workdir.rglob("*"), reverse=True):
-                    path.rmdir() if path.is_dir() else path.unlink()
-                workdir.rmdir()
+                srv.remove_workdir(workdir)
     print_table(outcomes, res, plan)
     results = results_json(outcomes, res, plan)
     plan.output.write_text(json.dumps(results, indent=2) + "\n")

@@ -463,11 +463,7 @@ def main() -> int:
     budget = scale.seconds + 600
     finished = False
     with srv.Servers(budget) as servers:
-
-        def interrupted(signum: int, _frame: object) -> None:
-            raise KeyboardInterrupt(f"signal {signum}")
-
-        signal.signal(signal.SIGTERM, interrupted)
+        srv.interrupt_on_sigterm()
         try:
             stack, redis_url, kinds = setup(workdir, servers, scale)
             run, plan, records, access = asyncio.run(rehearse(stack, scale, kinds, redis_url))
@@ -492,14 +488,8 @@ def main() -> int:
     report.print_summary(results)
     print(f"\nwrote {results_path} and {chart_path}; wall time {wall:.0f} s")
     if finished and not keep:
-        _remove(workdir)
+        srv.remove_workdir(workdir)  # after the report: it reads the access log there
     return 0 if results["targets_met"] else 1
-
-
-def _remove(workdir: Path) -> None:
-    for path in sorted(workdir.rglob("*"), reverse=True):
-        path.rmdir() if path.is_dir() else path.unlink()
-    workdir.rmdir()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,23 @@ STOP_GRACE_SECONDS = 10.0
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt, so a harness stopped by `timeout` or a CI job
+    stops its servers (Servers.__exit__) as on Ctrl-C."""
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+
+
+def remove_workdir(workdir: Path) -> None:
+    """Delete a harness's work directory and everything in it."""
+    for path in sorted(workdir.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    workdir.rmdir()
+
+
 def free_port() -> int:
     """An unused loopback port (the server binds it a moment later)."""
     with socket.socket() as sock:
@@ -113,9 +130,14 @@ class Servers:
         return server
 
     def stop(self, server: Server) -> None:
-        """SIGTERM the group, SIGKILL it after the grace period."""
+        """SIGTERM the group, SIGKILL it after the grace period. SIGCONT first: a stopped
+        (SIGSTOPped, "hung") server must run again to act on SIGTERM."""
         if server in self.running:
             self.running.remove(server)
+        try:
+            os.killpg(server.pgid, signal.SIGCONT)
+        except ProcessLookupError:
+            return
         for sig, grace in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(server.pgid, sig)
