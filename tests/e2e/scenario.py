@@ -23,7 +23,14 @@ from proxy.dev.emulator import RunningEmulator, derive_key
 from proxy.dev.emulator.kinds import demo_secrets
 from proxy.dev.kinds import kind_env, provider_section
 from tests.conftest import SEED, Stack, StackFactory, write_catalog
-from tests.e2e.media import TOKEN_PLACEHOLDER, HlsMedia, package_dash, package_hls
+from tests.e2e.media import (
+    TOKEN_PLACEHOLDER,
+    HlsMedia,
+    package_dash,
+    package_hls,
+    with_dashif_clearkey,
+)
+from tests.e2e.players import web_player_url
 from tests.e2e.server import StaticServer
 from tests.e2e.tools import Tools
 
@@ -130,6 +137,26 @@ class Scene:
         await package_dash(tools, clip, folder, key_id=key_id, key=content_key(asset_id, key_id))
         return f"/media/{asset_id}/dash/manifest.mpd"
 
+    async def web_dash_page(
+        self, tools: Tools, clip: Path, player: str, asset_id: str, token: str
+    ) -> str:
+        """The URL of tests/e2e/web/player.html playing `asset_id`'s DASH with `player`.
+        dash.js gets the manifest with DASH-IF ClearKey signalling (it cannot start a
+        session from the W3C common PSSH Shaka Packager writes); Shaka and Video.js read
+        Shaka Packager's manifest as it is."""
+        manifest = await self.dash(tools, clip, asset_id)
+        if player == "dashjs":
+            path = self.media.parent / manifest.lstrip("/")
+            manifest = manifest.replace(path.name, with_dashif_clearkey(path, "dashif.mpd").name)
+        return web_player_url(
+            self.static.url,
+            player,
+            f"{self.static.url}{manifest}",
+            gateway=self.stack.url(""),
+            asset=asset_id,
+            token=token,
+        )
+
     async def explain(self, asset_id: str, drm: str) -> dict[str, Any]:
         """The gateway's /admin/explain decision for an asset and DRM system."""
         url = self.stack.internal(f"/admin/explain?asset={asset_id}&drm={drm}")
@@ -147,6 +174,15 @@ class Scene:
     def access_lines(self, route_prefix: str) -> list[dict[str, Any]]:
         """The gateway's access log lines for routes starting with `route_prefix`."""
         return access_lines(self.stack, route_prefix)
+
+    def license_posts(self) -> list[dict[str, Any]]:
+        """The access log lines of the license requests (not their CORS preflights)."""
+        return license_posts(self.stack)
+
+
+def license_posts(stack: Stack) -> list[dict[str, Any]]:
+    """`stack`'s access log lines of the license requests (not their CORS preflights)."""
+    return [a for a in access_lines(stack, "/v1/license/") if a["method"] == "POST"]
 
 
 def access_lines(stack: Stack, route_prefix: str) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ async def test_chromium_plays_clearkey_licensed_by_the_routed_provider(
         assert_played(page)
         assert page.screenshot.read_bytes().startswith(PNG_MAGIC)
     # One license request per asset (the CORS preflights are OPTIONS lines).
-    licenses = [a for a in scene.access_lines("/v1/license/") if a["method"] == "POST"]
+    licenses = scene.license_posts()
     assert [(a["asset_id"], a["provider"], a["rule"], a["status"]) for a in licenses] == [
         (asset_id, provider, rule, 200) for asset_id, (provider, rule) in routes.items()
     ]
@@ -52,7 +52,7 @@ async def test_chromium_with_a_wrong_token_gets_shaka_error_6007_and_stays_at_ze
     assert page.error == SHAKA_LICENSE_REQUEST_FAILED, page.console
     assert page.current_time == 0
     assert page.decoded_frames == 0
-    posts = [a for a in scene.access_lines("/v1/license/") if a["method"] == "POST"]
+    posts = scene.license_posts()
     assert posts, "the browser never sent the license request"
     assert {a["status"] for a in posts} == {401}
     assert await scene.provider_requests("incoming", "license") == []

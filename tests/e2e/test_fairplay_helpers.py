@@ -34,7 +34,7 @@ from proxy.upstream.fairplay import FairPlayFormats
 from proxy.upstream.registry import PROVIDER_KINDS
 from tests.conftest import SEED, Stack, StackFactory, player_token
 from tests.e2e.players import install_web_pages, page_result
-from tests.e2e.scenario import access_lines
+from tests.e2e.scenario import license_posts
 from tests.e2e.server import StaticServer, start_static_server
 from tests.e2e.tools import Tools
 
@@ -152,11 +152,6 @@ async def fairplay_scene(make_stack: StackFactory, tmp_path: Path) -> AsyncItera
         await static.stop()
 
 
-def license_posts(scene: FairPlayScene) -> list[dict[str, Any]]:
-    """The gateway's access log lines of the license requests (not their CORS preflights)."""
-    return [a for a in access_lines(scene.stack, "/v1/license/") if a["method"] == "POST"]
-
-
 def provider_formats(scene: FairPlayScene, provider: str) -> FairPlayFormats:
     formats: FairPlayFormats = scene.stack.config.providers[provider].fairplay
     return formats
@@ -260,7 +255,7 @@ async def test_every_shaka_fairplay_helper_gets_the_emulators_ckc_from_every_pro
             for h in HELPERS
             if h not in BROKEN_HELPERS
         ), provider
-    posts = license_posts(scene)
+    posts = license_posts(scene.stack)
     ok = sorted((a["asset_id"], a["provider"], a["status"]) for a in posts if a["status"] == 200)
     assert ok == sorted(served)
     assert {

@@ -6,32 +6,12 @@ plays nothing."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from tests.e2e.players import assert_played, install_web_pages, play_pages, web_player_url
+from tests.e2e.players import assert_played, install_web_pages, play_pages
 from tests.e2e.scenario import INCOMING_ASSET, Scene, provider_resource
 from tests.e2e.tools import Tools
 
 MEDIA_ERR_ENCRYPTED = 5  # how contrib-eme reports a failed license request
-
-
-def license_posts(scene: Scene) -> list[dict[str, Any]]:
-    """The access log lines of the license requests (not their CORS preflights)."""
-    return [a for a in scene.access_lines("/v1/license/") if a["method"] == "POST"]
-
-
-async def page_url(scene: Scene, tools: Tools, clip: Path, token: str) -> str:
-    # Shaka Packager's manifest as it is: Video.js's DASH parser reads the W3C common PSSH
-    # (urn:uuid:1077efec-...) as org.w3.clearkey, no DASH-IF rewrite needed.
-    manifest = await scene.dash(tools, clip, INCOMING_ASSET)
-    return web_player_url(
-        scene.static.url,
-        "videojs",
-        f"{scene.static.url}{manifest}",
-        gateway=scene.stack.url(""),
-        asset=INCOMING_ASSET,
-        token=token,
-    )
 
 
 async def test_videojs_plays_clearkey_with_the_token_as_a_license_header(
@@ -39,12 +19,12 @@ async def test_videojs_plays_clearkey_with_the_token_as_a_license_header(
 ) -> None:
     install_web_pages(scene.media)
     token = scene.token(entitlements=(INCOMING_ASSET,))
-    url = await page_url(scene, e2e_tools, clip, token)
+    url = await scene.web_dash_page(e2e_tools, clip, "videojs", INCOMING_ASSET, token)
 
     [page] = await play_pages(e2e_tools, [(url, tmp_path / "videojs.png")])
 
     assert_played(page)
-    assert [(a["asset_id"], a["provider"], a["status"]) for a in license_posts(scene)] == [
+    assert [(a["asset_id"], a["provider"], a["status"]) for a in scene.license_posts()] == [
         (INCOMING_ASSET, "incoming", 200)
     ]
     answered = await scene.provider_requests("incoming", "license")
@@ -57,7 +37,7 @@ async def test_videojs_with_a_wrong_token_gets_no_license_and_plays_nothing(
     scene: Scene, e2e_tools: Tools, clip: Path, tmp_path: Path
 ) -> None:
     install_web_pages(scene.media)
-    url = await page_url(scene, e2e_tools, clip, scene.wrong_token())
+    url = await scene.web_dash_page(e2e_tools, clip, "videojs", INCOMING_ASSET, scene.wrong_token())
 
     [page] = await play_pages(e2e_tools, [(url, tmp_path / "wrong-token.png")])
 
@@ -65,5 +45,5 @@ async def test_videojs_with_a_wrong_token_gets_no_license_and_plays_nothing(
     assert page.current_time == 0
     assert page.decoded_frames == 0
     # contrib-eme does not retry a refused license request.
-    assert [(a["asset_id"], a["status"]) for a in license_posts(scene)] == [(INCOMING_ASSET, 401)]
+    assert [(a["asset_id"], a["status"]) for a in scene.license_posts()] == [(INCOMING_ASSET, 401)]
     assert await scene.provider_requests("incoming", "license") == []
