@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from proxy.dev.kinds import kind_env, provider_section
+from proxy.domain import KeyId
 from tests.conftest import StackFactory
+from tests.integration.test_speke import answered_keys, request_for
 from tests.keys.speke_stack import (
     BEARER,
     KEY_ENV,
@@ -68,3 +70,25 @@ async def speke_source_stack(
         },
     )
     return SpekeStack(stack, rules, stack.gateway.internal_url + "/v2/speke")
+
+
+async def assert_recorded_and_repeatable(
+    speke: SpekeStack,
+    asset_id: str,
+    resource_id: str,
+    key_ids: list[KeyId],
+    keys: Mapping[KeyId, bytes],
+    secret: str,
+) -> None:
+    """After a packager got `keys` for the title: the catalog records its drmResourceId, key
+    ids and `incoming` as holder; a retry gets the same keys (the source derives them); and
+    neither the source's credential (`secret`) nor a content key is in the logs."""
+    entry = await speke.catalog_entry(asset_id)
+    assert entry["drm_resource_id"] == resource_id
+    assert entry["key_ids"] == key_ids
+    assert entry["key_holders"] == ["incoming"]
+    status, _, again = await speke.post(request_for(resource_id), asset=asset_id)
+    assert status == 200 and answered_keys(again) == keys
+    logs = speke.stack.logs.getvalue()
+    assert secret not in logs
+    assert not any(key.hex() in logs for key in keys.values())
