@@ -9,7 +9,7 @@ import traceback
 import urllib.parse
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -284,16 +284,35 @@ async def test_arguments_are_checked(clients: tuple[KeyApiClient, KeyApiClient])
 # --- answers from a provider that misbehaves -----------------------------------------------
 
 
-async def serve(answer: bytes, content_type: str, status: int = 200) -> web.AppRunner:
-    async def handle(_: web.Request) -> web.Response:
-        return web.Response(body=answer, status=status, content_type=content_type)
-
+async def serve_with(handle: Callable[[web.Request], Awaitable[web.Response]]) -> web.AppRunner:
+    """A server on a free loopback port answering every path with `handle`."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner
+
+
+async def serve(answer: bytes, content_type: str, status: int = 200) -> web.AppRunner:
+    async def handle(_: web.Request) -> web.Response:
+        return web.Response(body=answer, status=status, content_type=content_type)
+
+    return await serve_with(handle)
+
+
+# One ContentKey with the key b"k" * 16, as a CPIX answer (`root_attributes` on the root).
+ONE_KID = "00112233-4455-6677-8899-aabbccddeeff"
+
+
+def one_key_answer(root_attributes: str = "") -> bytes:
+    return (
+        f'<cpix:CPIX{root_attributes} xmlns:cpix="urn:dashif:org:cpix" '
+        'xmlns:pskc="urn:ietf:params:xml:ns:keyprov:pskc"><cpix:ContentKeyList>'
+        f'<cpix:ContentKey kid="{ONE_KID}"><cpix:Data><pskc:Secret><pskc:PlainValue>'
+        f"{base64.b64encode(b'k' * 16).decode()}</pskc:PlainValue></pskc:Secret></cpix:Data>"
+        "</cpix:ContentKey></cpix:ContentKeyList></cpix:CPIX>"
+    ).encode()
 
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
@@ -360,14 +379,7 @@ def test_the_cpix_request_is_minimal_cpix_2_3() -> None:
 
 
 def test_cpix_keys_are_read_from_plain_values() -> None:
-    kid = "00112233-4455-6677-8899-aabbccddeeff"
-    answer = (
-        '<cpix:CPIX xmlns:cpix="urn:dashif:org:cpix" xmlns:pskc="urn:ietf:params:xml:ns:keyprov:'
-        f'pskc"><cpix:ContentKeyList><cpix:ContentKey kid="{kid}"><cpix:Data><pskc:Secret>'
-        f"<pskc:PlainValue>{base64.b64encode(b'k' * 16).decode()}</pskc:PlainValue>"
-        "</pskc:Secret></cpix:Data></cpix:ContentKey></cpix:ContentKeyList></cpix:CPIX>"
-    ).encode()
-    assert read_cpix_keys(answer) == {"00112233445566778899aabbccddeeff": b"k" * 16}
+    assert read_cpix_keys(one_key_answer()) == {"00112233445566778899aabbccddeeff": b"k" * 16}
 
 
 # --- protocol: speke (a provider's SPEKE v2 endpoint: Axinom's Key Service) -------------------
@@ -562,23 +574,13 @@ async def test_speke_export_and_ingest_are_not_supported(axinom: RunningEmulator
 
 async def test_speke_with_a_bearer_token_posts_to_the_endpoint_itself() -> None:
     seen: list[tuple[str, dict[str, str], bytes]] = []
-    kid = "00112233-4455-6677-8899-aabbccddeeff"
-    answer = (
-        '<cpix:CPIX xmlns:cpix="urn:dashif:org:cpix" xmlns:pskc="urn:ietf:params:xml:ns:keyprov:'
-        f'pskc"><cpix:ContentKeyList><cpix:ContentKey kid="{kid}"><cpix:Data><pskc:Secret>'
-        f"<pskc:PlainValue>{base64.b64encode(b'k' * 16).decode()}</pskc:PlainValue>"
-        "</pskc:Secret></cpix:Data></cpix:ContentKey></cpix:ContentKeyList></cpix:CPIX>"
-    ).encode()
+    kid = ONE_KID
 
     async def handle(request: web.Request) -> web.Response:
         seen.append((request.path, dict(request.headers), await request.read()))
-        return web.Response(body=answer, content_type="application/xml")
+        return web.Response(body=one_key_answer(), content_type="application/xml")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    runner = await serve_with(handle)
     port = runner.addresses[0][1]
     settings = KeyApiSettings(f"http://127.0.0.1:{port}/speke/v2", "speke-token", protocol="speke")
     client = KeyApiClient("p", settings)
@@ -779,11 +781,7 @@ async def test_doverunner_cpix_failures_never_show_the_url(
         await asyncio.sleep(5)
         return web.Response()
 
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", hang)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    runner = await serve_with(hang)
     port = runner.addresses[0][1]
     client = cpix_client(f"http://127.0.0.1:{port}{KMS_PATH}", total_timeout=0.3)
     try:
@@ -813,25 +811,14 @@ async def test_doverunner_cpix_answers_are_checked() -> None:
     """The token ends the path; an answer for another content id, or lacking a key, is a
     bad_answer that shows neither the token nor a key."""
     seen: list[tuple[str, dict[str, str], bytes]] = []
-    kid = "00112233-4455-6677-8899-aabbccddeeff"
-    answers = [
-        f'<cpix:CPIX id="{content}" xmlns:cpix="urn:dashif:org:cpix" '
-        'xmlns:pskc="urn:ietf:params:xml:ns:keyprov:pskc"><cpix:ContentKeyList>'
-        f'<cpix:ContentKey kid="{kid}"><cpix:Data><pskc:Secret><pskc:PlainValue>'
-        f"{base64.b64encode(b'k' * 16).decode()}</pskc:PlainValue></pskc:Secret></cpix:Data>"
-        "</cpix:ContentKey></cpix:ContentKeyList></cpix:CPIX>"
-        for content in ("r-1", "someone-else")
-    ]
+    kid = ONE_KID
+    answers = [one_key_answer(f' id="{content}"') for content in ("r-1", "someone-else")]
 
     async def handle(request: web.Request) -> web.Response:
         seen.append((request.raw_path, dict(request.headers), await request.read()))
-        return web.Response(body=answers[len(seen) - 1].encode(), content_type="application/xml")
+        return web.Response(body=answers[len(seen) - 1], content_type="application/xml")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    runner = await serve_with(handle)
     port = runner.addresses[0][1]
     client = cpix_client(f"http://127.0.0.1:{port}{KMS_PATH}", "tok/en+1")
     try:
